@@ -1,0 +1,32 @@
+"""In-memory counters of one run, shared by the LLM layer, the pipeline, the progress line
+and the summary. One object per run, passed explicitly (no globals)."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from metrics.usage import Usage
+
+
+@dataclass
+class RunStats:
+    target: int
+    started: float = field(default_factory=time.monotonic)
+    accepted: int = 0
+    accepted_this_run: int = 0
+    in_flight: int = 0
+    dropped: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    check_failures: Counter[str] = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)  # outcome -> count (ok, 429, 5xx, ...)
+    cache_hits: int = 0
+    usage: Usage = field(default_factory=Usage)  # tokens paid in this process
+    cost_usd: float = 0.0
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started

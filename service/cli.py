@@ -1,0 +1,68 @@
+"""Command line: `agentrefine run` (also `python -m service run`).
+
+Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
+run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
+error is one line on stderr and exit status 2; an interrupted run exits 130 and resumes
+with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvloop
+
+from service.config import ConfigError, load_config
+from service.personas import PersonaInputError
+from service.run import Run, RunDirectoryBusy, install_signal_handlers
+from service.summary import format_summary
+from workers.llm import FatalEndpointError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentrefine", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="generate (or resume) a run until N samples are accepted")
+    run.add_argument("-n", "--n", type=int, help="accepted samples wanted (run.n)")
+    run.add_argument("--config", default="config.yaml", help="config file (default: config.yaml)")
+    run.add_argument("--personas", help="persona file, JSONL or plain text (personas.path)")
+    run.add_argument("--out", help="run directory: samples, rejects and state (run.out)")
+    run.add_argument("--generator", help="endpoint name for every stage (generator)")
+    run.add_argument("--strict", action="store_true", help="stop at the first malformed persona line")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = list(args.set)
+    for key, value in (
+        ("run.n", args.n),
+        ("personas.path", args.personas),
+        ("run.out", args.out),
+        ("generator", args.generator),
+        ("personas.strict", "true" if args.strict else None),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    try:
+        config = load_config(args.config, overrides)
+        summary = uvloop.run(_run(Run(config)))
+    except (ConfigError, PersonaInputError, RunDirectoryBusy, FatalEndpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, config.run.out))
+    return 130 if summary["result"].startswith("interrupted") else 0
+
+
+async def _run(run: Run) -> dict:
+    install_signal_handlers(run)
+    return await run.execute()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,348 @@
+"""Typed, validated configuration: `config.yaml` plus environment and CLI overrides.
+
+The YAML file is read as a node tree so that every error can name the file, the line and
+the dotted key (`config.yaml:12: endpoints.openai.limits.rpm: expected int, got 'fast'`).
+Overrides are dotted assignments (`run.n=500`) from `--set` or from environment variables
+`AGENTREFINE__RUN__N=500`; they are applied to the tree before validation, so they are
+checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "AGENTREFINE__"
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one line naming the place."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Client-side limits for one endpoint (0 = no limit)."""
+
+    rpm: int = 0
+    tpm: int = 0
+    max_concurrency: int = 32
+
+
+@dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float = 0.0
+    cached_input: float | None = None
+    output: float = 0.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One OpenAI-compatible endpoint: where it is, which model, how to authenticate."""
+
+    model: str
+    name: str = ""
+    base_url: str | None = None
+    api_key_env: str | None = None
+    embedded: dict[str, Any] | None = None
+    json_mode: bool = True
+    send_seed: bool = True
+    max_tokens_param: str = "max_tokens"
+    timeout_s: float = 120.0
+    max_retries: int = 8
+    extra_body: dict[str, Any] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    price: Price = field(default_factory=Price)
+
+    def api_key(self) -> str:
+        """The key from the environment; local endpoints without one get a placeholder."""
+        if self.api_key_env is None:
+            return "not-needed"
+        value = os.environ.get(self.api_key_env)
+        if not value:
+            raise ConfigError(
+                f"endpoints.{self.name}.api_key_env: environment variable {self.api_key_env} is not set"
+            )
+        return value
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Generation settings for one LLM stage."""
+
+    endpoint: str | None = None
+    temperature: float = 0.7
+    max_tokens: int = 4096
+    concurrency: int = 32
+    attempts: int = 2
+
+
+@dataclass(frozen=True)
+class Stages:
+    personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024, concurrency=4))
+    script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=4096, attempts=2))
+    trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=8192, attempts=3))
+
+
+@dataclass(frozen=True)
+class Personas:
+    """Where personas come from."""
+
+    path: str | None = None
+    strict: bool = False
+    expand_count: int = 5
+
+
+@dataclass(frozen=True)
+class Run:
+    n: int = 1000
+    out: str = "runs/default"
+    seed: int = 0
+    max_in_flight: int = 96
+    shard_size: int = 10000
+    sharegpt: bool = False
+    progress_interval_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class Config:
+    generator: str
+    endpoints: dict[str, Endpoint]
+    stages: Stages = field(default_factory=Stages)
+    personas: Personas = field(default_factory=Personas)
+    run: Run = field(default_factory=Run)
+
+    def endpoint_for(self, stage: Stage) -> Endpoint:
+        return self.endpoints[stage.endpoint or self.generator]
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class _Located:
+    """A plain value plus where it came from (for error messages)."""
+
+    value: Any
+    where: str
+
+
+def load_config(
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, override and validate a config file; raise ConfigError with one line on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    tree = _from_node(node, str(path)) if node is not None else _Located({}, f"{path}:1")
+    if not isinstance(tree.value, dict):
+        raise ConfigError(f"{tree.where}: the config must be a mapping")
+    env = os.environ if environ is None else environ
+    for key in sorted(env):
+        if key.startswith(ENV_PREFIX):
+            dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
+            _apply_override(tree, dotted, env[key], f"environment {key}")
+    for item in overrides:
+        dotted, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. run.n=500")
+        _apply_override(tree, dotted.strip(), raw, f"--set {item}")
+    config = _build(Config, tree, "")
+    return _check_references(config, tree)
+
+
+def _from_node(node: yaml.Node, filename: str) -> _Located:
+    where = f"{filename}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, _Located] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            if not isinstance(key, str):
+                raise ConfigError(f"{filename}:{key_node.start_mark.line + 1}: keys must be strings")
+            out[key] = _from_node(value_node, filename)
+        return _Located(out, where)
+    if isinstance(node, yaml.SequenceNode):
+        return _Located([_from_node(n, filename) for n in node.value], where)
+    return _Located(yaml.safe_load(yaml.serialize(node)), where)
+
+
+def _apply_override(tree: _Located, dotted: str, raw: str, where: str) -> None:
+    parts = [p for p in dotted.split(".") if p]
+    if not parts:
+        raise ConfigError(f"{where}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for part in parts[:-1]:
+        child = node.value.get(part)
+        if child is None or child.value is None:
+            child = _Located({}, where)
+            node.value[part] = child
+        if not isinstance(child.value, dict):
+            raise ConfigError(f"{where}: {dotted}: {part} is not a mapping")
+        node = child
+    node.value[parts[-1]] = _wrap(value, where)
+
+
+def _wrap(value: Any, where: str) -> _Located:
+    if isinstance(value, dict):
+        return _Located({str(k): _wrap(v, where) for k, v in value.items()}, where)
+    if isinstance(value, list):
+        return _Located([_wrap(v, where) for v in value], where)
+    return _Located(value, where)
+
+
+def _plain(loc: _Located) -> Any:
+    if isinstance(loc.value, dict):
+        return {k: _plain(v) for k, v in loc.value.items()}
+    if isinstance(loc.value, list):
+        return [_plain(v) for v in loc.value]
+    return loc.value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "null")
+
+
+def _build(tp: Any, loc: _Located, path: str) -> Any:
+    label = path or "config"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if loc.value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _build(inner[0], loc, path)
+    if dataclasses.is_dataclass(tp):
+        if loc.value is None:
+            loc = _Located({}, loc.where)
+        if not isinstance(loc.value, dict):
+            raise ConfigError(f"{loc.where}: {label}: expected a mapping, got {_show(loc.value)}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "name"}
+        unknown = [k for k in loc.value if k not in fields]
+        if unknown:
+            bad = loc.value[unknown[0]]
+            raise ConfigError(
+                f"{bad.where}: {_join(path, unknown[0])}: unknown key (expected one of: {', '.join(fields)})"
+            )
+        kwargs = {}
+        for name, f in fields.items():
+            if name in loc.value:
+                kwargs[name] = _build(hints[name], loc.value[name], _join(path, name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{loc.where}: {_join(path, name)}: required key is missing")
+        return tp(**kwargs)
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(loc.value, dict):
+            raise ConfigError(f"{loc.where}: {label}: expected a mapping, got {_show(loc.value)}")
+        if value_tp is Any:
+            return _plain(loc)
+        out = {}
+        for key, child in loc.value.items():
+            built = _build(value_tp, child, _join(path, key))
+            if dataclasses.is_dataclass(built) and "name" in {f.name for f in dataclasses.fields(built)}:
+                built = dataclasses.replace(built, name=key)
+            out[key] = built
+        return out
+    value = loc.value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{loc.where}: {label}: expected true or false, got {_show(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{loc.where}: {label}: expected an integer, got {_show(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{loc.where}: {label}: expected a number, got {_show(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{loc.where}: {label}: expected a string, got {_show(value)}")
+        return value
+    raise ConfigError(f"{loc.where}: {label}: unsupported type {_type_name(tp)}")
+
+
+def _check_references(config: Config, tree: _Located) -> Config:
+    def where(*keys: str) -> str:
+        node = tree
+        for key in keys:
+            if not isinstance(node.value, dict) or key not in node.value:
+                break
+            node = node.value[key]
+        return node.where
+
+    if not config.endpoints:
+        raise ConfigError(f"{where('endpoints')}: endpoints: at least one endpoint is required")
+    names = ", ".join(config.endpoints)
+    if config.generator not in config.endpoints:
+        raise ConfigError(
+            f"{where('generator')}: generator: unknown endpoint {config.generator!r} (defined: {names})"
+        )
+    for stage_name in ("personas", "script", "trajectory"):
+        stage: Stage = getattr(config.stages, stage_name)
+        if stage.endpoint is not None and stage.endpoint not in config.endpoints:
+            raise ConfigError(
+                f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint: "
+                f"unknown endpoint {stage.endpoint!r} (defined: {names})"
+            )
+        if stage.attempts < 1 or stage.concurrency < 1 or stage.max_tokens < 1:
+            raise ConfigError(
+                f"{where('stages', stage_name)}: stages.{stage_name}: attempts, concurrency and "
+                "max_tokens must be at least 1"
+            )
+    for name, ep in config.endpoints.items():
+        if (ep.base_url is None) == (ep.embedded is None):
+            raise ConfigError(
+                f"{where('endpoints', name)}: endpoints.{name}: give exactly one of base_url "
+                "(a real endpoint) or embedded (settings of the built-in endpoint)"
+            )
+        if ep.max_tokens_param not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigError(
+                f"{where('endpoints', name, 'max_tokens_param')}: endpoints.{name}.max_tokens_param: "
+                "expected max_tokens or max_completion_tokens"
+            )
+    if config.run.n < 1:
+        raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
+    if config.run.max_in_flight < 1 or config.run.shard_size < 1:
+        raise ConfigError(f"{where('run')}: run: max_in_flight and shard_size must be at least 1")
+    return config
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing"
+    return repr(value)

@@ -1,0 +1,69 @@
+"""Starts and stops the embedded endpoint (`simulator/`) as a child process.
+
+The service talks to it over HTTP like to any provider; this module only launches it
+with the endpoint's `embedded:` settings, waits for its READY line to learn the port, and
+stops it at the end. The child is told our pid and exits by itself if we are killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+import orjson
+
+from service.config import ConfigError
+
+READY_TIMEOUT_S = 30.0
+
+
+class EmbeddedEndpoint:
+    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+        self.name = name
+        self._settings = settings
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> str:
+        """Launch the endpoint; return its base URL."""
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--settings-json",
+            orjson.dumps(self._settings).decode(),
+            "--parent-pid",
+            str(os.getpid()),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self._process.stdout is not None and self._process.stderr is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), READY_TIMEOUT_S)
+        except TimeoutError:
+            line = b""
+        text = line.decode().strip()
+        if not text.startswith("READY "):
+            await self.stop()
+            err = (await self._process.stderr.read()).decode(errors="replace").strip().splitlines()
+            reason = err[-1] if err else "it did not report READY"
+            raise ConfigError(
+                f"endpoints.{self.name}.embedded: the embedded endpoint did not start: {reason}"
+            )
+        return text.split(" ", 1)[1]
+
+    async def stop(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5)
+        except TimeoutError:
+            process.kill()
+            await process.wait()

@@ -1,0 +1,117 @@
+"""Persona sources, in a fixed order so a resumed run continues where it stopped.
+
+- A file: Persona Hub JSONL (`{"persona": ...}`, other keys kept as metadata) or plain
+  text, one persona per line. A malformed line becomes a `Malformed` item with a one-line
+  reason naming file:line; it is skipped and counted (or stops the run in strict mode).
+- No file: the built-in seed list, expanded breadth-first through the endpoint with the
+  Persona Hub persona-to-persona prompt (`workers.personas.PersonaExpander`).
+
+Each item carries its position in the source; positions only grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SEED_FILE = Path(__file__).parent / "data" / "seed_personas.txt"
+MAX_LINE_BYTES = 64 * 1024
+MAX_PERSONA_CHARS = 4000
+
+
+@dataclass(frozen=True)
+class Persona:
+    position: int
+    source: str
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Malformed:
+    position: int
+    source: str
+    reason: str
+
+
+SourceItem = Persona | Malformed
+
+
+class PersonaInputError(Exception):
+    """The persona source cannot be used at all (missing, unreadable, strict-mode line)."""
+
+
+def read_persona_file(path: str | Path, start_after: int = -1) -> Iterator[SourceItem]:
+    """Items of a JSONL or plain-text persona file; position = 1-based line number."""
+    path = Path(path)
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise PersonaInputError(f"{path}: cannot open persona file: {exc.strerror}") from None
+    with handle:
+        jsonl = _looks_like_jsonl(path)
+        for number, raw in enumerate(handle, start=1):
+            if number <= start_after:
+                continue
+            where = f"{path}:{number}"
+            if len(raw) > MAX_LINE_BYTES:
+                yield Malformed(number, where, f"line is {len(raw)} bytes (limit {MAX_LINE_BYTES})")
+                continue
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as exc:
+                yield Malformed(number, where, f"not UTF-8 text (byte {exc.start})")
+                continue
+            if not line:
+                continue
+            if "\x00" in line:
+                yield Malformed(number, where, "contains NUL bytes (binary data?)")
+                continue
+            yield _parse_jsonl(number, where, line) if jsonl else _plain(number, where, line)
+
+
+def _looks_like_jsonl(path: Path) -> bool:
+    if path.suffix in (".jsonl", ".json", ".ndjson"):
+        return True
+    if path.suffix in (".txt", ".text"):
+        return False
+    with path.open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                return raw.lstrip().startswith(b"{")
+    return False
+
+
+def _parse_jsonl(number: int, where: str, line: str) -> SourceItem:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return Malformed(number, where, f"invalid JSON: {str(exc).split(':')[0]}")
+    if not isinstance(obj, dict):
+        return Malformed(number, where, "expected a JSON object with key 'persona'")
+    persona = obj.pop("persona", None)
+    if not isinstance(persona, str) or not persona.strip():
+        return Malformed(number, where, "missing or empty 'persona' string")
+    return _plain(number, where, persona, obj)
+
+
+def _plain(number: int, where: str, text: str, meta: dict[str, Any] | None = None) -> SourceItem:
+    text = " ".join(text.split())
+    if len(text) > MAX_PERSONA_CHARS:
+        return Malformed(number, where, f"persona is {len(text)} characters (limit {MAX_PERSONA_CHARS})")
+    return Persona(number, where, text, meta or {})
+
+
+def seed_personas() -> list[str]:
+    """The built-in seed list (one persona per line, # comments)."""
+    lines = SEED_FILE.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+async def file_source(path: str, start_after: int) -> AsyncIterator[SourceItem]:
+    for item in read_persona_file(path, start_after):
+        yield item

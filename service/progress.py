@@ -1,0 +1,63 @@
+"""The live progress display: one line redrawn on a terminal (accepted / target, rejects by
+rule, duplicates, tokens, cost, elapsed, rate); a progress log event when not a terminal."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import TextIO
+
+import structlog
+
+from metrics.stats import RunStats
+
+LOG_INTERVAL_S = 15.0
+log = structlog.get_logger()
+
+
+def progress_line(stats: RunStats) -> str:
+    elapsed = stats.elapsed
+    rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
+    fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
+    return (
+        f"accepted {stats.accepted}/{stats.target} | in flight {stats.in_flight} | "
+        f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
+        f"checks failed {fails} | tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | "
+        f"{elapsed:.0f}s {rate:.1f}/s"
+    )
+
+
+class Progress:
+    def __init__(self, stats: RunStats, interval_s: float, stream: TextIO = sys.stderr) -> None:
+        self._stats = stats
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._interval = interval_s if self._tty else LOG_INTERVAL_S
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._tty:
+            self._stream.write("\r\033[K" + progress_line(self._stats) + "\n")
+            self._stream.flush()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            if self._tty:
+                self._stream.write("\r\033[K" + progress_line(self._stats)[:400])
+                self._stream.flush()
+            else:
+                log.info("progress", line=progress_line(self._stats))
+
+
+def _short(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

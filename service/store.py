@@ -1,0 +1,286 @@
+"""The run's job store (SQLite): the single source of truth for resuming a run.
+
+It holds
+- every completed LLM response, keyed by the hash of the request that produced it, so a
+  resumed run replays answers instead of paying for them again;
+- one row per admitted persona (a *sample*) with its state: `running`, `accepted`
+  (with its acceptance order 1..N and exported record), `surplus` (accepted after the
+  target was met; kept for a later, larger run), `dropped` or `failed`;
+- every reject (dropped samples, duplicate and malformed personas) in write order;
+- the persona source cursor: how far the source has been consumed.
+
+All writes are single short transactions in WAL mode, so a SIGKILL at any moment leaves
+a consistent database: each row is either fully there or absent. The output files are
+derived from these tables (see `export.py`) and can always be rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS responses (
+    key TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    model TEXT NOT NULL,
+    content TEXT NOT NULL,
+    finish_reason TEXT,
+    usage BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    persona TEXT NOT NULL,
+    persona_meta BLOB,
+    norm_hash TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    accepted_seq INTEGER UNIQUE,
+    rule TEXT,
+    failures TEXT NOT NULL DEFAULT '',
+    record BLOB,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_state ON samples(state);
+CREATE TABLE IF NOT EXISTS rejects (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    record BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One completed LLM answer as stored."""
+
+    content: str
+    finish_reason: str | None
+    usage: dict[str, Any]
+    model: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class PendingSample:
+    """A sample admitted earlier and not finished (resumed first)."""
+
+    id: str
+    position: int
+    source: str
+    persona: str
+    persona_meta: dict[str, Any]
+
+
+class Store:
+    """SQLite-backed job store for one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta -------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    # -- response cache ---------------------------------------------------------------
+
+    def get_response(self, key: str) -> StoredResponse | None:
+        row = self._db.execute(
+            "SELECT content, finish_reason, usage, model, endpoint FROM responses WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], row[1], orjson.loads(row[2]), row[3], row[4])
+
+    def put_response(self, key: str, response: StoredResponse) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                response.endpoint,
+                response.model,
+                response.content,
+                response.finish_reason,
+                orjson.dumps(response.usage),
+                time.time(),
+            ),
+        )
+
+    def response_keys(self) -> set[str]:
+        return {row[0] for row in self._db.execute("SELECT key FROM responses")}
+
+    def usage_rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(endpoint, model, usage) of every paid response, for run totals."""
+        for endpoint, model, usage in self._db.execute("SELECT endpoint, model, usage FROM responses"):
+            yield endpoint, model, orjson.loads(usage)
+
+    # -- samples ----------------------------------------------------------------------
+
+    def known_hashes(self) -> dict[str, str]:
+        """Normalized-persona hash -> sample id, for exact persona dedup across resumes."""
+        return dict(self._db.execute("SELECT norm_hash, id FROM samples"))
+
+    def cursor(self) -> int:
+        """Source position of the last persona consumed (admitted or rejected); -1 if none."""
+        return int(self.get_meta("source_cursor", "-1") or -1)
+
+    def admit(
+        self,
+        sample_id: str,
+        position: int,
+        source: str,
+        persona: str,
+        persona_meta: dict[str, Any],
+        norm_hash: str,
+    ) -> None:
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO samples (id, position, source, persona, persona_meta, norm_hash, state, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                (sample_id, position, source, persona, orjson.dumps(persona_meta), norm_hash, time.time()),
+            )
+            self._set_cursor(position)
+
+    def reject_input(self, position: int, kind: str, record: dict[str, Any]) -> None:
+        """Record a persona that never became a sample (duplicate, malformed) and advance the cursor."""
+        with self._transaction():
+            self._insert_reject(kind, kind, record)
+            self._set_cursor(position)
+
+    def pending(self) -> list[PendingSample]:
+        rows = self._db.execute(
+            "SELECT id, position, source, persona, persona_meta FROM samples"
+            " WHERE state = 'running' ORDER BY position"
+        )
+        return [PendingSample(r[0], r[1], r[2], r[3], orjson.loads(r[4] or b"{}")) for r in rows]
+
+    def accepted_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM samples WHERE state = 'accepted'").fetchone()[0]
+
+    def accept(self, sample_id: str, record: dict[str, Any], failures: list[str], target: int) -> int | None:
+        """Mark a sample accepted if fewer than `target` are; return its order, or None (surplus)."""
+        with self._transaction():
+            count = self.accepted_count()
+            blob = orjson.dumps(record)
+            if count >= target:
+                self._finish(sample_id, "surplus", None, failures, blob)
+                return None
+            self._finish(sample_id, "accepted", None, failures, blob)
+            self._db.execute("UPDATE samples SET accepted_seq = ? WHERE id = ?", (count + 1, sample_id))
+            return count + 1
+
+    def promote_surplus(self, target: int) -> int:
+        """Accept samples left over from an earlier run with a smaller target; return how many."""
+        promoted = 0
+        rows = self._db.execute("SELECT id FROM samples WHERE state = 'surplus' ORDER BY position").fetchall()
+        for (sample_id,) in rows:
+            with self._transaction():
+                count = self.accepted_count()
+                if count >= target:
+                    break
+                self._db.execute(
+                    "UPDATE samples SET state = 'accepted', accepted_seq = ? WHERE id = ?",
+                    (count + 1, sample_id),
+                )
+                promoted += 1
+        return promoted
+
+    def reject_sample(
+        self, sample_id: str, state: str, rule: str, failures: list[str], record: dict[str, Any]
+    ) -> None:
+        """A sample that ends without acceptance (`dropped` after its attempts, or `failed`)."""
+        with self._transaction():
+            self._finish(sample_id, state, rule, failures, None)
+            self._insert_reject(state, rule, record)
+
+    def accepted_records(self, skip: int) -> Iterator[bytes]:
+        """Exported records of accepted samples in acceptance order, after the first `skip`."""
+        for (record,) in self._db.execute(
+            "SELECT record FROM samples WHERE state = 'accepted' ORDER BY accepted_seq LIMIT -1 OFFSET ?",
+            (skip,),
+        ):
+            yield record
+
+    def reject_records(self, skip: int) -> Iterator[bytes]:
+        """Reject records in write order, after the first `skip`."""
+        for (record,) in self._db.execute(
+            "SELECT record FROM rejects ORDER BY seq LIMIT -1 OFFSET ?", (skip,)
+        ):
+            yield record
+
+    def reject_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
+
+    def state_counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state"))
+
+    def reject_counts(self) -> dict[tuple[str, str], int]:
+        rows = self._db.execute("SELECT kind, rule, COUNT(*) FROM rejects GROUP BY kind, rule")
+        return {(kind, rule): n for kind, rule, n in rows}
+
+    def finished_checks(self) -> Iterator[str]:
+        """Every failed check of finished samples, as "rule>what the policy did next"."""
+        for (failures,) in self._db.execute(
+            "SELECT failures FROM samples WHERE state != 'running' AND failures != ''"
+        ):
+            yield from failures.split(",")
+
+    # -- internals --------------------------------------------------------------------
+
+    def _finish(
+        self, sample_id: str, state: str, rule: str | None, failures: list[str], record: bytes | None
+    ) -> None:
+        self._db.execute(
+            "UPDATE samples SET state = ?, rule = ?, failures = ?, record = ?, updated = ? WHERE id = ?",
+            (state, rule, ",".join(failures), record, time.time(), sample_id),
+        )
+
+    def _insert_reject(self, kind: str, rule: str, record: dict[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO rejects (kind, rule, record) VALUES (?, ?, ?)", (kind, rule, orjson.dumps(record))
+        )
+
+    def _set_cursor(self, position: int) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES ('source_cursor', ?)"
+            " ON CONFLICT(key) DO UPDATE SET"
+            " value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+            (str(position),),
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")

@@ -1,0 +1,85 @@
+"""The end-of-run summary: what the run directory holds and what this process did.
+
+Totals come from the store, so they are right across interruptions and resumes; request
+outcomes and wall time are this process's own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from metrics.stats import RunStats
+from metrics.usage import Usage, cost_usd, parse_usage
+from service.config import Config
+from service.store import Store
+
+
+def build_summary(store: Store, stats: RunStats, config: Config, reason: str) -> dict[str, Any]:
+    checks = Counter(store.finished_checks())
+    by_rule = Counter(item.split(">")[0] for item in checks.elements())
+    recovery = Counter(item.split(">")[1] for item in checks.elements())
+    rejects = store.reject_counts()
+    usage, cost = Usage(), 0.0
+    prices = {name: ep.price for name, ep in config.endpoints.items()}
+    for endpoint, _model, block in store.usage_rows():
+        one = parse_usage(block)
+        usage += one
+        if endpoint in prices:
+            cost += cost_usd(one, prices[endpoint])
+    accepted = store.accepted_count()
+    return {
+        "result": reason,
+        "accepted": accepted,
+        "target": stats.target,
+        "dropped_by_rule": dict(
+            sorted((rule, n) for (kind, rule), n in rejects.items() if kind == "dropped")
+        ),
+        "failed_requests": sum(n for (kind, _), n in rejects.items() if kind == "failed"),
+        "persona_duplicates_skipped": sum(n for (kind, _), n in rejects.items() if kind == "duplicate"),
+        "malformed_persona_lines": sum(n for (kind, _), n in rejects.items() if kind == "malformed"),
+        "check_failures_by_rule": dict(sorted(by_rule.items())),
+        "recovery": {
+            "continued_from_prefix": recovery["continue"],
+            "regenerated_trajectory": recovery["regenerate"],
+            "regenerated_script": recovery["regenerate_script"],
+            "new_script_after_failed_trajectories": recovery["new_script"],
+        },
+        "tokens": usage.as_dict() | {"total_tokens": usage.total},
+        "cost_usd": round(cost, 4),
+        "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
+        "this_process": {
+            "wall_s": round(stats.elapsed, 2),
+            "accepted": stats.accepted_this_run,
+            "requests": dict(stats.requests),
+            "answers_replayed_from_store": stats.cache_hits,
+            "tokens": stats.usage.total,
+            "cost_usd": round(stats.cost_usd, 4),
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any], out: str) -> str:
+    def pairs(d: dict[str, Any]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+    tokens = summary["tokens"]
+    proc = summary["this_process"]
+    per = summary["cost_per_accepted_usd"]
+    lines = [
+        f"result: {summary['result']}",
+        f"accepted: {summary['accepted']} / {summary['target']}  (written to {out})",
+        f"dropped personas by last rule: {pairs(summary['dropped_by_rule'])}",
+        f"failed (endpoint gave up): {summary['failed_requests']}",
+        f"persona duplicates skipped: {summary['persona_duplicates_skipped']}",
+        f"malformed persona lines skipped: {summary['malformed_persona_lines']}",
+        f"failed checks by rule: {pairs(summary['check_failures_by_rule'])}",
+        f"recovery: {pairs(summary['recovery'])}",
+        f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_prompt_tokens']}), "
+        f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
+        f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
+        f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
+        f"requests {pairs(proc['requests'])}, "
+        f"answers replayed from store {proc['answers_replayed_from_store']}",
+    ]
+    return "\n".join(lines)

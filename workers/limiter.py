@@ -1,0 +1,97 @@
+"""Client-side rate limiting for one endpoint: concurrency, requests/min, tokens/min, cooldown.
+
+Requests reserve capacity before they are sent (a token estimate for TPM) and reconcile
+it with the usage the endpoint reports. A 429 puts only this endpoint into a cooldown for
+the time the provider asked for; other endpoints keep going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from service.config import Limits
+
+
+class _Bucket:
+    """A token bucket refilled continuously at `per_minute`, holding at most one minute's worth."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.capacity = float(per_minute)
+        self.level = float(per_minute)
+        self._rate = per_minute / 60.0
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self._stamp) * self._rate)
+        self._stamp = now
+
+    def wait_for(self, amount: float) -> float:
+        """Seconds until `amount` is available (0 if it is now)."""
+        self._refill()
+        amount = min(amount, self.capacity)
+        return 0.0 if self.level >= amount else (amount - self.level) / self._rate
+
+    def take(self, amount: float) -> None:
+        self._refill()
+        self.level -= min(amount, self.capacity)
+
+    def give_back(self, amount: float) -> None:
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+
+class EndpointLimiter:
+    """Admission control for one endpoint."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._slots = asyncio.Semaphore(max(1, limits.max_concurrency))
+        self._requests = _Bucket(limits.rpm) if limits.rpm else None
+        self._tokens = _Bucket(limits.tpm) if limits.tpm else None
+        self._gate = asyncio.Lock()
+        self._cooldown_until = 0.0
+        self.in_flight = 0
+
+    def cooldown(self, seconds: float) -> None:
+        """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
+        self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
+
+    @asynccontextmanager
+    async def slot(self, estimated_tokens: int) -> AsyncIterator[_Reservation]:
+        """Wait for capacity, hold a concurrency slot while the request runs."""
+        async with self._slots:
+            async with self._gate:
+                while True:
+                    wait = self._cooldown_until - time.monotonic()
+                    if self._requests:
+                        wait = max(wait, self._requests.wait_for(1))
+                    if self._tokens:
+                        wait = max(wait, self._tokens.wait_for(estimated_tokens))
+                    if wait <= 0:
+                        break
+                    await asyncio.sleep(wait)
+                if self._requests:
+                    self._requests.take(1)
+                if self._tokens:
+                    self._tokens.take(estimated_tokens)
+            reservation = _Reservation(self._tokens, estimated_tokens)
+            self.in_flight += 1
+            try:
+                yield reservation
+            finally:
+                self.in_flight -= 1
+
+
+class _Reservation:
+    """The tokens reserved for one request; `settle` corrects the estimate with real usage."""
+
+    def __init__(self, bucket: _Bucket | None, estimate: int) -> None:
+        self._bucket = bucket
+        self._estimate = estimate
+
+    def settle(self, actual_tokens: int) -> None:
+        if self._bucket is not None:
+            self._bucket.give_back(self._estimate - actual_tokens)

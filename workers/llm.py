@@ -1,0 +1,212 @@
+"""The LLM layer: one client per OpenAI-compatible endpoint, with a response cache.
+
+`LLMClient.complete` turns (messages, generation parameters) into a `Completion`. It knows
+nothing about AgentRefine. Every completed answer is stored under the SHA-256 of the
+canonical request body (model, messages, parameters), so asking again — after a crash, or
+in a resumed run — replays the stored answer instead of paying for it. The `seed` is part
+of that body: the stages derive it from the sample and attempt, so a deliberate re-ask
+gets a fresh answer while a replay hits the cache.
+
+Transport faults (429, 5xx, timeouts, resets, unreadable bodies) are retried here with
+backoff; a 429 cools down only this endpoint. 400/401/403/404 mean the configuration is
+wrong: `FatalEndpointError` stops the run with one line. Bad *content* (invalid JSON,
+`finish_reason: length`) is not retried here: it goes back to the stage's policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import orjson
+
+from metrics.stats import RunStats
+from metrics.usage import Usage, cost_usd, parse_usage
+from service.config import Endpoint
+from service.store import Store, StoredResponse
+from workers.limiter import EndpointLimiter
+
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+
+
+class FatalEndpointError(Exception):
+    """The endpoint refuses the configuration (bad key, unknown model, bad request)."""
+
+
+class RequestFailed(Exception):
+    """A request still failed after all retries."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str
+    finish_reason: str | None
+    usage: Usage
+    cost_usd: float
+    model: str
+    endpoint: str
+    cached: bool
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """SHA-256 of the canonical JSON request body."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    """A cheap prompt-size estimate (about 4 characters a token) for TPM reservations."""
+    return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages) + 3
+
+
+class LLMClient:
+    """Chat completions against one endpoint, cached in the run's store."""
+
+    def __init__(self, endpoint: Endpoint, base_url: str, store: Store, stats: RunStats) -> None:
+        self.endpoint = endpoint
+        self._store = store
+        self._stats = stats
+        self._limiter = EndpointLimiter(endpoint.limits)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=endpoint.api_key(),
+            max_retries=0,
+            timeout=endpoint.timeout_s,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        self._completion_avg = 1000.0
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        seed: int,
+        json_mode: bool = True,
+    ) -> Completion:
+        ep = self.endpoint
+        body: dict[str, Any] = {
+            "model": ep.model,
+            "messages": messages,
+            "temperature": temperature,
+            ep.max_tokens_param: max_tokens,
+            **ep.extra_body,
+        }
+        if json_mode and ep.json_mode:
+            body["response_format"] = {"type": "json_object"}
+        key = request_key({**body, "seed": seed})
+        if ep.send_seed:
+            body["seed"] = seed
+        stored = self._store.get_response(key)
+        if stored is not None:
+            self._stats.cache_hits += 1
+            return self._completion(stored, cached=True)
+        stored = await self._send(
+            body, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
+        )
+        self._store.put_response(key, stored)
+        completion = self._completion(stored, cached=False)
+        self._stats.usage += completion.usage
+        self._stats.cost_usd += completion.cost_usd
+        self._completion_avg = 0.9 * self._completion_avg + 0.1 * completion.usage.completion
+        return completion
+
+    def _completion(self, stored: StoredResponse, cached: bool) -> Completion:
+        usage = parse_usage(stored.usage)
+        return Completion(
+            content=stored.content,
+            finish_reason=stored.finish_reason,
+            usage=usage,
+            cost_usd=cost_usd(usage, self.endpoint.price),
+            model=stored.model,
+            endpoint=stored.endpoint,
+            cached=cached,
+        )
+
+    async def _send(self, body: dict[str, Any], estimate: int) -> StoredResponse:
+        ep = self.endpoint
+        params = {k: v for k, v in body.items() if k not in ("model", "messages")}
+        known = {"temperature", "max_tokens", "max_completion_tokens", "seed", "response_format"}
+        extra = {k: v for k, v in params.items() if k not in known}
+        params = {k: v for k, v in params.items() if k in known}
+        last_error = ""
+        for attempt in range(ep.max_retries + 1):
+            delay = _backoff(attempt)
+            async with self._limiter.slot(estimate) as reservation:
+                try:
+                    raw = await self._client.chat.completions.with_raw_response.create(
+                        model=body["model"], messages=body["messages"], extra_body=extra or None, **params
+                    )
+                    response = raw.parse()
+                except openai.RateLimitError as exc:
+                    outcome, last_error = "429", _one_line(exc)
+                    delay = _retry_after(exc.response.headers) or delay
+                    self._limiter.cooldown(delay)
+                except (
+                    openai.AuthenticationError,
+                    openai.PermissionDeniedError,
+                    openai.NotFoundError,
+                    openai.BadRequestError,
+                ) as exc:
+                    self._stats.requests[str(exc.status_code)] += 1
+                    raise FatalEndpointError(
+                        f"endpoint {ep.name} ({ep.model}) answered {exc.status_code}: {_one_line(exc)}"
+                    ) from None
+                except openai.APITimeoutError as exc:
+                    outcome, last_error = "timeout", _one_line(exc)
+                except openai.APIConnectionError as exc:
+                    outcome, last_error = "reset", _one_line(exc)
+                except openai.APIStatusError as exc:
+                    outcome, last_error = (
+                        ("5xx" if exc.status_code >= 500 else str(exc.status_code)),
+                        _one_line(exc),
+                    )
+                except (openai.APIResponseValidationError, ValueError) as exc:
+                    outcome, last_error = "bad_response", _one_line(exc)
+                else:
+                    if not response.choices:
+                        outcome, last_error = "bad_response", "response has no choices"
+                    else:
+                        self._stats.requests["ok"] += 1
+                        usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
+                        reservation.settle(parse_usage(usage).total)
+                        choice = response.choices[0]
+                        return StoredResponse(
+                            content=choice.message.content or "",
+                            finish_reason=choice.finish_reason,
+                            usage=usage,
+                            model=response.model or body["model"],
+                            endpoint=ep.name,
+                        )
+            self._stats.requests[outcome] += 1
+            await asyncio.sleep(delay)
+        raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+def _retry_after(headers: Any) -> float | None:
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300]

@@ -1,0 +1,85 @@
+"""Persona expansion (Persona Hub's persona-to-persona step) as an ordered persona source.
+
+Starting from the seed list, each persona is sent with the "who is in close relationship
+with this persona?" prompt and its answer adds `count` new personas to the end of the
+queue (breadth first). Items come out in a fixed order whatever the timing of the
+requests, so a resumed run regenerates the same sequence from cached answers for free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+
+import orjson
+import structlog
+
+from service.config import Stage
+from service.personas import Persona
+from workers.jsontext import strip_fence
+from workers.llm import LLMClient, RequestFailed
+from workers.prompts import render
+
+log = structlog.get_logger()
+
+
+class PersonaExpander:
+    def __init__(self, llm: LLMClient, settings: Stage, count: int, seeds: list[str]) -> None:
+        self._llm = llm
+        self._settings = settings
+        self._count = count
+        self._seeds = seeds
+
+    async def personas(self, start_after: int = -1) -> AsyncIterator[Persona]:
+        """Seeds first, then their expansions, breadth first; positions from 0."""
+        frontier: deque[str] = deque()
+        pending: deque[asyncio.Task[list[str]]] = deque()
+        position = 0
+        for seed in self._seeds:
+            frontier.append(seed)
+            if position > start_after:
+                yield Persona(position, f"seed:{position}", seed)
+            position += 1
+        try:
+            while frontier or pending:
+                while frontier and len(pending) < self._settings.concurrency:
+                    pending.append(asyncio.create_task(self._expand(frontier.popleft())))
+                for text in await pending.popleft():
+                    frontier.append(text)
+                    if position > start_after:
+                        yield Persona(position, f"expansion:{position}", text)
+                    position += 1
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _expand(self, persona: str) -> list[str]:
+        messages = [
+            {"role": "system", "content": render("persona_system")},
+            {"role": "user", "content": render("persona_user", persona=persona, count=self._count)},
+        ]
+        try:
+            completion = await self._llm.complete(
+                messages,
+                temperature=self._settings.temperature,
+                max_tokens=self._settings.max_tokens,
+                seed=0,
+            )
+        except RequestFailed as exc:
+            log.warning("persona_expansion_failed", error=str(exc))
+            return []
+        return parse_personas(completion.content)
+
+
+def parse_personas(content: str) -> list[str]:
+    """The persona strings of an expansion answer (`{"personas": [...]}` or a bare list)."""
+    try:
+        data = orjson.loads(strip_fence(content))
+    except orjson.JSONDecodeError:
+        return []
+    if isinstance(data, dict):
+        data = data.get("personas")
+    if not isinstance(data, list):
+        return []
+    return [" ".join(p.split()) for p in data if isinstance(p, str) and p.strip()]

@@ -1,0 +1,66 @@
+"""Script stage: persona -> script (SPEC §3), checked by rules S1–S7.
+
+A script that fails a rule is asked for again in the same conversation, with the rule's
+message as feedback, while the persona has script attempts left (SPEC §4: 2 scripts per
+persona, shared with the scripts whose trajectories all failed).
+"""
+
+from __future__ import annotations
+
+from service.config import Stage
+from workers.llm import LLMClient
+from workers.prompts import render
+from workers.rules import Failure, check_script
+from workers.sample import SampleJob
+
+ECHO_LIMIT = 16_384  # characters of a rejected answer echoed back with the feedback
+
+
+class ScriptStage:
+    name = "script"
+
+    def __init__(self, llm: LLMClient, settings: Stage) -> None:
+        self._llm = llm
+        self._settings = settings
+
+    async def __call__(self, job: SampleJob) -> str | None:
+        """Run until a script passes (next stage: trajectory) or attempts run out (None: dropped)."""
+        previous: tuple[str, Failure] | None = None
+        while job.script_attempts < self._settings.attempts:
+            job.script_attempts += 1
+            attempt = job.script_attempts
+            completion = await self._llm.complete(
+                script_messages(job.persona, previous),
+                temperature=self._settings.temperature,
+                max_tokens=self._settings.max_tokens,
+                seed=job.seed(self.name, attempt),
+            )
+            job.charge(self.name, completion)
+            verdict = check_script(completion.content)
+            if verdict.ok:
+                job.script, job.actions = verdict.script, verdict.actions
+                job.note(self.name, attempt, None, "trajectory")
+                return "trajectory"
+            assert verdict.failure is not None
+            more = job.script_attempts < self._settings.attempts
+            job.note(self.name, attempt, verdict.failure, "regenerate_script" if more else "drop")
+            previous = (completion.content, verdict.failure)
+        return None
+
+
+def script_messages(persona: str, previous: tuple[str, Failure] | None) -> list[dict[str, str]]:
+    """The script request; after a failed check, the failed answer and the rule's feedback."""
+    messages = [
+        {"role": "system", "content": render("script_system")},
+        {"role": "user", "content": render("script_user", persona=persona)},
+    ]
+    if previous is not None:
+        content, failure = previous
+        messages += [
+            {"role": "assistant", "content": content[:ECHO_LIMIT]},
+            {
+                "role": "user",
+                "content": render("script_feedback", rule=failure.rule, message=failure.message),
+            },
+        ]
+    return messages
