@@ -17,6 +17,7 @@ from service.config import ConfigError, load_config
 from service.personas import PersonaInputError
 from service.run import Run, RunDirectoryBusy, install_signal_handlers
 from service.summary import format_summary
+from service.validate import validate_run
 from workers.llm import FatalEndpointError
 
 
@@ -31,11 +32,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--generator", help="endpoint name for every stage (generator)")
     run.add_argument("--strict", action="store_true", help="stop at the first malformed persona line")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    check = sub.add_parser("validate", help="check a run directory's samples against the data contract")
+    check.add_argument("out", help="run directory")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "validate":
+        return _validate(args.out)
     overrides = list(args.set)
     for key, value in (
         ("run.n", args.n),
@@ -57,6 +62,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_summary(summary, config.run.out))
     return 130 if summary["result"].startswith("interrupted") else 0
+
+
+def _validate(out: str) -> int:
+    report = validate_run(out)
+    for problem in report.problems[:50]:
+        print(problem)
+    print(
+        f"{report.samples} samples, {len(report.problems)} problems; assistant turns: "
+        f"{report.trained_turns} trained, {report.masked_turns} masked as erroneous"
+    )
+    return 0 if report.ok and report.samples else 1
 
 
 async def _run(run: Run) -> dict:

@@ -179,7 +179,9 @@ def _from_node(node: yaml.Node, filename: str) -> _Located:
             key = yaml.safe_load(yaml.serialize(key_node))
             if not isinstance(key, str):
                 raise ConfigError(f"{filename}:{key_node.start_mark.line + 1}: keys must be strings")
-            out[key] = _from_node(value_node, filename)
+            child = _from_node(value_node, filename)
+            child.where = f"{filename}:{key_node.start_mark.line + 1}"  # the key's line, also for blocks
+            out[key] = child
         return _Located(out, where)
     if isinstance(node, yaml.SequenceNode):
         return _Located([_from_node(n, filename) for n in node.value], where)

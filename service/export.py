@@ -81,7 +81,7 @@ def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
     }
     if sharegpt:
         record["conversations"] = to_sharegpt(messages)
-    record["meta"] = {**_meta(job), "error_refine_turns": _error_turns(job.trajectory)}
+    record["meta"] = {**_meta(job), "error_refine_turns": job.error_refine_turns}
     return record
 
 
@@ -112,10 +112,6 @@ def _meta(job: SampleJob) -> dict[str, Any]:
             "history": job.history,
         },
     }
-
-
-def _error_turns(turns: list[dict[str, Any]]) -> int:
-    return sum(1 for t in turns[1::2] if any(t[flag] for flag in FLAGS))
 
 
 class _JsonlStream:

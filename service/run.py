@@ -199,13 +199,12 @@ class Run:
             self._queue.stop()
 
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
-        if isinstance(exc, FatalEndpointError):
+        """The endpoint gave up on this sample: record it as failed. Anything else (a refused
+        configuration, a bug) stops the run; the sample stays resumable in the store."""
+        if not isinstance(exc, RequestFailed):
+            log.error("run_stopped", sample_id=job.id, error=repr(exc), exc_info=exc)
             raise exc
-        if isinstance(exc, RequestFailed):
-            job.error = str(exc)
-        else:
-            log.error("sample_crashed", sample_id=job.id, error=repr(exc), exc_info=exc)
-            job.error = f"internal error: {exc!r}"
+        job.error = str(exc)
         self._reject(job, "failed", "failed")
         self.stats.failed += 1
 

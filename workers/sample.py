@@ -27,6 +27,7 @@ class SampleJob:
     script: dict[str, Any] | None = None
     actions: tuple[Action, ...] = ()
     trajectory: list[dict[str, Any]] | None = None
+    error_refine_turns: int = 0
     last_failure: Failure | None = None
     error: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)

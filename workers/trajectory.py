@@ -50,7 +50,7 @@ class TrajectoryStage:
             job.charge(self.name, completion)
             verdict = check_trajectory(completion.content, job.actions, prefix)
             if verdict.ok:
-                job.trajectory = verdict.turns
+                job.trajectory, job.error_refine_turns = verdict.turns, verdict.error_refine_turns
                 job.note(self.name, attempt, None, "accept")
                 return None
             assert verdict.failure is not None

@@ -1,0 +1,100 @@
+"""Shared test helpers: real simulator processes on 127.0.0.1, config files, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+FAST_SIM: dict[str, Any] = {
+    "latency_median_s": 0.01,
+    "latency_sigma": 0.3,
+    "faults": {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0},
+}
+
+
+@contextmanager
+def simulator(settings: dict[str, Any]) -> Iterator[str]:
+    """A simulator process; yields its base URL (http://127.0.0.1:PORT/v1)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--settings-json",
+            json.dumps(settings),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("READY "), f"simulator did not start: {line!r} {proc.stderr.read()}"
+        yield line.split(" ", 1)[1]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def sim_stats(base_url: str) -> dict[str, Any]:
+    root = base_url.removesuffix("/v1")
+    with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10) as response:
+        return json.load(response)
+
+
+def write_config(
+    path: Path,
+    endpoints: dict[str, dict[str, Any]],
+    generator: str,
+    run: dict[str, Any] | None = None,
+    stages: dict[str, Any] | None = None,
+) -> Path:
+    config = {
+        "generator": generator,
+        "endpoints": {
+            name: {"model": "sim-gpt-4o", "limits": {"max_concurrency": 32}, "timeout_s": 10, **spec}
+            for name, spec in endpoints.items()
+        },
+        "stages": stages
+        or {
+            "script": {"concurrency": 8},
+            "trajectory": {"concurrency": 16},
+            "personas": {"concurrency": 2},
+        },
+        "run": {"max_in_flight": 24, **(run or {})},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]

@@ -1,0 +1,89 @@
+"""config.yaml loading: the shipped file is valid; errors name file:line and the key."""
+
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+MINIMAL = """\
+generator: a
+endpoints:
+  a:
+    base_url: http://127.0.0.1:1/v1
+    model: m
+  b:
+    base_url: http://127.0.0.1:2/v1
+    model: m2
+    api_key_env: TEST_KEY_VAR
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_valid() -> None:
+    config = load_config(ROOT / "config.yaml", environ={})
+    assert config.endpoint_for(config.stages.script).name == config.generator
+    assert {"local", "local_b", "openai", "deepseek", "vllm"} <= set(config.endpoints)
+    assert config.endpoints["openai"].api_key_env == "OPENAI_API_KEY"
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    rmp: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    message = str(err.value)
+    assert message.startswith(f"{path}:10: endpoints.b.rmp: unknown key")
+    assert "\n" not in message
+
+
+def test_wrong_type_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "run:\n  n: lots\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:11: run.n: expected an integer, got 'lots'"):
+        load_config(path, environ={})
+
+
+def test_unknown_generator_lists_defined_endpoints(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("generator: a", "generator: zz"))
+    with pytest.raises(ConfigError, match=r":1: generator: unknown endpoint 'zz' \(defined: a, b\)"):
+        load_config(path, environ={})
+
+
+def test_switching_generator_is_one_override(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    config = load_config(path, ["generator=b", "run.n=7"], environ={"AGENTREFINE__RUN__SEED": "5"})
+    assert config.endpoint_for(config.stages.trajectory).model == "m2"
+    assert (config.run.n, config.run.seed) == (7, 5)
+
+
+def test_bad_override_is_checked_like_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=r"^--set run.n=x: run.n: expected an integer"):
+        load_config(path, ["run.n=x"], environ={})
+
+
+def test_missing_api_key_variable_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_KEY_VAR", raising=False)
+    config = load_config(write(tmp_path, MINIMAL), environ={})
+    with pytest.raises(
+        ConfigError, match=r"endpoints\.b\.api_key_env: environment variable TEST_KEY_VAR is not set"
+    ):
+        config.endpoints["b"].api_key()
+
+
+def test_invalid_yaml_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "generator: a\nendpoints: [\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:3: invalid YAML"):
+        load_config(path, environ={})
+
+
+def test_endpoint_needs_url_or_embedded(tmp_path: Path) -> None:
+    path = write(tmp_path, "generator: a\nendpoints:\n  a:\n    model: m\n")
+    with pytest.raises(ConfigError, match=r":3: endpoints.a: give exactly one of base_url"):
+        load_config(path, environ={})

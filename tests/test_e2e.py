@@ -1,0 +1,72 @@
+"""End to end through the CLI: the service starts the embedded endpoint itself, generates
+N samples that meet the contract, exercises every rule and both recovery paths; switching
+the generator is one line of config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service.validate import validate_run
+from tests.conftest import FAST_SIM, cli, read_jsonl, sim_stats, simulator, write_config
+
+ALL_FLAWED = {"script_rate": 1.0, "trajectory_rate": 1.0, "retry_rate_factor": 0.4}
+
+
+def test_run_n50_on_the_embedded_endpoint(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"local": {"embedded": {**FAST_SIM, "flaws": ALL_FLAWED}, "price": {"input": 2.5, "output": 10.0}}},
+        "local",
+    )
+    result = cli("run", "--config", str(config), "-n", "50", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "accepted: 50 / 50" in result.stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["result"] == "target reached"
+    assert set(summary["check_failures_by_rule"]) >= {f"S{i}" for i in range(1, 8)} | {
+        f"T{i}" for i in range(1, 8)
+    }
+    assert summary["recovery"]["continued_from_prefix"] > 0
+    assert summary["recovery"]["regenerated_trajectory"] > 0
+    assert summary["tokens"]["total_tokens"] > 0 and summary["cost_usd"] > 0
+
+    samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
+    assert len(samples) == 50
+    assert len({s["id"] for s in samples}) == 50
+    assert len({s["persona"] for s in samples}) == 50
+    report = validate_run(out)
+    assert report.ok, report.problems[:5]
+    assert report.samples == 50 and report.masked_turns >= 100  # >= 2 masked error turns each
+    for sample in samples:
+        assert sample["meta"]["usage"]["completion_tokens"] > 0
+        assert sample["meta"]["cost_usd"] > 0
+
+    rejects = read_jsonl([out / "rejects.jsonl"])
+    dropped = [r for r in rejects if r["kind"] == "dropped"]
+    assert all(r["rule"][0] in "ST" and r["message"] for r in dropped)
+    assert sum(summary["dropped_by_rule"].values()) == len(dropped)
+
+
+def test_switching_the_generator_is_one_line(tmp_path: Path) -> None:
+    with (
+        simulator({**FAST_SIM, "models": ["sim-a"]}) as url_a,
+        simulator({**FAST_SIM, "models": ["sim-b"]}) as url_b,
+    ):
+        endpoints = {"a": {"base_url": url_a, "model": "sim-a"}, "b": {"base_url": url_b, "model": "sim-b"}}
+        config = write_config(tmp_path / "config.yaml", endpoints, "a")
+        assert cli("run", "--config", str(config), "-n", "5", "--out", str(tmp_path / "ra")).returncode == 0
+        text = config.read_text()
+        config.write_text(text.replace("generator: a", "generator: b", 1))
+        assert len(set(text.splitlines()) ^ set(config.read_text().splitlines())) == 2  # one line changed
+        result = cli("run", "--config", str(config), "-n", "5", "--out", str(tmp_path / "rb"))
+        assert result.returncode == 0, result.stderr
+        a_requests, b_requests = sim_stats(url_a)["requests"], sim_stats(url_b)["requests"]
+    assert a_requests > 0 and b_requests > 0
+    samples = read_jsonl(sorted((tmp_path / "rb").glob("samples-*.jsonl")))
+    assert len(samples) == 5
+    assert {m for s in samples for m in s["meta"]["models"].values()} == {"sim-b"}
+    first_run = read_jsonl(sorted((tmp_path / "ra").glob("samples-*.jsonl")))
+    assert {m for s in first_run for m in s["meta"]["models"].values()} == {"sim-a"}
