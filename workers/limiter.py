@@ -1,7 +1,8 @@
 """Client-side rate limiting for one endpoint: concurrency, requests/min, tokens/min, cooldown.
 
 Requests reserve capacity before they are sent (a token estimate for TPM) and reconcile
-it with the usage the endpoint reports. A 429 puts only this endpoint into a cooldown for
+it with the usage the endpoint reports. Limits come from config.yaml or, where it sets
+none, from the provider's `x-ratelimit-limit-*` headers. A 429 puts only this endpoint into a cooldown for
 the time the provider asked for; other endpoints keep going.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from service.config import Limits
@@ -51,9 +52,24 @@ class EndpointLimiter:
         self._slots = asyncio.Semaphore(max(1, limits.max_concurrency))
         self._requests = _Bucket(limits.rpm) if limits.rpm else None
         self._tokens = _Bucket(limits.tpm) if limits.tpm else None
+        self._learn = {"requests": not limits.rpm, "tokens": not limits.tpm}
         self._gate = asyncio.Lock()
         self._cooldown_until = 0.0
         self.in_flight = 0
+
+    def learn(self, headers: Mapping[str, str]) -> None:
+        """Adopt the provider's limits from `x-ratelimit-*` headers where config sets none."""
+        for kind in ("requests", "tokens"):
+            if not self._learn[kind]:
+                continue
+            limit = _header_int(headers, f"x-ratelimit-limit-{kind}")
+            if limit:
+                bucket = _Bucket(limit)
+                remaining = _header_int(headers, f"x-ratelimit-remaining-{kind}")
+                if remaining is not None:
+                    bucket.level = float(min(remaining, limit))
+                setattr(self, f"_{kind}", bucket)
+                self._learn[kind] = False
 
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
@@ -83,6 +99,13 @@ class EndpointLimiter:
                 yield reservation
             finally:
                 self.in_flight -= 1
+
+
+def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    try:
+        return int(headers[name])
+    except (KeyError, ValueError):
+        return None
 
 
 class _Reservation:

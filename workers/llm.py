@@ -7,8 +7,10 @@ in a resumed run — replays the stored answer instead of paying for it. The `se
 of that body: the stages derive it from the sample and attempt, so a deliberate re-ask
 gets a fresh answer while a replay hits the cache.
 
-Transport faults (429, 5xx, timeouts, resets, unreadable bodies) are retried here with
-backoff; a 429 cools down only this endpoint. 400/401/403/404 mean the configuration is
+Transport faults (5xx, timeouts, resets, unreadable bodies) are retried here with
+backoff, `max_retries` times. A 429 is backpressure, not a failure: it cools down only
+this endpoint for the `retry-after` the provider sent and is retried for up to
+RATE_LIMIT_PATIENCE_S. 400/401/403/404 mean the configuration is
 wrong: `FatalEndpointError` stops the run with one line. Bad *content* (invalid JSON,
 `finish_reason: length`) is not retried here: it goes back to the stage's policy.
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 
@@ -32,6 +36,7 @@ from workers.limiter import EndpointLimiter
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
 
 
 class FatalEndpointError(Exception):
@@ -138,7 +143,9 @@ class LLMClient:
         extra = {k: v for k, v in params.items() if k not in known}
         params = {k: v for k, v in params.items() if k in known}
         last_error = ""
-        for attempt in range(ep.max_retries + 1):
+        attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
+        limited_since: float | None = None
+        while attempt <= ep.max_retries:
             delay = _backoff(attempt)
             async with self._limiter.slot(estimate) as reservation:
                 try:
@@ -148,6 +155,7 @@ class LLMClient:
                     response = raw.parse()
                 except openai.RateLimitError as exc:
                     outcome, last_error = "429", _one_line(exc)
+                    self._limiter.learn(exc.response.headers)
                     delay = _retry_after(exc.response.headers) or delay
                     self._limiter.cooldown(delay)
                 except (
@@ -160,10 +168,8 @@ class LLMClient:
                     raise FatalEndpointError(
                         f"endpoint {ep.name} ({ep.model}) answered {exc.status_code}: {_one_line(exc)}"
                     ) from None
-                except openai.APITimeoutError as exc:
-                    outcome, last_error = "timeout", _one_line(exc)
-                except openai.APIConnectionError as exc:
-                    outcome, last_error = "reset", _one_line(exc)
+                except openai.APIConnectionError as exc:  # includes APITimeoutError
+                    outcome, last_error = _transport_outcome(exc), _one_line(exc)
                 except openai.APIStatusError as exc:
                     outcome, last_error = (
                         ("5xx" if exc.status_code >= 500 else str(exc.status_code)),
@@ -176,6 +182,7 @@ class LLMClient:
                         outcome, last_error = "bad_response", "response has no choices"
                     else:
                         self._stats.requests["ok"] += 1
+                        self._limiter.learn(raw.headers)
                         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
                         reservation.settle(parse_usage(usage).total)
                         choice = response.choices[0]
@@ -187,6 +194,12 @@ class LLMClient:
                             endpoint=ep.name,
                         )
             self._stats.requests[outcome] += 1
+            if outcome == "429":
+                limited_since = limited_since or time.monotonic()
+                if time.monotonic() - limited_since > RATE_LIMIT_PATIENCE_S:
+                    raise RequestFailed(f"endpoint {ep.name}: rate limited for {RATE_LIMIT_PATIENCE_S:.0f} s")
+            else:
+                attempt += 1
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
 
@@ -205,6 +218,19 @@ def _retry_after(headers: Any) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _transport_outcome(exc: BaseException) -> str:
+    """"timeout" or "reset", from the real cause: the SDK's aiohttp transport reports every
+    aiohttp connection error (a server disconnect included) as a ConnectTimeout."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TimeoutError):
+            return "timeout"
+        if isinstance(cause, aiohttp.ClientConnectionError | ConnectionError):
+            return "reset"
+        cause = cause.__cause__ or cause.__context__
+    return "timeout" if isinstance(exc, openai.APITimeoutError) else "reset"
 
 
 def _one_line(exc: BaseException) -> str:

@@ -1,0 +1,100 @@
+"""The LLM layer against the real embedded endpoint over HTTP: faults are classified and
+survived, refusals fail fast with one line, stored answers are never requested again, and
+the store's request key is the hash of exactly the body the endpoint received."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from metrics.stats import RunStats
+from service.config import Endpoint, Limits
+from service.store import Store
+from tests.conftest import FAST_SIM, sim_stats, simulator
+from workers.llm import FatalEndpointError, LLMClient, RequestFailed
+
+MESSAGES = [{"role": "user", "content": "<persona>\nA beekeeper with forty hives.\n</persona>"}]
+
+
+def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> tuple[RunStats, list[Any]]:
+    """Send one request per seed (the same seed twice is the same request), concurrently."""
+    stats = RunStats(target=1)
+    store = Store(db)
+    settings = {"model": "sim-gpt-4o", "name": "sim", "base_url": url, "timeout_s": 5.0, **endpoint}
+    client = LLMClient(Endpoint(**settings), url, store, stats)
+
+    async def one(seed: int) -> Any:
+        try:
+            return await client.complete(MESSAGES, temperature=0.7, max_tokens=2000, seed=seed)
+        except (RequestFailed, FatalEndpointError) as exc:
+            return exc
+
+    async def go() -> list[Any]:
+        try:
+            return list(await asyncio.gather(*(one(seed) for seed in seeds)))
+        finally:
+            await client.aclose()
+
+    try:
+        return stats, asyncio.run(go())
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("fault", "outcome", "extra"),
+    [
+        ("p_5xx", "5xx", {}),
+        ("p_reset", "reset", {}),
+        ("p_truncated_body", "bad_response", {}),
+        ("p_hang", "timeout", {"hang_s": 3.0}),
+    ],
+)
+def test_each_fault_is_retried_and_classified(tmp_path: Path, fault: str, outcome: str, extra: dict) -> None:
+    with simulator({**FAST_SIM, "faults": {fault: 1.0, **extra}}) as url:
+        stats, [result] = ask(url, tmp_path / "db", max_retries=2, timeout_s=0.5)
+    assert isinstance(result, RequestFailed)
+    assert "gave up after 3 tries" in str(result)
+    assert stats.requests == {outcome: 3}
+
+
+def test_429_waits_for_retry_after_then_succeeds(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "rpm": 600}) as url:
+        stats, results = ask(
+            url, tmp_path / "db", seeds=tuple(range(640)), limits=Limits(max_concurrency=200)
+        )
+        by_status = sim_stats(url)["by_status"]
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert stats.requests["ok"] == 640
+    assert stats.requests["429"] >= 1 and by_status["429"] == stats.requests["429"]
+
+
+def test_refusals_fail_fast_with_one_line(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "api_key": "right"}) as url:
+        stats, [unauthorized] = ask(url, tmp_path / "a", max_retries=5)
+    with simulator(FAST_SIM) as url:
+        _, [unknown] = ask(url, tmp_path / "b", model="no-such-model")
+    assert isinstance(unauthorized, FatalEndpointError)
+    assert str(unauthorized).startswith("endpoint sim (sim-gpt-4o) answered 401")
+    assert "\n" not in str(unauthorized)
+    assert stats.requests == {"401": 1}
+    assert isinstance(unknown, FatalEndpointError) and "answered 404" in str(unknown)
+
+
+def test_stored_answers_are_replayed_not_resent(tmp_path: Path) -> None:
+    with simulator(FAST_SIM) as url:
+        stats, first = ask(url, tmp_path / "db")
+        _, again = ask(url, tmp_path / "db", seeds=(7, 7))
+        results = first + again
+        answered = sim_stats(url)["answered"]
+    assert [r.cached for r in results] == [False, True, True]
+    assert len({r.content for r in results}) == 1
+    assert stats.requests == {"ok": 1}
+    store = Store(tmp_path / "db")
+    try:
+        assert store.response_keys() == set(answered)  # the key is the hash of the body as sent
+    finally:
+        store.close()
