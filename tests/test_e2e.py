@@ -70,3 +70,53 @@ def test_switching_the_generator_is_one_line(tmp_path: Path) -> None:
     assert {m for s in samples for m in s["meta"]["models"].values()} == {"sim-b"}
     first_run = read_jsonl(sorted((tmp_path / "ra").glob("samples-*.jsonl")))
     assert {m for s in first_run for m in s["meta"]["models"].values()} == {"sim-a"}
+
+
+def test_persona_file_with_duplicates_and_bad_lines(tmp_path: Path) -> None:
+    personas = [
+        f"A {job} who works in {city}."
+        for job, city in [
+            ("baker", "Porto"),
+            ("nurse", "Oslo"),
+            ("pilot", "Lima"),
+            ("chemist", "Kyoto"),
+            ("ranger", "Banff"),
+            ("archivist", "Ghent"),
+        ]
+    ]
+    lines = [json.dumps({"persona": p, "lang": "en"}) for p in personas]
+    lines.insert(2, json.dumps({"persona": personas[0].upper()}))  # case variant: duplicate
+    lines.insert(4, "{broken json")
+    lines.insert(5, json.dumps({"persona": "  " + personas[1].replace(" ", "  ") + " "}))  # spacing variant
+    lines.append(json.dumps({"text": "no persona key"}))
+    persona_file = tmp_path / "personas.jsonl"
+    persona_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "config.yaml", {"local": {"embedded": FAST_SIM}}, "local")
+
+    result = cli(
+        "run", "--config", str(config), "-n", "20", "--personas", str(persona_file), "--out", str(out)
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["result"] == "persona source exhausted before the target"
+    assert summary["persona_duplicates_skipped"] == 2
+    assert summary["malformed_persona_lines"] == 2
+    samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
+    assert 0 < len(samples) <= 6 and all(s["meta"]["persona_meta"] == {"lang": "en"} for s in samples)
+    rejects = read_jsonl([out / "rejects.jsonl"])
+    malformed = [r for r in rejects if r["kind"] == "malformed"]
+    assert [(r["source"], r["message"].split(":")[0]) for r in malformed] == [
+        (f"{persona_file}:5", "invalid JSON"),
+        (f"{persona_file}:10", "missing or empty 'persona' string"),
+    ]
+    assert {r["duplicate_of"] for r in rejects if r["kind"] == "duplicate"} <= {s["id"] for s in samples}
+    assert f"{persona_file}:5" in result.stderr  # the skipped line is reported as it happens
+
+    args = ["run", "--config", str(config), "--personas", str(persona_file), "--strict"]
+    resumed = cli(*args, "-n", "20", "--out", str(out))
+    assert resumed.returncode == 0  # the bad lines were consumed before: strict mode has nothing to stop on
+    strict = cli(*args, "-n", "5", "--out", str(tmp_path / "strict"))
+    assert strict.returncode == 2
+    assert strict.stderr.strip() == f"error: {persona_file}:5: invalid JSON: unexpected character, expected a string key"

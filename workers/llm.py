@@ -221,7 +221,7 @@ def _retry_after(headers: Any) -> float | None:
 
 
 def _transport_outcome(exc: BaseException) -> str:
-    """"timeout" or "reset", from the real cause: the SDK's aiohttp transport reports every
+    """ "timeout" or "reset", from the real cause: the SDK's aiohttp transport reports every
     aiohttp connection error (a server disconnect included) as a ConnectTimeout."""
     cause: BaseException | None = exc
     while cause is not None:

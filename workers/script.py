@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from service.config import Stage
 from workers.llm import LLMClient
-from workers.prompts import render
+from workers.prompts import chat, render
 from workers.rules import Failure, check_script
 from workers.sample import SampleJob
-
-ECHO_LIMIT = 16_384  # characters of a rejected answer echoed back with the feedback
 
 
 class ScriptStage:
@@ -50,17 +48,8 @@ class ScriptStage:
 
 def script_messages(persona: str, previous: tuple[str, Failure] | None) -> list[dict[str, str]]:
     """The script request; after a failed check, the failed answer and the rule's feedback."""
-    messages = [
-        {"role": "system", "content": render("script_system")},
-        {"role": "user", "content": render("script_user", persona=persona)},
-    ]
-    if previous is not None:
-        content, failure = previous
-        messages += [
-            {"role": "assistant", "content": content[:ECHO_LIMIT]},
-            {
-                "role": "user",
-                "content": render("script_feedback", rule=failure.rule, message=failure.message),
-            },
-        ]
-    return messages
+    system, user = render("script_system"), render("script_user", persona=persona)
+    if previous is None:
+        return chat(system, user)
+    content, failure = previous
+    return chat(system, user, content, render("script_feedback", rule=failure.rule, message=failure.message))

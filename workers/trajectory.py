@@ -15,10 +15,9 @@ import orjson
 
 from service.config import Stage
 from workers.llm import LLMClient
-from workers.prompts import render
+from workers.prompts import chat, render
 from workers.rules import Failure, check_trajectory
 from workers.sample import SampleJob
-from workers.script import ECHO_LIMIT
 
 
 class TrajectoryStage:
@@ -73,39 +72,26 @@ class TrajectoryStage:
 
 def fresh_messages(script_text: str, previous: tuple[str, Failure] | None) -> list[dict[str, str]]:
     """A whole trajectory; after a T6/T7/T8 failure, the failed answer and the rule's feedback."""
-    messages = [
-        {"role": "system", "content": render("trajectory_system")},
-        {"role": "user", "content": render("trajectory_user", script=script_text)},
-    ]
-    if previous is not None:
-        content, failure = previous
-        messages += [
-            {"role": "assistant", "content": content[:ECHO_LIMIT]},
-            {
-                "role": "user",
-                "content": render("trajectory_feedback", rule=failure.rule, message=failure.message),
-            },
-        ]
-    return messages
+    system, user = render("trajectory_system"), render("trajectory_user", script=script_text)
+    if previous is None:
+        return chat(system, user)
+    content, failure = previous
+    return chat(
+        system, user, content, render("trajectory_feedback", rule=failure.rule, message=failure.message)
+    )
 
 
 def continue_messages(
     script_text: str, prefix: list[dict[str, Any]], failure: Failure
 ) -> list[dict[str, str]]:
     """Continue from the verified prefix, telling the model which turn failed and why."""
-    prefix_text = orjson.dumps(prefix, option=orjson.OPT_INDENT_2).decode()
-    return [
-        {"role": "system", "content": render("trajectory_system")},
-        {
-            "role": "user",
-            "content": render(
-                "trajectory_continue",
-                script=script_text,
-                prefix=prefix_text,
-                last_turn=len(prefix),
-                next_turn=len(prefix) + 1,
-                rule=failure.rule,
-                message=failure.message,
-            ),
-        },
-    ]
+    user = render(
+        "trajectory_continue",
+        script=script_text,
+        prefix=orjson.dumps(prefix, option=orjson.OPT_INDENT_2).decode(),
+        last_turn=len(prefix),
+        next_turn=len(prefix) + 1,
+        rule=failure.rule,
+        message=failure.message,
+    )
+    return chat(render("trajectory_system"), user)
