@@ -31,7 +31,7 @@ from service.progress import Progress
 from service.queue import JobQueue, StageSpec
 from service.store import Store
 from service.summary import build_summary
-from workers.llm import FatalEndpointError, LLMClient, RequestFailed
+from workers.llm import LLMClient, RequestFailed
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
 from workers.script import ScriptStage
