@@ -119,4 +119,5 @@ def test_persona_file_with_duplicates_and_bad_lines(tmp_path: Path) -> None:
     assert resumed.returncode == 0  # the bad lines were consumed before: strict mode has nothing to stop on
     strict = cli(*args, "-n", "5", "--out", str(tmp_path / "strict"))
     assert strict.returncode == 2
-    assert strict.stderr.strip() == f"error: {persona_file}:5: invalid JSON: unexpected character, expected a string key"
+    expected = f"error: {persona_file}:5: invalid JSON: unexpected character, expected a string key"
+    assert strict.stderr.strip() == expected

@@ -1,0 +1,96 @@
+"""The job queue: jobs flow through stages, in-flight jobs never exceed the bound, the
+admission predicate is respected, stop() ends the run, a handler error stays one job's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from service.queue import JobQueue, StageSpec
+
+
+async def numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+def test_jobs_flow_through_stages_with_bounded_in_flight() -> None:
+    seen: list[int] = []
+    peak = 0
+
+    async def main() -> bool:
+        nonlocal peak
+        queue: JobQueue[int]
+
+        async def first(job: int) -> str | None:
+            nonlocal peak
+            peak = max(peak, queue.in_flight)
+            await asyncio.sleep(0.001)
+            return "second"
+
+        async def second(job: int) -> str | None:
+            await asyncio.sleep(0.002)
+            return None
+
+        queue = JobQueue(
+            [StageSpec("first", first, 4), StageSpec("second", second, 8)],
+            on_finished=seen.append,
+            on_error=lambda job, exc: None,
+            max_in_flight=10,
+        )
+        return await queue.run("first", numbers(200), lambda in_flight: True)
+
+    assert asyncio.run(main()) is True  # the source ran dry and every job finished
+    assert sorted(seen) == list(range(200))
+    assert 1 < peak <= 10
+
+
+def test_stop_ends_the_run_and_may_admit_is_respected() -> None:
+    finished: list[int] = []
+    admitted_max = 0
+
+    async def main() -> bool:
+        queue: JobQueue[int]
+
+        async def work(job: int) -> str | None:
+            await asyncio.sleep(0.001)
+            return None
+
+        def done(job: int) -> None:
+            finished.append(job)
+            if len(finished) == 25:
+                queue.stop()
+
+        def may_admit(in_flight: int) -> bool:
+            nonlocal admitted_max
+            admitted_max = max(admitted_max, in_flight)
+            return in_flight < 3
+
+        queue = JobQueue([StageSpec("w", work, 8)], done, lambda job, exc: None, max_in_flight=50)
+        return await queue.run("w", numbers(10_000), may_admit)
+
+    assert asyncio.run(main()) is False  # stopped, not exhausted
+    assert 25 <= len(finished) < 30
+    assert admitted_max <= 3
+
+
+def test_a_failing_job_does_not_stop_the_others() -> None:
+    errors: list[tuple[int, str]] = []
+    finished: list[int] = []
+
+    async def work(job: int) -> str | None:
+        if job == 3:
+            raise ValueError("bad job")
+        return None
+
+    async def main() -> bool:
+        queue = JobQueue(
+            [StageSpec("w", work, 2)],
+            finished.append,
+            lambda job, exc: errors.append((job, str(exc))),
+            max_in_flight=4,
+        )
+        return await queue.run("w", numbers(10), lambda n: True)
+
+    assert asyncio.run(main()) is True
+    assert errors == [(3, "bad job")] and sorted(finished) == [0, 1, 2, 4, 5, 6, 7, 8, 9]

@@ -1,0 +1,53 @@
+"""The SQLite store and the derived output files: exactly N accepted, surplus kept for a
+larger run, cursor only moves forward, torn output lines are repaired from the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.export import OutputWriter
+from service.store import Store
+
+
+def admit(store: Store, n: int) -> list[str]:
+    ids = [f"s{i}" for i in range(n)]
+    for i, sid in enumerate(ids):
+        store.admit(sid, i, f"f:{i}", f"persona {i}", {}, f"h{i}")
+    return ids
+
+
+def test_exactly_n_accepted_surplus_promoted_later(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite")
+    ids = admit(store, 5)
+    orders = [store.accept(sid, {"id": sid}, [], target=3) for sid in ids[:4]]
+    assert orders == [1, 2, 3, None]
+    assert store.state_counts() == {"accepted": 3, "surplus": 1, "running": 1}
+    assert [p.id for p in store.pending()] == ["s4"]
+    assert store.promote_surplus(target=10) == 1
+    assert store.accepted_count() == 4
+    store.close()
+
+
+def test_cursor_only_moves_forward(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite")
+    assert store.cursor() == -1
+    store.reject_input(7, "malformed", {"kind": "malformed"})
+    store.reject_input(3, "duplicate", {"kind": "duplicate"})
+    assert store.cursor() == 7
+    store.close()
+
+
+def test_torn_output_is_repaired_from_the_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite")
+    for sid in admit(store, 5):
+        store.accept(sid, {"id": sid}, [], target=5)
+    store.reject_input(9, "malformed", {"kind": "malformed", "source": "f:9"})
+    shard = tmp_path / "samples-00000.jsonl"
+    shard.write_bytes(b'{"id":"s0"}\n{"id":"s1"}\n{"id":"s')  # killed mid-write
+    writer = OutputWriter(tmp_path, shard_size=2)
+    writer.sync(store)
+    writer.close()
+    lines = [p.read_text().splitlines() for p in sorted(tmp_path.glob("samples-*.jsonl"))]
+    assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}', '{"id":"s3"}'], ['{"id":"s4"}']]
+    assert (tmp_path / "rejects.jsonl").read_text() == '{"kind":"malformed","source":"f:9"}\n'
+    store.close()
