@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -20,14 +21,33 @@ READY_TIMEOUT_S = 30.0
 
 
 class EmbeddedEndpoint:
-    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], log_path: Path) -> None:
         self.name = name
         self._settings = settings
+        self._log_path = log_path
         self._process: asyncio.subprocess.Process | None = None
 
     async def start(self) -> str:
-        """Launch the endpoint; return its base URL."""
-        self._process = await asyncio.create_subprocess_exec(
+        """Launch the endpoint (its own log goes to `log_path`); return its base URL."""
+        with self._log_path.open("ab") as log_file:
+            self._process = await self._spawn(log_file)
+        assert self._process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self._process.stdout.readline(), READY_TIMEOUT_S)
+        except TimeoutError:
+            line = b""
+        text = line.decode().strip()
+        if not text.startswith("READY "):
+            await self.stop()
+            err = self._log_path.read_text(errors="replace").strip().splitlines()
+            reason = err[-1] if err else "it did not report READY"
+            raise ConfigError(
+                f"endpoints.{self.name}.embedded: the embedded endpoint did not start: {reason}"
+            )
+        return text.split(" ", 1)[1]
+
+    async def _spawn(self, log_file: BinaryIO) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "simulator",
@@ -40,28 +60,17 @@ class EmbeddedEndpoint:
             "--parent-pid",
             str(os.getpid()),
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=log_file,
         )
-        assert self._process.stdout is not None and self._process.stderr is not None
-        try:
-            line = await asyncio.wait_for(self._process.stdout.readline(), READY_TIMEOUT_S)
-        except TimeoutError:
-            line = b""
-        text = line.decode().strip()
-        if not text.startswith("READY "):
-            await self.stop()
-            err = (await self._process.stderr.read()).decode(errors="replace").strip().splitlines()
-            reason = err[-1] if err else "it did not report READY"
-            raise ConfigError(
-                f"endpoints.{self.name}.embedded: the embedded endpoint did not start: {reason}"
-            )
-        return text.split(" ", 1)[1]
 
     async def stop(self) -> None:
         process = self._process
         if process is None or process.returncode is not None:
             return
-        process.terminate()
+        try:
+            process.terminate()
+        except ProcessLookupError:  # it already exited
+            return
         try:
             await asyncio.wait_for(process.wait(), 5)
         except TimeoutError:

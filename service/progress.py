@@ -4,6 +4,7 @@ rule, duplicates, tokens, cost, elapsed, rate); a progress log event when not a 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from typing import TextIO
 
@@ -20,10 +21,10 @@ def progress_line(stats: RunStats) -> str:
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
     return (
-        f"accepted {stats.accepted}/{stats.target} | in flight {stats.in_flight} | "
+        f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
+        f"tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | in flight {stats.in_flight} | "
         f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
-        f"checks failed {fails} | tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | "
-        f"{elapsed:.0f}s {rate:.1f}/s"
+        f"rejected checks {fails}"
     )
 
 
@@ -50,7 +51,8 @@ class Progress:
         while True:
             await asyncio.sleep(self._interval)
             if self._tty:
-                self._stream.write("\r\033[K" + progress_line(self._stats)[:400])
+                width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
+                self._stream.write("\r\033[K" + progress_line(self._stats)[:width])
                 self._stream.flush()
             else:
                 log.info("progress", line=progress_line(self._stats))

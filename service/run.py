@@ -159,7 +159,7 @@ class Run:
         for name, endpoint in needed.items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
-                embedded = EmbeddedEndpoint(name, endpoint.embedded)
+                embedded = EmbeddedEndpoint(name, endpoint.embedded, self.out / f"endpoint-{name}.log")
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,30 +27,33 @@ FAST_SIM: dict[str, Any] = {
 @contextmanager
 def simulator(settings: dict[str, Any]) -> Iterator[str]:
     """A simulator process; yields its base URL (http://127.0.0.1:PORT/v1)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--settings-json",
-            json.dumps(settings),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline().strip()
-        assert line.startswith("READY "), f"simulator did not start: {line!r} {proc.stderr.read()}"
-        yield line.split(" ", 1)[1]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "simulator",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--settings-json",
+                json.dumps(settings),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        try:
+            line = proc.stdout.readline().strip()
+            if not line.startswith("READY "):
+                errors.seek(0)
+                raise AssertionError(f"simulator did not start: {line!r} {errors.read()}")
+            yield line.split(" ", 1)[1]
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def sim_stats(base_url: str) -> dict[str, Any]:

@@ -51,10 +51,8 @@ FLAWED = {
 
 
 def prompt(name: str, **values: object) -> str:
-    """A prompt file, filled with string.Template when it takes values (system prompts are used as is:
-    script_system.md contains a literal "$" that Template.substitute rejects)."""
-    text = (PROMPTS / name).read_text()
-    return string.Template(text).substitute(**values) if values else text
+    """A prompt file filled like the service fills it (string.Template, "$$" is a literal "$")."""
+    return string.Template((PROMPTS / name).read_text()).substitute(**values)
 
 
 def script_request(persona: str, seed: int = 1) -> dict[str, Any]:

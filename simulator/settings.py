@@ -1,0 +1,142 @@
+"""Settings of the embedded OpenAI-compatible simulator.
+
+`SimSettings.from_dict` builds the frozen settings from a plain dict (for example
+parsed from JSON or YAML) and raises `ValueError` naming the offending key when a
+key is unknown or a value has the wrong type or range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+USAGE_STYLES = ("openai", "deepseek")
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Per-request transport and server faults (probabilities are exclusive)."""
+
+    p_5xx: float = 0.0
+    p_reset: float = 0.0
+    p_truncated_body: float = 0.0
+    p_hang: float = 0.0
+    hang_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class FlawSettings:
+    """Share of generated outputs that break one of the SPEC rules on purpose."""
+
+    script_rate: float = 0.2
+    trajectory_rate: float = 0.35
+    retry_rate_factor: float = 0.5
+    # share of correct answers wrapped in a Markdown code fence when the request
+    # does not ask for JSON mode (real models do this; SPEC S1 strips fences)
+    code_fence_rate: float = 0.1
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """All simulator settings; every field has a default."""
+
+    models: list[str] = field(default_factory=lambda: ["sim-gpt-4o"])
+    seed: int = 0
+    latency_median_s: float = 0.05
+    latency_sigma: float = 0.5
+    rpm: int = 0
+    tpm: int = 0
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    flaws: FlawSettings = field(default_factory=FlawSettings)
+    usage_style: str = "openai"
+    api_key: str | None = None
+    json_mode: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> SimSettings:
+        """Build settings from a plain dict; unknown keys and bad types raise ValueError."""
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise ValueError("simulator settings must be a JSON object")
+        plain = {k: v for k, v in d.items() if k not in ("faults", "flaws")}
+        kwargs = _check_fields(cls, plain, "")
+        if "faults" in d:
+            kwargs["faults"] = _build(FaultSettings, d["faults"], "faults.")
+        if "flaws" in d:
+            kwargs["flaws"] = _build(FlawSettings, d["flaws"], "flaws.")
+        if "models" in kwargs:
+            kwargs["models"] = list(kwargs["models"])
+        settings = cls(**kwargs)
+        settings._validate()
+        return settings
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (round-trips through `from_dict`)."""
+        return dataclasses.asdict(self)
+
+    def _validate(self) -> None:
+        if not self.models or not all(isinstance(m, str) and m for m in self.models):
+            raise ValueError("setting 'models' must be a non-empty list of non-empty strings")
+        if self.latency_median_s < 0 or self.latency_sigma < 0:
+            raise ValueError("settings 'latency_median_s' and 'latency_sigma' must be >= 0")
+        if self.rpm < 0 or self.tpm < 0:
+            raise ValueError("settings 'rpm' and 'tpm' must be >= 0 (0 = unlimited)")
+        if self.usage_style not in USAGE_STYLES:
+            raise ValueError(f"setting 'usage_style' must be one of {USAGE_STYLES}, got {self.usage_style!r}")
+        f = self.faults
+        for name in ("p_5xx", "p_reset", "p_truncated_body", "p_hang"):
+            if not 0.0 <= getattr(f, name) <= 1.0:
+                raise ValueError(f"setting 'faults.{name}' must be between 0 and 1")
+        if f.p_5xx + f.p_reset + f.p_truncated_body + f.p_hang > 1.0 + 1e-9:
+            raise ValueError("settings 'faults.p_*' must sum to at most 1")
+        if f.hang_s < 0:
+            raise ValueError("setting 'faults.hang_s' must be >= 0")
+        for name in ("script_rate", "trajectory_rate", "code_fence_rate"):
+            if not 0.0 <= getattr(self.flaws, name) <= 1.0:
+                raise ValueError(f"setting 'flaws.{name}' must be between 0 and 1")
+        if self.flaws.retry_rate_factor < 0:
+            raise ValueError("setting 'flaws.retry_rate_factor' must be >= 0")
+
+
+def _build(cls: type, value: Any, prefix: str) -> Any:
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"setting '{prefix[:-1]}' must be an object, got {type(value).__name__}")
+    return cls(**_check_fields(cls, value, prefix))
+
+
+def _check_fields(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ValueError(f"unknown simulator setting '{prefix}{key}'")
+        _check_type(f"{prefix}{key}", known[key].type, value)
+        out[key] = float(value) if str(known[key].type) == "float" else value
+    return out
+
+
+def _check_type(name: str, annotation: Any, value: Any) -> None:
+    ann = str(annotation)
+    ok: bool
+    if ann == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif ann == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif ann == "bool":
+        ok = isinstance(value, bool)
+    elif ann == "str":
+        ok = isinstance(value, str)
+    elif ann == "str | None":
+        ok = value is None or isinstance(value, str)
+    elif ann == "list[str]":
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    else:  # pragma: no cover - every field type is listed above
+        ok = True
+    if not ok:
+        raise ValueError(
+            f"setting '{name}' must be of type {ann}, got {type(value).__name__} ({value!r:.60})"
+        )
