@@ -193,6 +193,7 @@ class Run:
         if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
             return
         self._writer.samples.append(orjson.dumps(record))
+        log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
         self.stats.accepted += 1
         self.stats.accepted_this_run += 1
         if self.stats.accepted >= self.config.run.n:
@@ -212,6 +213,9 @@ class Run:
         assert self._store is not None
         record = rejected_record(job, kind)
         self._store.reject_sample(job.id, kind, rule, job.failed_checks, record)
+        log.info(
+            f"sample_{kind}", sample_id=job.id, rule=rule, message=record["message"], requests=job.requests
+        )
         self._rejected(record)
 
     def _rejected(self, record: dict[str, Any]) -> None:
