@@ -16,7 +16,6 @@ class RunStats:
     started: float = field(default_factory=time.monotonic)
     accepted: int = 0
     accepted_this_run: int = 0
-    in_flight: int = 0
     dropped: int = 0
     failed: int = 0
     duplicates: int = 0

@@ -131,18 +131,22 @@ class _JsonlStream:
         return sorted(self._out.glob(f"{self._stem}-[0-9][0-9][0-9][0-9][0-9].jsonl"))
 
     def recover(self) -> int:
-        """Drop a torn last line (a kill mid-write), count the complete ones."""
+        """Drop a torn last line (a kill mid-write), count the complete ones (read in chunks)."""
         self.count = 0
         for path in self.paths():
             if not path.exists():
                 continue
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1
-                with path.open("r+b") as handle:
+            keep = 0  # bytes up to and including the last newline
+            with path.open("r+b") as handle:
+                offset = 0
+                while chunk := handle.read(1 << 20):
+                    newlines = chunk.count(b"\n")
+                    if newlines:
+                        self.count += newlines
+                        keep = offset + chunk.rfind(b"\n") + 1
+                    offset += len(chunk)
+                if keep < offset:
                     handle.truncate(keep)
-                data = data[:keep]
-            self.count += data.count(b"\n")
         return self.count
 
     def append(self, line: bytes) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -43,8 +42,3 @@ def configure(log_path: Path, run_id: str) -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(run_id=run_id)
-
-
-def bind_sample(**values: Any) -> None:
-    """Attach sample id and stage to every log line of the current task."""
-    structlog.contextvars.bind_contextvars(**values)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -16,21 +17,24 @@ LOG_INTERVAL_S = 15.0
 log = structlog.get_logger()
 
 
-def progress_line(stats: RunStats) -> str:
+def progress_line(stats: RunStats, in_flight: int) -> str:
     elapsed = stats.elapsed
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
-        f"tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | in flight {stats.in_flight} | "
+        f"tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | in flight {in_flight} | "
         f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
         f"rejected checks {fails}"
     )
 
 
 class Progress:
-    def __init__(self, stats: RunStats, interval_s: float, stream: TextIO = sys.stderr) -> None:
+    def __init__(
+        self, stats: RunStats, in_flight: Callable[[], int], interval_s: float, stream: TextIO = sys.stderr
+    ) -> None:
         self._stats = stats
+        self._in_flight = in_flight
         self._stream = stream
         self._tty = stream.isatty()
         self._interval = interval_s if self._tty else LOG_INTERVAL_S
@@ -44,7 +48,7 @@ class Progress:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._tty:
-            self._stream.write("\r\033[K" + progress_line(self._stats) + "\n")
+            self._stream.write("\r\033[K" + self._line() + "\n")
             self._stream.flush()
 
     async def _loop(self) -> None:
@@ -52,10 +56,13 @@ class Progress:
             await asyncio.sleep(self._interval)
             if self._tty:
                 width = shutil.get_terminal_size().columns - 1  # a wrapped line cannot be redrawn
-                self._stream.write("\r\033[K" + progress_line(self._stats)[:width])
+                self._stream.write("\r\033[K" + self._line()[:width])
                 self._stream.flush()
             else:
-                log.info("progress", line=progress_line(self._stats))
+                log.info("progress", line=self._line())
+
+    def _line(self) -> str:
+        return progress_line(self._stats, self._in_flight())
 
 
 def _short(n: int) -> str:

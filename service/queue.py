@@ -46,7 +46,6 @@ class JobQueue(Generic[Job]):
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._fatal: BaseException | None = None
-        self.depth: dict[str, int] = dict.fromkeys(self._stages, 0)
 
     @property
     def in_flight(self) -> int:
@@ -106,14 +105,12 @@ class JobQueue(Generic[Job]):
             self._put(first_stage, job)
 
     def _put(self, stage: str, job: Job) -> None:
-        self.depth[stage] += 1
         self._queues[stage].put_nowait(job)
 
     async def _worker(self, spec: StageSpec[Job]) -> None:
         queue = self._queues[spec.name]
         while True:
             job = await queue.get()
-            self.depth[spec.name] -= 1
             try:
                 next_stage = await spec.handler(job)
             except asyncio.CancelledError:

@@ -117,12 +117,11 @@ class Run:
             admission = Admission(
                 self._store, self.stats, config.run.seed, config.personas.strict, self._rejected
             )
-            progress = Progress(self.stats, config.run.progress_interval_s)
+            progress = Progress(self.stats, lambda: queue.in_flight, config.run.progress_interval_s)
             progress.start()
             try:
                 exhausted = await queue.run("script", admission.jobs(self._source(clients)), self._may_admit)
             finally:
-                self.stats.in_flight = 0
                 await progress.stop()
         finally:
             await self._disconnect()
@@ -176,7 +175,6 @@ class Run:
     def _may_admit(self, in_flight: int) -> bool:
         """Admit only as many samples as the remaining target needs at the observed accept rate."""
         stats = self.stats
-        self.stats.in_flight = in_flight
         finished = stats.accepted + stats.dropped + stats.failed
         rate = max(0.3, (stats.accepted + 1) / (finished + 1))
         return in_flight < math.ceil((stats.target - stats.accepted) / rate * 1.1) + 1
@@ -184,7 +182,6 @@ class Run:
     def _finished(self, job: SampleJob) -> None:
         assert self._store is not None and self._writer is not None and self._queue is not None
         self.stats.check_failures.update(check.split(">")[0] for check in job.failed_checks)
-        self.stats.in_flight = self._queue.in_flight
         if job.trajectory is None:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
@@ -224,12 +221,12 @@ class Run:
 
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
-        rejects = store.reject_counts()
+        kinds = store.reject_kinds()
         self.stats.accepted = states.get("accepted", 0)
         self.stats.dropped = states.get("dropped", 0)
         self.stats.failed = states.get("failed", 0)
-        self.stats.duplicates = sum(n for (kind, _), n in rejects.items() if kind == "duplicate")
-        self.stats.malformed = sum(n for (kind, _), n in rejects.items() if kind == "malformed")
+        self.stats.duplicates = kinds.get("duplicate", 0)
+        self.stats.malformed = kinds.get("malformed", 0)
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
 
 

@@ -129,9 +129,6 @@ class Store:
             ),
         )
 
-    def response_keys(self) -> set[str]:
-        return {row[0] for row in self._db.execute("SELECT key FROM responses")}
-
     def usage_rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         """(endpoint, model, usage) of every paid response, for run totals."""
         for endpoint, model, usage in self._db.execute("SELECT endpoint, model, usage FROM responses"):
@@ -178,7 +175,8 @@ class Store:
         return [PendingSample(r[0], r[1], r[2], r[3], orjson.loads(r[4] or b"{}")) for r in rows]
 
     def accepted_count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM samples WHERE state = 'accepted'").fetchone()[0]
+        """Accepted samples; acceptance orders run 1..n without gaps, so this is an index lookup."""
+        return self._db.execute("SELECT COALESCE(MAX(accepted_seq), 0) FROM samples").fetchone()[0]
 
     def accept(self, sample_id: str, record: dict[str, Any], failures: list[str], target: int) -> int | None:
         """Mark a sample accepted if fewer than `target` are; return its order, or None (surplus)."""
@@ -231,15 +229,16 @@ class Store:
         ):
             yield record
 
-    def reject_count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
-
     def state_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state"))
 
     def reject_counts(self) -> dict[tuple[str, str], int]:
         rows = self._db.execute("SELECT kind, rule, COUNT(*) FROM rejects GROUP BY kind, rule")
         return {(kind, rule): n for kind, rule, n in rows}
+
+    def reject_kinds(self) -> dict[str, int]:
+        """Rejects per kind: dropped, failed, duplicate, malformed."""
+        return dict(self._db.execute("SELECT kind, COUNT(*) FROM rejects GROUP BY kind"))
 
     def finished_checks(self) -> Iterator[str]:
         """Every failed check of finished samples, as "rule>what the policy did next"."""

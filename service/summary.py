@@ -20,6 +20,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
     by_rule = Counter(item.split(">")[0] for item in checks.elements())
     recovery = Counter(item.split(">")[1] for item in checks.elements())
     rejects = store.reject_counts()
+    kinds = store.reject_kinds()
     usage, cost = Usage(), 0.0
     prices = {name: ep.price for name, ep in config.endpoints.items()}
     for endpoint, _model, block in store.usage_rows():
@@ -35,9 +36,9 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
         "dropped_by_rule": dict(
             sorted((rule, n) for (kind, rule), n in rejects.items() if kind == "dropped")
         ),
-        "failed_requests": sum(n for (kind, _), n in rejects.items() if kind == "failed"),
-        "persona_duplicates_skipped": sum(n for (kind, _), n in rejects.items() if kind == "duplicate"),
-        "malformed_persona_lines": sum(n for (kind, _), n in rejects.items() if kind == "malformed"),
+        "failed_requests": kinds.get("failed", 0),
+        "persona_duplicates_skipped": kinds.get("duplicate", 0),
+        "malformed_persona_lines": kinds.get("malformed", 0),
         "check_failures_by_rule": dict(sorted(by_rule.items())),
         "recovery": {
             "continued_from_prefix": recovery["continue"],

@@ -52,20 +52,21 @@ def validate_run(out: str | Path) -> Report:
     ids: Counter[str] = Counter()
     personas: Counter[str] = Counter()
     for path in sorted(Path(out).glob("samples-[0-9]*.jsonl")):
-        for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                report.problems.append(f"{path}:{number}: not valid JSON")
-                continue
-            report.samples += 1
-            ids[record.get("id")] += 1
-            personas[text_hash(str(record.get("persona")))] += 1
-            report.problems += validate_record(record)
-            for message in record.get("messages", []):
-                if message["role"] == "assistant":
-                    report.trained_turns += message["train"]
-                    report.masked_turns += not message["train"]
+        with path.open("rb") as lines:
+            for number, line in enumerate(lines, start=1):
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    report.problems.append(f"{path}:{number}: not valid JSON")
+                    continue
+                report.samples += 1
+                ids[record.get("id")] += 1
+                personas[text_hash(str(record.get("persona")))] += 1
+                report.problems += validate_record(record)
+                for message in record.get("messages", []):
+                    if message["role"] == "assistant":
+                        report.trained_turns += message["train"]
+                        report.masked_turns += not message["train"]
     report.problems += [f"id {i} appears {n} times" for i, n in ids.items() if n > 1]
     report.problems += [f"{n - 1} duplicate persona(s)" for n in personas.values() if n > 1]
     return report

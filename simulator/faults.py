@@ -18,8 +18,6 @@ import random
 
 from simulator.settings import FaultSettings
 
-FAULT_KINDS = ("5xx", "reset", "truncated", "hang")
-
 _5XX = (
     (500, "server_error", "The server had an error while processing your request. Sorry about that!"),
     (502, "server_error", "Bad gateway."),

@@ -98,24 +98,19 @@ class LLMClient:
         json_mode: bool = True,
     ) -> Completion:
         ep = self.endpoint
-        body: dict[str, Any] = {
-            "model": ep.model,
-            "messages": messages,
-            "temperature": temperature,
-            ep.max_tokens_param: max_tokens,
-            **ep.extra_body,
-        }
+        params: dict[str, Any] = {"temperature": temperature, ep.max_tokens_param: max_tokens}
         if json_mode and ep.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        key = request_key({**body, "seed": seed})
+            params["response_format"] = {"type": "json_object"}
         if ep.send_seed:
-            body["seed"] = seed
+            params["seed"] = seed
+        # the key hashes the body as the endpoint receives it, plus the seed when it is not sent
+        key = request_key({"model": ep.model, "messages": messages, **params, **ep.extra_body, "seed": seed})
         stored = self._store.get_response(key)
         if stored is not None:
             self._stats.cache_hits += 1
             return self._completion(stored, cached=True)
         stored = await self._send(
-            body, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
+            messages, params, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
         )
         self._store.put_response(key, stored)
         completion = self._completion(stored, cached=False)
@@ -136,12 +131,10 @@ class LLMClient:
             cached=cached,
         )
 
-    async def _send(self, body: dict[str, Any], estimate: int) -> StoredResponse:
+    async def _send(
+        self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int
+    ) -> StoredResponse:
         ep = self.endpoint
-        params = {k: v for k, v in body.items() if k not in ("model", "messages")}
-        known = {"temperature", "max_tokens", "max_completion_tokens", "seed", "response_format"}
-        extra = {k: v for k, v in params.items() if k not in known}
-        params = {k: v for k, v in params.items() if k in known}
         last_error = ""
         attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
         limited_since: float | None = None
@@ -150,7 +143,7 @@ class LLMClient:
             async with self._limiter.slot(estimate) as reservation:
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
-                        model=body["model"], messages=body["messages"], extra_body=extra or None, **params
+                        model=ep.model, messages=messages, extra_body=ep.extra_body or None, **params
                     )
                     response = raw.parse()
                 except openai.RateLimitError as exc:
@@ -190,7 +183,7 @@ class LLMClient:
                             content=choice.message.content or "",
                             finish_reason=choice.finish_reason,
                             usage=usage,
-                            model=response.model or body["model"],
+                            model=response.model or ep.model,
                             endpoint=ep.name,
                         )
             self._stats.requests[outcome] += 1

@@ -76,7 +76,6 @@ class _Cand:
     values: dict[str, str]
     matched: frozenset[int]
     score: float
-    order: int
     stem: str = ""
 
 
@@ -105,7 +104,7 @@ def plan(script: Script) -> list[Step]:
         if not action.names:
             p = pos(action.template)
             if p is not None:
-                cands.append(_Cand(action, {}, frozenset({p}), 0.5, p))
+                cands.append(_Cand(action, {}, frozenset({p}), 0.5))
             continue
         best: dict[str, tuple[int, str]] = {}
         mentioned: dict[str, list[tuple[int, str]]] = {}
@@ -126,7 +125,7 @@ def plan(script: Script) -> list[Step]:
         for variant in variants:
             values = {n: variant[n][1] if n in variant else action.params[n][0] for n in action.names}
             matched = frozenset(variant[n][0] for n in variant)
-            cands.append(_Cand(action, values, matched, len(matched) + bonus, max(matched), stem))
+            cands.append(_Cand(action, values, matched, len(matched) + bonus, stem))
 
     kept = _order([c for c in cands if not _dominated(c, cands, conds)], offset, goal)
     kept = _unique(kept)

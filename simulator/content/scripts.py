@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from simulator.content.patterns import PatternStyle, build_pattern
@@ -110,7 +110,6 @@ class GeneratedScript:
     script: dict[str, Any]
     plan: list[PlanStep]
     world: World
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 _GENERIC_ROLE_WORDS = frozenset(
@@ -359,7 +358,7 @@ def _build_once(persona: str, rng: random.Random) -> GeneratedScript:
     }
     if rng.random() < 0.3:
         script = {k: script[k] for k in ("Goal", "Environment", "Completion Conditions", "Available Actions")}
-    return GeneratedScript(script, plan, world, {"start": start})
+    return GeneratedScript(script, plan, world)
 
 
 def _add_distractors(

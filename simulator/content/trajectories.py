@@ -37,20 +37,6 @@ def is_error_turn(turn: Any) -> bool:
     return isinstance(turn, dict) and turn.get("role") == "DM" and any(turn.get(f) is True for f in FLAGS)
 
 
-def error_refine_count(turns: list[Any]) -> int:
-    """Error turns that a later DM turn without flags follows (SPEC T6)."""
-    count, pending = 0, 0
-    for t in turns:
-        if not isinstance(t, dict) or t.get("role") != "DM":
-            continue
-        if is_error_turn(t):
-            pending += 1
-        else:
-            count += pending
-            pending = 0
-    return count
-
-
 def _mistake_counts(n_steps: int, n: int, rng: random.Random) -> list[int]:
     counts = [0] * n_steps
     for _ in range(n):
