@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
+# and `make bench` prints the benchmark figures (SECTIONS="..." to pick some).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,7 +16,7 @@ GENERATOR ?=
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
 
-.PHONY: run test lint format clean
+.PHONY: run test bench lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench $(SECTIONS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
