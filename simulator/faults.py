@@ -6,7 +6,10 @@ Kinds (exclusive, probabilities from `FaultSettings`):
 - ``"reset"``: the connection is aborted without any response;
 - ``"truncated"``: a 200 whose JSON body is cut in the middle (Content-Length
   matches the cut body, so the client reads it completely and fails to parse it);
-- ``"hang"``: the answer is delayed by ``hang_s`` seconds, so the client times out.
+- ``"hang"``: the answer is delayed by ``hang_s`` seconds, so the client times out;
+- ``"empty_choices"``: a 200 with a well-formed body whose ``choices`` list is empty;
+- ``"length"``: a 200 whose content is cut at a random point with ``finish_reason:
+  "length"``, as when a model runs into ``max_tokens``.
 
 The RNG advances with every request, so a retried request does not meet the same
 fault again by construction (unlike the content, which depends on the request only).
@@ -33,6 +36,8 @@ def choose_fault(rng: random.Random, settings: FaultSettings) -> str | None:
         ("reset", settings.p_reset),
         ("truncated", settings.p_truncated_body),
         ("hang", settings.p_hang),
+        ("empty_choices", settings.p_empty_choices),
+        ("length", settings.p_length),
     ):
         if u < p:
             return kind
@@ -44,6 +49,12 @@ def server_error(rng: random.Random) -> tuple[int, dict[str, object]]:
     """An HTTP status (500/502/503) and OpenAI's error body for it."""
     status, kind, message = rng.choice(_5XX)
     return status, {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def cut_content(content: str, rng: random.Random) -> str:
+    """The content cut at a random point in its middle third (as a model stopped by max_tokens)."""
+    n = len(content)
+    return content[: rng.randint(n // 3, max(n // 3, (2 * n) // 3))]
 
 
 def truncate_body(body: bytes, rng: random.Random) -> bytes:

@@ -2,11 +2,14 @@
 
 Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` (and ``/v1/models/{id}``),
 and ``GET /_sim/stats`` (test/ops): ``{"requests": n, "by_status": {"200": n, ...},
-"answered": {digest: count}}`` where digest is the sha256 hex of the request body
-serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``. ``by_status`` counts
-HTTP statuses plus ``"reset"`` (connection aborted), ``"truncated"`` (a 200 with a
-cut body), ``"hang"`` (client gone before the delayed answer) and ``"499"`` (client
-gone before a normal answer); ``answered`` counts only complete 200 answers.
+"received": {digest: count}, "answered": {digest: count}}`` where digest is the sha256
+hex of the request body serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``.
+``by_status`` counts HTTP statuses plus ``"reset"`` (connection aborted),
+``"truncated"`` (a 200 with a cut body), ``"empty_choices"`` and ``"length"`` (200s with
+those faults), ``"hang"`` (client gone before the delayed answer) and ``"499"`` (client
+gone before a normal answer). ``received`` counts every request taken on for generation
+(past authorisation, validation and rate limits: what a provider bills), ``answered``
+only complete 200 answers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -44,6 +48,7 @@ class SimState:
         self.cache = tokens.PrefixCache()
         self.requests = 0
         self.by_status: Counter[str] = Counter()
+        self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.fingerprint = "fp_" + canonical_digest(settings.to_dict())[:10]
 
@@ -153,6 +158,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "model_not_found",
             ),
         )
+    if body["model"] in s.denied_models:
+        st.by_status["403"] += 1
+        return _json(
+            403,
+            error_body(
+                f"Your project does not have access to model `{body['model']}`.",
+                "invalid_request_error",
+                None,
+                "model_not_found",
+            ),
+        )
     if wants_json(body) and not s.json_mode:
         st.by_status["400"] += 1
         return _json(
@@ -168,6 +184,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     messages = body["messages"]
     prompt_tokens = tokens.count_messages(messages)
+    if s.max_context_tokens and prompt_tokens > s.max_context_tokens:
+        st.by_status["400"] += 1
+        return _json(
+            400,
+            error_body(
+                f"This model's maximum context length is {s.max_context_tokens} tokens. However, your "
+                f"messages resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+                "invalid_request_error",
+                "messages",
+                "context_length_exceeded",
+            ),
+        )
     limit = max_tokens_of(body)
     n = body.get("n") or 1
     decision = st.limiter.admit(prompt_tokens + (limit or DEFAULT_COMPLETION_ESTIMATE) * n)
@@ -176,6 +204,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
         return _json(429, st.limiter.error_body(decision), headers)
 
+    digest = canonical_digest(body)
+    st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
     await asyncio.sleep(st.latency())
     if fault == "5xx":
@@ -193,9 +223,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         st.by_status["hang" if fault == "hang" else "499"] += 1
         raise asyncio.CancelledError
 
-    digest = canonical_digest(body)
     seed_digest = content_digest(body)
     gens = [generate(body, s, i, seed_digest) for i in range(n)]
+    if fault == "length":
+        gens = [
+            replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens
+        ]
     completion_tokens = sum(tokens.count_text(g.content) for g in gens)
     st.limiter.reconcile(decision.charged_tokens, prompt_tokens + completion_tokens)
     cached = st.cache.cached_tokens(messages)
@@ -212,6 +245,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "logprobs": None,
             }
             for i, g in enumerate(gens)
+            if fault != "empty_choices"
         ],
         "usage": tokens.usage_block(prompt_tokens, completion_tokens, cached, s.usage_style),
         "system_fingerprint": st.fingerprint,
@@ -232,7 +266,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             content_type="application/json",
             headers=headers,
         )
-    st.by_status["200"] += 1
+    st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
     st.answered[digest] += 1
     return web.Response(status=200, body=payload, content_type="application/json", headers=headers)
 
@@ -347,7 +381,13 @@ def _model(name: str) -> dict[str, Any]:
 async def stats(request: web.Request) -> web.Response:
     st = request.app[STATE]
     return _json(
-        200, {"requests": st.requests, "by_status": dict(st.by_status), "answered": dict(st.answered)}
+        200,
+        {
+            "requests": st.requests,
+            "by_status": dict(st.by_status),
+            "received": dict(st.received),
+            "answered": dict(st.answered),
+        },
     )
 
 

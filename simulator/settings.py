@@ -22,6 +22,8 @@ class FaultSettings:
     p_reset: float = 0.0
     p_truncated_body: float = 0.0
     p_hang: float = 0.0
+    p_empty_choices: float = 0.0
+    p_length: float = 0.0
     hang_s: float = 300.0
 
 
@@ -52,6 +54,10 @@ class SimSettings:
     usage_style: str = "openai"
     api_key: str | None = None
     json_mode: bool = True
+    # models this key may not use: HTTP 403, as for a project without access to a model
+    denied_models: list[str] = field(default_factory=list)
+    # prompts longer than this many tokens get OpenAI's 400 context_length_exceeded (0 = no limit)
+    max_context_tokens: int = 0
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SimSettings:
@@ -81,15 +87,16 @@ class SimSettings:
             raise ValueError("setting 'models' must be a non-empty list of non-empty strings")
         if self.latency_median_s < 0 or self.latency_sigma < 0:
             raise ValueError("settings 'latency_median_s' and 'latency_sigma' must be >= 0")
-        if self.rpm < 0 or self.tpm < 0:
-            raise ValueError("settings 'rpm' and 'tpm' must be >= 0 (0 = unlimited)")
+        if self.rpm < 0 or self.tpm < 0 or self.max_context_tokens < 0:
+            raise ValueError("settings 'rpm', 'tpm' and 'max_context_tokens' must be >= 0 (0 = unlimited)")
         if self.usage_style not in USAGE_STYLES:
             raise ValueError(f"setting 'usage_style' must be one of {USAGE_STYLES}, got {self.usage_style!r}")
         f = self.faults
-        for name in ("p_5xx", "p_reset", "p_truncated_body", "p_hang"):
+        probabilities = ("p_5xx", "p_reset", "p_truncated_body", "p_hang", "p_empty_choices", "p_length")
+        for name in probabilities:
             if not 0.0 <= getattr(f, name) <= 1.0:
                 raise ValueError(f"setting 'faults.{name}' must be between 0 and 1")
-        if f.p_5xx + f.p_reset + f.p_truncated_body + f.p_hang > 1.0 + 1e-9:
+        if sum(getattr(f, name) for name in probabilities) > 1.0 + 1e-9:
             raise ValueError("settings 'faults.p_*' must sum to at most 1")
         if f.hang_s < 0:
             raise ValueError("setting 'faults.hang_s' must be >= 0")

@@ -67,7 +67,12 @@ def test_models_and_stats_shape() -> None:
             async with s.get(url.removesuffix("/v1") + "/_sim/stats") as r:
                 stats = await r.json()
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-            assert stats == {"requests": 2, "by_status": {"200": 1, "404": 1}, "answered": {digest: 1}}
+            assert stats == {
+                "requests": 2,
+                "by_status": {"200": 1, "404": 1},
+                "received": {digest: 1},
+                "answered": {digest: 1},
+            }
 
     asyncio.run(main())
 
@@ -246,6 +251,35 @@ def test_fault_hang_times_out() -> None:
             async with s.get(url.removesuffix("/v1") + "/_sim/stats") as r:
                 stats = await r.json()
             assert stats["by_status"] == {"hang": 1} and stats["answered"] == {}
+
+    asyncio.run(main())
+
+
+def test_fault_empty_choices_and_length() -> None:
+    async def main() -> None:
+        async with simulator(faults={"p_empty_choices": 1.0}) as (url, s):
+            status, _, body = await post(s, url, chat())
+            assert status == 200 and body["choices"] == [] and body["usage"]["prompt_tokens"] > 0
+        async with simulator() as (url, s):
+            _, _, whole = await post(s, url, chat(seed=3))
+        async with simulator(faults={"p_length": 1.0}) as (url, s):
+            _, _, cut = await post(s, url, chat(seed=3))
+        content = whole["choices"][0]["message"]["content"]
+        assert cut["choices"][0]["finish_reason"] == "length"
+        assert content.startswith(cut["choices"][0]["message"]["content"])
+        assert len(cut["choices"][0]["message"]["content"]) < len(content)
+
+    asyncio.run(main())
+
+
+def test_denied_model_and_context_limit() -> None:
+    async def main() -> None:
+        async with simulator(models=["m-a", "m-b"], denied_models=["m-b"], max_context_tokens=50) as (url, s):
+            status, _, body = await post(s, url, {**chat(), "model": "m-b"})
+            assert status == 403 and "does not have access" in body["error"]["message"]
+            assert (await post(s, url, {**chat(), "model": "m-a"}))[0] == 200
+            status, _, body = await post(s, url, {**chat("word " * 100), "model": "m-a"})
+            assert status == 400 and body["error"]["code"] == "context_length_exceeded"
 
     asyncio.run(main())
 
