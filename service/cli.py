@@ -2,8 +2,9 @@
 
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
-error is one line on stderr and exit status 2; an interrupted run exits 130 and resumes
-with the same command.
+error (configuration, input, endpoint refusal or outage, run directory) is one line on
+stderr and exit status 2; an interrupted run exits 128 + the signal (130 for SIGINT, 143
+for SIGTERM) and resumes with the same command.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import uvloop
 
 from service.config import ConfigError, load_config
 from service.personas import PersonaInputError
-from service.run import Run, RunDirectoryBusy, install_signal_handlers
+from service.run import INTERRUPTED, Run, install_signal_handlers
+from service.rundir import RunDirectoryBusy, RunDirectoryError
 from service.summary import format_summary
 from service.validate import validate_run
+from workers.breaker import EndpointDown
 from workers.llm import FatalEndpointError
 
 
@@ -53,15 +56,23 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={value}")
     try:
         config = load_config(args.config, overrides)
-        summary = uvloop.run(_run(Run(config)))
-    except (ConfigError, PersonaInputError, RunDirectoryBusy, FatalEndpointError) as exc:
+        run = Run(config)
+        summary = uvloop.run(_run(run))
+    except (
+        ConfigError,
+        PersonaInputError,
+        RunDirectoryBusy,
+        RunDirectoryError,
+        FatalEndpointError,
+        EndpointDown,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 2
     print(format_summary(summary, config.run.out))
-    return 130 if summary["result"].startswith("interrupted") else 0
+    return 128 + run.stop_signal if run.stop_signal is not None and summary["result"] == INTERRUPTED else 0
 
 
 def _validate(out: str) -> int:

@@ -46,6 +46,16 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Breaker:
+    """When an endpoint is down or refuses the configuration, stop the run with one line
+    instead of failing sample after sample."""
+
+    failures: int = 50  # consecutive failed tries (5xx, reset, timeout, unreadable answer) ...
+    outage_s: float = 60.0  # ... spanning at least this long with no success in between
+    bad_requests: int = 10  # consecutive 400/413/422 answers: the configuration is wrong
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """One OpenAI-compatible endpoint: where it is, which model, how to authenticate."""
 
@@ -62,6 +72,7 @@ class Endpoint:
     extra_body: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     price: Price = field(default_factory=Price)
+    breaker: Breaker = field(default_factory=Breaker)
 
     def api_key(self) -> str:
         """The key from the environment; local endpoints without one get a placeholder."""
@@ -111,6 +122,7 @@ class Run:
     shard_size: int = 10000
     sharegpt: bool = False
     progress_interval_s: float = 0.5
+    stop_grace_s: float = 30.0  # after SIGINT/SIGTERM, wait this long for requests in flight
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,14 @@ class Config:
 
     def endpoint_for(self, stage: Stage) -> Endpoint:
         return self.endpoints[stage.endpoint or self.generator]
+
+    def endpoints_in_use(self) -> dict[str, Endpoint]:
+        """The endpoints this run talks to: script and trajectory stages, and the persona
+        expansion stage when there is no persona file."""
+        stages = [self.stages.script, self.stages.trajectory]
+        if not self.personas.path:
+            stages.append(self.stages.personas)
+        return {self.endpoint_for(stage).name: self.endpoint_for(stage) for stage in stages}
 
 
 # ---------------------------------------------------------------------------------------
@@ -168,7 +188,7 @@ def load_config(
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. run.n=500")
         _apply_override(tree, dotted.strip(), raw, f"--set {item}")
     config = _build(Config, tree, "")
-    return _check_references(config, tree)
+    return _check_references(config, tree, env)
 
 
 def _from_node(node: yaml.Node, filename: str) -> _Located:
@@ -290,7 +310,7 @@ def _build(tp: Any, loc: _Located, path: str) -> Any:
     raise ConfigError(f"{loc.where}: {label}: unsupported type {_type_name(tp)}")
 
 
-def _check_references(config: Config, tree: _Located) -> Config:
+def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) -> Config:
     def where(*keys: str) -> str:
         node = tree
         for key in keys:
@@ -329,10 +349,24 @@ def _check_references(config: Config, tree: _Located) -> Config:
                 f"{where('endpoints', name, 'max_tokens_param')}: endpoints.{name}.max_tokens_param: "
                 "expected max_tokens or max_completion_tokens"
             )
+        breaker = ep.breaker
+        if breaker.failures < 1 or breaker.bad_requests < 1 or breaker.outage_s < 0:
+            raise ConfigError(
+                f"{where('endpoints', name, 'breaker')}: endpoints.{name}.breaker: failures and "
+                "bad_requests must be at least 1, outage_s at least 0"
+            )
     if config.run.n < 1:
         raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
     if config.run.max_in_flight < 1 or config.run.shard_size < 1:
         raise ConfigError(f"{where('run')}: run: max_in_flight and shard_size must be at least 1")
+    if config.run.stop_grace_s < 0:
+        raise ConfigError(f"{where('run', 'stop_grace_s')}: run.stop_grace_s: must be at least 0")
+    for name, ep in config.endpoints_in_use().items():
+        if ep.api_key_env is not None and not env.get(ep.api_key_env):
+            raise ConfigError(
+                f"{where('endpoints', name, 'api_key_env')}: endpoints.{name}.api_key_env: environment "
+                f"variable {ep.api_key_env} is not set (API keys are read only from the environment)"
+            )
     return config
 
 

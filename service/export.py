@@ -11,8 +11,11 @@ message "Thought: ...\\nAction: ..." and each DM observation a user message
 Files (all derived from the store, so they can always be repaired or rebuilt):
 - `samples-00000.jsonl`, ... accepted records in acceptance order, `shard_size` per file;
 - `rejects.jsonl`: dropped samples and rejected personas with their rule id / reason.
-On start, `OutputWriter.sync()` drops a torn last line (from a kill mid-write) and
-appends whatever the store holds that the files do not.
+The store commits first and the files are appended second, so on start
+`OutputWriter.sync()` reconciles both directions: it drops a torn last line (a kill
+mid-write) and any line the store does not hold (a store that lost its last commits, e.g.
+to a power cut), then appends whatever the store holds that the files do not. A failed
+write raises `RunDirectoryError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from service.rundir import storage_error
 from service.store import Store
 from workers.prompts import render
 from workers.sample import SampleJob
@@ -130,41 +134,56 @@ class _JsonlStream:
             return [self._out / f"{self._stem}.jsonl"]
         return sorted(self._out.glob(f"{self._stem}-[0-9][0-9][0-9][0-9][0-9].jsonl"))
 
-    def recover(self) -> int:
-        """Drop a torn last line (a kill mid-write), count the complete ones (read in chunks)."""
+    def recover(self, limit: int) -> int:
+        """Keep at most `limit` complete lines: drop a torn last line (a kill mid-write) and
+        every line past `limit`; return how many remain. Reads in chunks (bounded memory)."""
         self.count = 0
         for path in self.paths():
             if not path.exists():
                 continue
-            keep = 0  # bytes up to and including the last newline
+            if self.count == limit and self._shard_size is not None:
+                path.unlink()  # a whole shard the store does not hold
+                continue
             with path.open("r+b") as handle:
-                offset = 0
-                while chunk := handle.read(1 << 20):
-                    newlines = chunk.count(b"\n")
-                    if newlines:
-                        self.count += newlines
-                        keep = offset + chunk.rfind(b"\n") + 1
+                keep = offset = 0  # keep: bytes up to and including the last kept newline
+                while self.count < limit and (chunk := handle.read(1 << 20)):
+                    end = _nth_newline_end(chunk, limit - self.count)
+                    self.count += chunk.count(b"\n", 0, end)
+                    if end:
+                        keep = offset + end
                     offset += len(chunk)
-                if keep < offset:
+                handle.seek(0, 2)
+                if keep < handle.tell():
                     handle.truncate(keep)
         return self.count
 
     def append(self, line: bytes) -> None:
         path = self._current_path()
-        if path != self._handle_path:
-            self.close()
-            self._handle, self._handle_path = path.open("ab"), path
-        self._handle.write(line + b"\n")
+        try:
+            if path != self._handle_path:
+                self.close()
+                self._handle, self._handle_path = path.open("ab"), path
+            self._handle.write(line + b"\n")
+        except OSError as exc:
+            raise storage_error(path, exc) from None
         self.count += 1
 
     def flush(self) -> None:
         if self._handle is not None:
-            self._handle.flush()
+            try:
+                self._handle.flush()
+            except OSError as exc:
+                raise storage_error(self._handle_path, exc) from None
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle, self._handle_path = None, None
+        """Flush and close; the handle is released even when the flush fails."""
+        handle, path = self._handle, self._handle_path
+        self._handle, self._handle_path = None, None
+        if handle is not None:
+            try:
+                handle.close()
+            except OSError as exc:
+                raise storage_error(path, exc) from None
 
     def _current_path(self) -> Path:
         if self._shard_size is None:
@@ -180,9 +199,12 @@ class OutputWriter:
         self.rejects = _JsonlStream(out, "rejects")
 
     def sync(self, store: Store) -> None:
-        """Repair the files after a crash and append what the store has and they lack."""
-        for stream, records in ((self.samples, store.accepted_records), (self.rejects, store.reject_records)):
-            for blob in records(skip=stream.recover()):
+        """Repair the files after a crash: keep what the store holds, append what they lack."""
+        for stream, held, records in (
+            (self.samples, store.accepted_count(), store.accepted_records),
+            (self.rejects, store.reject_count(), store.reject_records),
+        ):
+            for blob in records(skip=stream.recover(limit=held)):
                 stream.append(blob)
             stream.flush()
         if not self.rejects.paths()[0].exists():
@@ -193,5 +215,18 @@ class OutputWriter:
         self.rejects.flush()
 
     def close(self) -> None:
-        self.samples.close()
-        self.rejects.close()
+        try:
+            self.samples.close()
+        finally:
+            self.rejects.close()
+
+
+def _nth_newline_end(chunk: bytes, n: int) -> int:
+    """The offset just past the n-th newline of `chunk`, or past its last one if it has
+    fewer (0 if it has none)."""
+    if chunk.count(b"\n") <= n:
+        return chunk.rfind(b"\n") + 1
+    end = 0
+    for _ in range(n):
+        end = chunk.index(b"\n", end) + 1
+    return end

@@ -1,5 +1,7 @@
 """structlog set-up: JSON lines into the run directory's `run.log`; warnings and errors
-also on stderr in a readable form (the terminal otherwise shows the progress line)."""
+also on stderr in a readable form (the terminal otherwise shows the progress line).
+A log line that cannot be written (disk full) is dropped without a traceback: the run's
+data lives in the store, and the failure that matters is reported once, by the CLI."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def configure(log_path: Path, run_id: str) -> None:
     root.addHandler(file_handler)
     root.addHandler(console)
     root.setLevel(logging.INFO)
+    logging.raiseExceptions = False
     for noisy in ("httpx", "httpx2", "openai", "aiohttp", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(

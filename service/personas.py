@@ -1,8 +1,11 @@
 """Persona sources, in a fixed order so a resumed run continues where it stopped.
 
 - A file: Persona Hub JSONL (`{"persona": ...}`, other keys kept as metadata) or plain
-  text, one persona per line. A malformed line becomes a `Malformed` item with a one-line
-  reason naming file:line; it is skipped and counted (or stops the run in strict mode).
+  text, one persona per line. A file that cannot be one (missing, empty, binary,
+  compressed, UTF-16) is refused before any work (`check_persona_file`). A malformed line
+  (bad JSON, not UTF-8, NUL bytes, longer than MAX_LINE_BYTES: read past in chunks, never
+  held whole) becomes a `Malformed` item with a one-line reason naming file:line; it is
+  skipped and counted (or stops the run in strict mode).
 - No file: the built-in seed list, expanded breadth-first through the endpoint with the
   Persona Hub persona-to-persona prompt (`workers.personas.PersonaExpander`).
 
@@ -14,13 +17,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 SEED_FILE = Path(__file__).parent / "data" / "seed_personas.txt"
 MAX_LINE_BYTES = 64 * 1024
 MAX_PERSONA_CHARS = 4000
+CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,27 @@ class PersonaInputError(Exception):
     """The persona source cannot be used at all (missing, unreadable, strict-mode line)."""
 
 
+def check_persona_file(path: str | Path) -> None:
+    """Refuse a file that cannot be a persona file, with one line naming it and why."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(CHUNK_BYTES)
+            first = _first_non_space(handle, head)
+    except OSError as exc:
+        raise PersonaInputError(f"{path}: cannot open persona file: {exc.strerror}") from None
+    if head.startswith(b"\x1f\x8b"):
+        raise PersonaInputError(f"{path}: gzip-compressed; decompress it first (JSONL or text expected)")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PersonaInputError(f"{path}: UTF-16 text; convert it to UTF-8")
+    if (nul := head.find(b"\x00")) >= 0:
+        raise PersonaInputError(
+            f"{path}: binary data (NUL byte at offset {nul}); expected JSONL or UTF-8 text"
+        )
+    if first is None:
+        raise PersonaInputError(f"{path}: persona file is empty")
+
+
 def read_persona_file(path: str | Path, start_after: int = -1) -> Iterator[SourceItem]:
     """Items of a JSONL or plain-text persona file; position = 1-based line number."""
     path = Path(path)
@@ -54,12 +79,12 @@ def read_persona_file(path: str | Path, start_after: int = -1) -> Iterator[Sourc
         raise PersonaInputError(f"{path}: cannot open persona file: {exc.strerror}") from None
     with handle:
         jsonl = _looks_like_jsonl(path)
-        for number, raw in enumerate(handle, start=1):
+        for number, (raw, length) in enumerate(_lines(handle), start=1):
             if number <= start_after:
                 continue
             where = f"{path}:{number}"
-            if len(raw) > MAX_LINE_BYTES:
-                yield Malformed(number, where, f"line is {len(raw)} bytes (limit {MAX_LINE_BYTES})")
+            if raw is None:
+                yield Malformed(number, where, f"line is {length} bytes (limit {MAX_LINE_BYTES})")
                 continue
             try:
                 line = raw.decode("utf-8").strip()
@@ -74,16 +99,37 @@ def read_persona_file(path: str | Path, start_after: int = -1) -> Iterator[Sourc
             yield _parse_jsonl(number, where, line) if jsonl else _plain(number, where, line)
 
 
+def _lines(handle: BinaryIO) -> Iterator[tuple[bytes | None, int]]:
+    """(line, its length) for each line; an over-long line is (None, its length), read past
+    in chunks so that memory stays bounded whatever the file holds."""
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        if len(raw) <= MAX_LINE_BYTES:
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        while not raw.endswith(b"\n") and (raw := handle.readline(CHUNK_BYTES)):
+            length += len(raw)
+        yield None, length
+
+
+def _first_non_space(handle: BinaryIO, head: bytes) -> int | None:
+    """The first byte that is not whitespace, reading on from `head` in chunks; None if none."""
+    chunk = head
+    while chunk:
+        stripped = chunk.lstrip()
+        if stripped:
+            return stripped[0]
+        chunk = handle.read(CHUNK_BYTES)
+    return None
+
+
 def _looks_like_jsonl(path: Path) -> bool:
     if path.suffix in (".jsonl", ".json", ".ndjson"):
         return True
     if path.suffix in (".txt", ".text"):
         return False
     with path.open("rb") as handle:
-        for raw in handle:
-            if raw.strip():
-                return raw.lstrip().startswith(b"{")
-    return False
+        return _first_non_space(handle, handle.read(CHUNK_BYTES)) == ord("{")
 
 
 def _parse_jsonl(number: int, where: str, line: str) -> SourceItem:

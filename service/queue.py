@@ -5,8 +5,11 @@
 - Backpressure: at most `max_in_flight` jobs exist at once. The feeder takes the next job
   from the source only when a slot is free *and* `may_admit()` agrees, so memory does not
   grow with the size of the run, and the tail of a run does not start work it won't need.
-- `stop()` (target reached, fatal error, signal) stops admission and cancels the workers;
-  unfinished jobs stay as they are in the store and are resumed by the next run.
+- `close()` (a graceful stop) stops admission only: the jobs in flight run on until each
+  finishes or gives up (`run()` returns when none is left).
+- `stop()` (target reached, fatal error, a second signal or the end of the grace period)
+  stops admission and cancels the workers; unfinished jobs stay as they are in the store
+  and are resumed by the next run.
 """
 
 from __future__ import annotations
@@ -45,11 +48,17 @@ class JobQueue(Generic[Job]):
         self._in_flight = 0
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._closed = asyncio.Event()
         self._fatal: BaseException | None = None
 
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def close(self) -> None:
+        """Admit nothing more; let the jobs in flight finish."""
+        self._closed.set()
+        self._changed.set()
 
     def stop(self, fatal: BaseException | None = None) -> None:
         """Stop admitting and end the run; `fatal` is re-raised by `run()`."""
@@ -66,7 +75,7 @@ class JobQueue(Generic[Job]):
     ) -> bool:
         """Feed jobs from `source` until it is exhausted and drained, or `stop()`.
 
-        Returns True when the source ran dry (every job finished), False when stopped.
+        Returns True when the source ran dry (every job finished), False when closed or stopped.
         """
         workers = [
             asyncio.create_task(self._worker(spec), name=f"{spec.name}-{i}")
@@ -75,20 +84,23 @@ class JobQueue(Generic[Job]):
         ]
         feeder = asyncio.create_task(self._feed(first_stage, source, may_admit), name="feeder")
         stopped = asyncio.create_task(self._stopped.wait())
+        closed = asyncio.create_task(self._closed.wait())
         try:
-            await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if feeder.done() and not feeder.cancelled() and feeder.exception() is not None:
+            await asyncio.wait({feeder, stopped, closed}, return_when=asyncio.FIRST_COMPLETED)
+            failed = feeder.done() and not feeder.cancelled() and feeder.exception() is not None
+            if failed and not self._closed.is_set():  # once closed, the source is not needed
                 raise feeder.exception()  # type: ignore[misc]
+            feeder.cancel()  # closed: a persona being fetched is not admitted
             while self._in_flight and not self._stopped.is_set():
                 self._changed.clear()
                 await self._changed.wait()
         finally:
-            for task in [*workers, feeder, stopped]:
+            for task in [*workers, feeder, stopped, closed]:
                 task.cancel()
-            await asyncio.gather(*workers, feeder, stopped, return_exceptions=True)
+            await asyncio.gather(*workers, feeder, stopped, closed, return_exceptions=True)
         if self._fatal is not None:
             raise self._fatal
-        return not self._stopped.is_set()
+        return not (self._stopped.is_set() or self._closed.is_set())
 
     async def _feed(
         self, first_stage: str, source: AsyncIterator[Job], may_admit: Callable[[int], bool]

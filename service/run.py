@@ -3,15 +3,21 @@
 The path of a sample: `Admission` (persona -> SampleJob) -> `ScriptStage` (S1–S7) ->
 `TrajectoryStage` (T1–T8, continue or regenerate) -> `Run._finished` (accept into the
 store, then append to the shard; or reject) — each step in its own module.
+
+Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
+sending, lets the requests in flight finish (their answers are stored) for at most
+`run.stop_grace_s`, then stops; a second signal stops at once. Unfinished samples stay in
+the store and resume with the same command. Before any work the persona file, the API
+keys (config) and the run directory's writability are checked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import math
-import os
 import signal
+import sqlite3
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,27 +27,25 @@ import orjson
 import structlog
 
 from metrics.stats import RunStats
-from service import logs
+from service import logs, rundir
 from service.admission import Admission
-from service.config import Config, Endpoint
+from service.config import Config
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
-from service.personas import SourceItem, file_source, seed_personas
+from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
 from service.queue import JobQueue, StageSpec
 from service.store import Store
 from service.summary import build_summary
-from workers.llm import LLMClient, RequestFailed
+from workers.breaker import EndpointDown
+from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
 from workers.script import ScriptStage
 from workers.trajectory import TrajectoryStage
 
 log = structlog.get_logger()
-
-
-class RunDirectoryBusy(Exception):
-    """Another process is writing this run directory."""
+INTERRUPTED = "interrupted (run the same command to resume)"
 
 
 class Run:
@@ -54,37 +58,69 @@ class Run:
         self._queue: JobQueue[SampleJob] | None = None
         self._embedded: list[EmbeddedEndpoint] = []
         self._clients: dict[str, LLMClient] = {}
-        self._interrupted = False
+        self.stop_signal: int | None = None  # the first SIGINT/SIGTERM received
+        self._grace_timer: asyncio.TimerHandle | None = None
 
     async def execute(self) -> dict[str, Any]:
         """Run to the target (or until the source runs dry, or a signal) and return the summary."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.out / ".lock"):
-            store = self._store = Store(self.out / "state.sqlite")
+        if self.config.personas.path:
+            check_persona_file(self.config.personas.path)
+        rundir.prepare(self.out)
+        with rundir.exclusive(self.out / ".lock"):
             try:
-                run_id = store.get_meta("run_id") or uuid.uuid4().hex[:12]
-                store.set_meta("run_id", run_id)
-                logs.configure(self.out / "run.log", run_id)
-                writer = self._writer = OutputWriter(self.out, self.config.run.shard_size)
+                return await self._execute_locked()
+            except sqlite3.Error as exc:
+                raise rundir.storage_error(self.out / "state.sqlite", exc) from None
+
+    async def _execute_locked(self) -> dict[str, Any]:
+        store = self._store = Store(self.out / "state.sqlite")
+        try:
+            run_id = store.get_meta("run_id") or uuid.uuid4().hex[:12]
+            store.set_meta("run_id", run_id)
+            logs.configure(self.out / "run.log", run_id)
+            writer = self._writer = OutputWriter(self.out, self.config.run.shard_size)
+            writer.sync(store)
+            if store.promote_surplus(self.config.run.n):
                 writer.sync(store)
-                if store.promote_surplus(self.config.run.n):
-                    writer.sync(store)
-                self._load_counts(store)
-                reason = (
-                    await self._generate() if self.stats.accepted < self.config.run.n else "target reached"
-                )
-                summary = build_summary(store, self.stats, self.config, reason)
-                (self.out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-                log.info("run_finished", **{k: v for k, v in summary.items() if not isinstance(v, dict)})
-                return summary
-            finally:
+            self._load_counts(store)
+            reason = await self._generate() if self.stats.accepted < self.config.run.n else "target reached"
+            writer.flush()
+            summary = build_summary(store, self.stats, self.config, reason)
+            rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+            log.info("run_finished", **{k: v for k, v in summary.items() if not isinstance(v, dict)})
+            return summary
+        finally:
+            try:
                 if self._writer is not None:
                     self._writer.close()
+            finally:
                 store.close()
 
-    def interrupt(self) -> None:
-        """SIGINT/SIGTERM: stop taking work; unfinished samples resume next time."""
-        self._interrupted = True
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
+        """A first SIGINT/SIGTERM: stop admitting and sending, let the requests in flight finish
+        for at most `run.stop_grace_s`, then stop. A second one: stop at once."""
+        if self.stop_signal is not None:
+            _notice(f"{signal.Signals(signum).name} again: stopping now")
+            self._stop_now()
+            return
+        self.stop_signal = signum
+        grace = self.config.run.stop_grace_s
+        in_flight = self._queue.in_flight if self._queue is not None else 0
+        _notice(
+            f"{signal.Signals(signum).name}: stopping; no new requests, waiting up to {grace:g} s for "
+            f"the requests of {in_flight} samples in flight (signal again to stop at once)"
+        )
+        self._grace_timer = asyncio.get_running_loop().call_later(grace, self._stop_now)
+        self._drain()
+
+    def _drain(self) -> None:
+        """Admit and send nothing new (answers already stored are still replayed)."""
+        for client in self._clients.values():
+            client.stop_sending()
+        if self._queue is not None:
+            self._queue.close()
+
+    def _stop_now(self) -> None:
         if self._queue is not None:
             self._queue.stop()
 
@@ -119,16 +155,20 @@ class Run:
             )
             progress = Progress(self.stats, lambda: queue.in_flight, config.run.progress_interval_s)
             progress.start()
+            if self.stop_signal is not None:  # a signal during start-up
+                self._drain()
             try:
                 exhausted = await queue.run("script", admission.jobs(self._source(clients)), self._may_admit)
             finally:
                 await progress.stop()
         finally:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
             await self._disconnect()
         if self.stats.accepted >= config.run.n:
             return "target reached"
-        if self._interrupted:
-            return "interrupted (run the same command to resume)"
+        if self.stop_signal is not None:
+            return INTERRUPTED
         return "persona source exhausted before the target" if exhausted else "stopped"
 
     def _source(self, clients: dict[str, LLMClient]) -> Any:
@@ -148,14 +188,7 @@ class Run:
 
     async def _connect(self) -> dict[str, LLMClient]:
         assert self._store is not None
-        needed: dict[str, Endpoint] = {}
-        stages = [self.config.stages.script, self.config.stages.trajectory]
-        if not self.config.personas.path:
-            stages.append(self.config.stages.personas)
-        for stage in stages:
-            endpoint = self.config.endpoint_for(stage)
-            needed[endpoint.name] = endpoint
-        for name, endpoint in needed.items():
+        for name, endpoint in self.config.endpoints_in_use().items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
                 embedded = EmbeddedEndpoint(name, endpoint.embedded, self.out / f"endpoint-{name}.log")
@@ -197,8 +230,14 @@ class Run:
             self._queue.stop()
 
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
-        """The endpoint gave up on this sample: record it as failed. Anything else (a refused
-        configuration, a bug) stops the run; the sample stays resumable in the store."""
+        """The endpoint gave up on this sample: record it as failed. A graceful stop leaves it
+        unfinished. Anything else (a refused configuration, an endpoint down, a bug) stops the
+        run; the sample stays resumable in the store."""
+        if isinstance(exc, SendingStopped):
+            return
+        if isinstance(exc, FatalEndpointError | EndpointDown):
+            log.info("run_stopped", sample_id=job.id, error=str(exc))  # the CLI prints the line
+            raise exc
         if not isinstance(exc, RequestFailed):
             log.error("run_stopped", sample_id=job.id, error=repr(exc), exc_info=exc)
             raise exc
@@ -230,29 +269,12 @@ class Run:
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
 
 
-class _exclusive:
-    """An exclusive, non-blocking lock on the run directory (one writer per run)."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._fd = -1
-
-    def __enter__(self) -> None:
-        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise RunDirectoryBusy(
-                f"{self._path.parent}: another process is already running this run directory"
-            ) from None
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-
-
 def install_signal_handlers(run: Run) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, run.interrupt)
+        loop.add_signal_handler(sig, run.interrupt, sig)
+
+
+def _notice(text: str) -> None:
+    """A line for the person at the terminal (stderr; the progress line is redrawn after it)."""
+    print(("\n" if sys.stderr.isatty() else "") + text, file=sys.stderr, flush=True)

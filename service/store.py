@@ -229,6 +229,9 @@ class Store:
         ):
             yield record
 
+    def reject_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
+
     def state_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state"))
 

@@ -57,7 +57,8 @@ def test_unknown_generator_lists_defined_endpoints(tmp_path: Path) -> None:
 
 def test_switching_generator_is_one_override(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
-    config = load_config(path, ["generator=b", "run.n=7"], environ={"AGENTREFINE__RUN__SEED": "5"})
+    environ = {"AGENTREFINE__RUN__SEED": "5", "TEST_KEY_VAR": "k"}
+    config = load_config(path, ["generator=b", "run.n=7"], environ=environ)
     assert config.endpoint_for(config.stages.trajectory).model == "m2"
     assert (config.run.n, config.run.seed) == (7, 5)
 
@@ -68,13 +69,23 @@ def test_bad_override_is_checked_like_the_file(tmp_path: Path) -> None:
         load_config(path, ["run.n=x"], environ={})
 
 
-def test_missing_api_key_variable_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TEST_KEY_VAR", raising=False)
-    config = load_config(write(tmp_path, MINIMAL), environ={})
-    with pytest.raises(
-        ConfigError, match=r"endpoints\.b\.api_key_env: environment variable TEST_KEY_VAR is not set"
-    ):
-        config.endpoints["b"].api_key()
+def test_missing_api_key_variable_fails_at_load_naming_it(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    assert load_config(path, environ={}).generator == "a"  # b's key is not needed while b is unused
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["stages.trajectory.endpoint=b"], environ={"OTHER": "sk-not-this"})
+    assert str(err.value) == (
+        f"{path}:9: endpoints.b.api_key_env: environment variable TEST_KEY_VAR is not set "
+        "(API keys are read only from the environment)"
+    )
+
+
+def test_breaker_and_grace_are_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    breaker: {failures: 0}\n")
+    with pytest.raises(ConfigError, match=r"config.yaml:10: endpoints.b.breaker: failures and bad_requests"):
+        load_config(path, environ={})
+    with pytest.raises(ConfigError, match=r"run.stop_grace_s: must be at least 0"):
+        load_config(write(tmp_path, MINIMAL), ["run.stop_grace_s=-1"], environ={})
 
 
 def test_invalid_yaml_names_line(tmp_path: Path) -> None:

@@ -94,3 +94,36 @@ def test_a_failing_job_does_not_stop_the_others() -> None:
 
     assert asyncio.run(main()) is True
     assert errors == [(3, "bad job")] and sorted(finished) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+
+
+def test_close_admits_nothing_more_and_lets_jobs_in_flight_finish() -> None:
+    finished: list[int] = []
+    started: list[int] = []
+
+    async def main() -> bool:
+        queue: JobQueue[int]
+        release = asyncio.Event()
+
+        async def work(job: int) -> str | None:
+            started.append(job)
+            if len(started) == 5:
+                queue.close()  # e.g. SIGTERM while 5 jobs are in flight
+                release.set()
+            await release.wait()
+            return "second"
+
+        async def second(job: int) -> str | None:
+            await asyncio.sleep(0)
+            return None
+
+        queue = JobQueue(
+            [StageSpec("first", work, 5), StageSpec("second", second, 2)],
+            on_finished=finished.append,
+            on_error=lambda job, exc: None,
+            max_in_flight=5,
+        )
+        return await queue.run("first", numbers(100), lambda in_flight: True)
+
+    assert asyncio.run(main()) is False  # closed, not exhausted
+    assert sorted(started) == [0, 1, 2, 3, 4]  # nothing admitted after close()
+    assert sorted(finished) == [0, 1, 2, 3, 4]  # every job in flight went through both stages

@@ -51,3 +51,22 @@ def test_torn_output_is_repaired_from_the_store(tmp_path: Path) -> None:
     assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}', '{"id":"s3"}'], ['{"id":"s4"}']]
     assert (tmp_path / "rejects.jsonl").read_text() == '{"kind":"malformed","source":"f:9"}\n'
     store.close()
+
+
+def test_output_ahead_of_the_store_is_cut_back_to_it(tmp_path: Path) -> None:
+    """The other direction: files holding lines the store lost (its last commits, to a power
+    cut) are cut back to the store, which later re-accepts those samples from its answers."""
+    store = Store(tmp_path / "state.sqlite")
+    for sid in admit(store, 3):
+        store.accept(sid, {"id": sid}, [], target=3)
+    (tmp_path / "samples-00000.jsonl").write_bytes(b'{"id":"s0"}\n{"id":"s1"}\n')
+    (tmp_path / "samples-00001.jsonl").write_bytes(b'{"id":"s2"}\n{"id":"lost"}\n')
+    (tmp_path / "samples-00002.jsonl").write_bytes(b'{"id":"lost2"}\n{"id":"lo')
+    (tmp_path / "rejects.jsonl").write_bytes(b'{"kind":"lost"}\n')
+    writer = OutputWriter(tmp_path, shard_size=2)
+    writer.sync(store)
+    writer.close()
+    lines = [p.read_text().splitlines() for p in sorted(tmp_path.glob("samples-*.jsonl"))]
+    assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}']]
+    assert (tmp_path / "rejects.jsonl").read_bytes() == b""
+    store.close()

@@ -10,9 +10,12 @@ gets a fresh answer while a replay hits the cache.
 Transport faults (5xx, timeouts, resets, unreadable bodies) are retried here with
 backoff, `max_retries` times. A 429 is backpressure, not a failure: it cools down only
 this endpoint for the `retry-after` the provider sent and is retried for up to
-RATE_LIMIT_PATIENCE_S. 400/401/403/404 mean the configuration is
-wrong: `FatalEndpointError` stops the run with one line. Bad *content* (invalid JSON,
-`finish_reason: length`) is not retried here: it goes back to the stage's policy.
+RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is
+wrong: `FatalEndpointError` stops the run with one line. A 400/413/422 fails only its
+request (its sample); the endpoint's `CircuitBreaker` stops the run when such refusals, or
+transport faults, keep coming. Bad *content* (invalid JSON, `finish_reason: length`) is
+not retried here: it goes back to the stage's policy. After `stop_sending()` (a graceful
+stop) stored answers are still replayed but nothing new is sent: `SendingStopped`.
 """
 
 from __future__ import annotations
@@ -32,11 +35,13 @@ from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
+from workers.breaker import CircuitBreaker
 from workers.limiter import EndpointLimiter
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
+REQUEST_SPECIFIC = (400, 413, 422)  # statuses caused by one request, not by the configuration
 
 
 class FatalEndpointError(Exception):
@@ -44,7 +49,11 @@ class FatalEndpointError(Exception):
 
 
 class RequestFailed(Exception):
-    """A request still failed after all retries."""
+    """A request still failed after all retries, or the endpoint refused this one request."""
+
+
+class SendingStopped(Exception):
+    """The run is stopping: no new request is sent (the sample resumes in the next run)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,8 @@ class LLMClient:
         self._store = store
         self._stats = stats
         self._limiter = EndpointLimiter(endpoint.limits)
+        self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
+        self._sending = True
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=endpoint.api_key(),
@@ -87,6 +98,10 @@ class LLMClient:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    def stop_sending(self) -> None:
+        """Graceful stop: requests already sent finish and are stored; no new one is sent."""
+        self._sending = False
 
     async def complete(
         self,
@@ -109,6 +124,8 @@ class LLMClient:
         if stored is not None:
             self._stats.cache_hits += 1
             return self._completion(stored, cached=True)
+        if not self._sending:
+            raise SendingStopped(f"endpoint {ep.name}: stopping, request not sent")
         stored = await self._send(
             messages, params, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
         )
@@ -155,7 +172,6 @@ class LLMClient:
                     openai.AuthenticationError,
                     openai.PermissionDeniedError,
                     openai.NotFoundError,
-                    openai.BadRequestError,
                 ) as exc:
                     self._stats.requests[str(exc.status_code)] += 1
                     raise FatalEndpointError(
@@ -164,6 +180,12 @@ class LLMClient:
                 except openai.APIConnectionError as exc:  # includes APITimeoutError
                     outcome, last_error = _transport_outcome(exc), _one_line(exc)
                 except openai.APIStatusError as exc:
+                    if exc.status_code in REQUEST_SPECIFIC:
+                        self._stats.requests[str(exc.status_code)] += 1
+                        self._breaker.bad_request(f"{exc.status_code}: {_one_line(exc)}")
+                        raise RequestFailed(
+                            f"endpoint {ep.name} answered {exc.status_code}: {_one_line(exc)}"
+                        ) from None
                     outcome, last_error = (
                         ("5xx" if exc.status_code >= 500 else str(exc.status_code)),
                         _one_line(exc),
@@ -175,6 +197,7 @@ class LLMClient:
                         outcome, last_error = "bad_response", "response has no choices"
                     else:
                         self._stats.requests["ok"] += 1
+                        self._breaker.success()
                         self._limiter.learn(raw.headers)
                         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
                         reservation.settle(parse_usage(usage).total)
@@ -193,6 +216,7 @@ class LLMClient:
                     raise RequestFailed(f"endpoint {ep.name}: rate limited for {RATE_LIMIT_PATIENCE_S:.0f} s")
             else:
                 attempt += 1
+                self._breaker.failure(f"{outcome}: {last_error}")
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
 
