@@ -123,6 +123,13 @@ def _validate(body: Any) -> str | None:
     return None
 
 
+def _refused(messages: list[Any], phrases: list[str]) -> bool:
+    if not phrases:
+        return False
+    text = " ".join(tokens.message_text(m) for m in messages).lower()
+    return any(phrase.lower() in text for phrase in phrases)
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     s = st.settings
@@ -184,6 +191,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     messages = body["messages"]
     prompt_tokens = tokens.count_messages(messages)
+    if _refused(messages, s.refused_phrases):
+        st.by_status["400"] += 1
+        return _json(
+            400,
+            error_body(
+                "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+                "invalid_request_error",
+                None,
+                "invalid_prompt",
+            ),
+        )
     if s.max_context_tokens and prompt_tokens > s.max_context_tokens:
         st.by_status["400"] += 1
         return _json(

@@ -58,6 +58,8 @@ class SimSettings:
     denied_models: list[str] = field(default_factory=list)
     # prompts longer than this many tokens get OpenAI's 400 context_length_exceeded (0 = no limit)
     max_context_tokens: int = 0
+    # prompts containing one of these (case-insensitive) get OpenAI's 400 invalid_prompt
+    refused_phrases: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SimSettings:

@@ -102,3 +102,27 @@ def cli(
 
 def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
     return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+JOBS = ("baker", "nurse", "pilot", "chemist", "ranger", "archivist", "welder", "violinist", "farmer", "judge")
+CITIES = ("Porto", "Oslo", "Lima", "Kyoto", "Banff", "Ghent", "Accra", "Hanoi", "Quito", "Perth")
+
+
+def write_personas(path: Path, count: int, extra: tuple[str, ...] = ()) -> Path:
+    """A plain-text persona file: `count` distinct personas, then the `extra` lines."""
+    personas = [f"A {job} who works in {city}." for city in CITIES for job in JOBS][:count]
+    path.write_text("\n".join([*personas, *extra]) + "\n")
+    return path
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """The exported files of a run directory, by name (to prove they were not touched)."""
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.jsonl"))}
+
+
+def assert_intact(before: dict[str, bytes], out: Path) -> None:
+    """Every file exported earlier is still there and still starts with what it held (new
+    lines may follow: e.g. surplus samples promoted when a larger N is asked for)."""
+    after = output_files(out)
+    for name, content in before.items():
+        assert after[name][: len(content)] == content, f"{name} was changed"

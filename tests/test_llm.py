@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from metrics.stats import RunStats
-from service.config import Endpoint, Limits
+from service.config import Breaker, Endpoint, Limits
 from service.store import Store
 from tests.conftest import FAST_SIM, sim_stats, simulator
+from workers.breaker import EndpointDown
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed
 
 MESSAGES = [{"role": "user", "content": "<persona>\nA beekeeper with forty hives.\n</persona>"}]
@@ -30,7 +31,7 @@ def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> t
     async def one(seed: int) -> Any:
         try:
             return await client.complete(MESSAGES, temperature=0.7, max_tokens=2000, seed=seed)
-        except (RequestFailed, FatalEndpointError) as exc:
+        except (RequestFailed, FatalEndpointError, EndpointDown) as exc:
             return exc
 
     async def go() -> list[Any]:
@@ -52,6 +53,7 @@ def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> t
         ("p_reset", "reset", {}),
         ("p_truncated_body", "bad_response", {}),
         ("p_hang", "timeout", {"hang_s": 3.0}),
+        ("p_empty_choices", "bad_response", {}),
     ],
 )
 def test_each_fault_is_retried_and_classified(tmp_path: Path, fault: str, outcome: str, extra: dict) -> None:
@@ -79,13 +81,43 @@ def test_429_waits_for_retry_after_then_succeeds(tmp_path: Path) -> None:
 def test_refusals_fail_fast_with_one_line(tmp_path: Path) -> None:
     with simulator({**FAST_SIM, "api_key": "right"}) as url:
         stats, [unauthorized] = ask(url, tmp_path / "a", max_retries=5)
+    with simulator({**FAST_SIM, "denied_models": ["sim-gpt-4o"]}) as url:
+        _, [forbidden] = ask(url, tmp_path / "c")
     with simulator(FAST_SIM) as url:
         _, [unknown] = ask(url, tmp_path / "b", model="no-such-model")
     assert isinstance(unauthorized, FatalEndpointError)
     assert str(unauthorized).startswith("endpoint sim (sim-gpt-4o) answered 401")
     assert "\n" not in str(unauthorized)
     assert stats.requests == {"401": 1}
+    assert isinstance(forbidden, FatalEndpointError) and "answered 403" in str(forbidden)
     assert isinstance(unknown, FatalEndpointError) and "answered 404" in str(unknown)
+
+
+def test_a_400_fails_its_request_and_repeated_400s_trip_the_breaker(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "refused_phrases": ["beekeeper"]}) as url:
+        stats, results = ask(url, tmp_path / "a", seeds=(1, 2), breaker=Breaker(bad_requests=3))
+        assert [type(r) for r in results] == [RequestFailed, RequestFailed]  # not retried, not fatal
+        assert "answered 400" in str(results[0]) and "violating our usage policy" in str(results[0])
+        assert stats.requests == {"400": 2}
+        _, results = ask(url, tmp_path / "b", seeds=(1, 2, 3, 4), breaker=Breaker(bad_requests=3))
+    assert sum(isinstance(r, EndpointDown) for r in results) == 2  # the 3rd and 4th in a row
+    assert "3 requests in a row refused as invalid" in str(
+        next(r for r in results if isinstance(r, EndpointDown))
+    )
+
+
+def test_an_endpoint_failing_every_try_trips_the_breaker(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "faults": {"p_5xx": 1.0}}) as url:
+        stats, [result] = ask(url, tmp_path / "a", breaker=Breaker(failures=4, outage_s=0.0))
+    assert isinstance(result, EndpointDown)
+    assert "4 tries failed in a row" in str(result) and "\n" not in str(result)
+    assert stats.requests == {"5xx": 4}
+
+
+def test_length_cut_answers_go_back_to_the_stage(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "faults": {"p_length": 1.0}}) as url:
+        stats, [result] = ask(url, tmp_path / "a")
+    assert result.finish_reason == "length" and stats.requests == {"ok": 1}  # not retried here
 
 
 def test_stored_answers_are_replayed_not_resent(tmp_path: Path) -> None:

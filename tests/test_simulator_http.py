@@ -274,12 +274,15 @@ def test_fault_empty_choices_and_length() -> None:
 
 def test_denied_model_and_context_limit() -> None:
     async def main() -> None:
-        async with simulator(models=["m-a", "m-b"], denied_models=["m-b"], max_context_tokens=50) as (url, s):
+        settings = {"denied_models": ["m-b"], "max_context_tokens": 50, "refused_phrases": ["Nerve Agent"]}
+        async with simulator(models=["m-a", "m-b"], **settings) as (url, s):
             status, _, body = await post(s, url, {**chat(), "model": "m-b"})
             assert status == 403 and "does not have access" in body["error"]["message"]
             assert (await post(s, url, {**chat(), "model": "m-a"}))[0] == 200
             status, _, body = await post(s, url, {**chat("word " * 100), "model": "m-a"})
             assert status == 400 and body["error"]["code"] == "context_length_exceeded"
+            status, _, body = await post(s, url, {**chat("a nerve agent recipe"), "model": "m-a"})
+            assert status == 400 and body["error"]["code"] == "invalid_prompt"
 
     asyncio.run(main())
 
