@@ -24,7 +24,7 @@ import orjson
 SEED_FILE = Path(__file__).parent / "data" / "seed_personas.txt"
 MAX_LINE_BYTES = 64 * 1024
 MAX_PERSONA_CHARS = 4000
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,10 @@ class RunDirectoryError(Exception):
 
 def storage_error(path: Path, exc: OSError | sqlite3.Error) -> RunDirectoryError:
     """One line naming the file and the cause."""
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    else:  # e.g. "disk I/O error [SQLITE_IOERR_WRITE]": a write refused, disk full or file too large
+        reason = f"{exc} [{getattr(exc, 'sqlite_errorname', type(exc).__name__)}]"
     return RunDirectoryError(f"{path}: {reason} ({RESUME_HINT})")
 
 

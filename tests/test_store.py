@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from service.export import OutputWriter
+from service.rundir import RunDirectoryError
 from service.store import Store
 
 
@@ -70,3 +73,16 @@ def test_output_ahead_of_the_store_is_cut_back_to_it(tmp_path: Path) -> None:
     assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}']]
     assert (tmp_path / "rejects.jsonl").read_bytes() == b""
     store.close()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_a_full_disk_while_appending_is_one_line_naming_the_shard(tmp_path: Path) -> None:
+    (tmp_path / "samples-00000.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    writer = OutputWriter(tmp_path, shard_size=10)
+    writer.samples.append(b'{"id":"s0"}')  # buffered
+    with pytest.raises(RunDirectoryError) as err:
+        writer.close()
+    assert str(err.value) == (
+        f"{tmp_path / 'samples-00000.jsonl'}: No space left on device "
+        "(nothing written so far is lost; fix this, then run the same command to resume)"
+    )
