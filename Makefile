@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
-# and `make bench` prints the benchmark figures (SECTIONS="..." to pick some).
+# and `make bench` prints the benchmark figures (SECTIONS="..." to pick some);
+# `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -12,11 +13,12 @@ CONFIG ?= config.yaml
 PERSONAS ?=
 OUT ?=
 GENERATOR ?=
+CHAOS_ARGS ?=
 
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
 
-.PHONY: run test bench lint format clean
+.PHONY: run test bench chaos lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench $(SECTIONS)
+
+chaos: $(STAMP)
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -6,14 +6,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from simulator.process import sim_stats
+from simulator.process import simulator_process as simulator
+
+__all__ = ["sim_stats", "simulator"]  # re-exported: real simulator processes on 127.0.0.1
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,44 +23,6 @@ FAST_SIM: dict[str, Any] = {
     "latency_sigma": 0.3,
     "faults": {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0},
 }
-
-
-@contextmanager
-def simulator(settings: dict[str, Any]) -> Iterator[str]:
-    """A simulator process; yields its base URL (http://127.0.0.1:PORT/v1)."""
-    with tempfile.TemporaryFile(mode="w+") as errors:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simulator",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--settings-json",
-                json.dumps(settings),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=errors,
-            text=True,
-        )
-        try:
-            line = proc.stdout.readline().strip()
-            if not line.startswith("READY "):
-                errors.seek(0)
-                raise AssertionError(f"simulator did not start: {line!r} {errors.read()}")
-            yield line.split(" ", 1)[1]
-        finally:
-            proc.terminate()
-            proc.wait(10)
-
-
-def sim_stats(base_url: str) -> dict[str, Any]:
-    root = base_url.removesuffix("/v1")
-    with urllib.request.urlopen(f"{root}/_sim/stats", timeout=10) as response:
-        return json.load(response)
 
 
 def write_config(
