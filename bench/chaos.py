@@ -70,6 +70,7 @@ class CrashReport:
     sent_twice: int = 0  # requests whose body the endpoint had received before
     stored_then_resent: int = 0  # answers stored before a kill whose request was sent again
     sent_uninterrupted: int = 0
+    distinct_uninterrupted: int = 0  # request bodies the uninterrupted run sent
     accepted: int = 0
     samples: list[dict[str, Any]] = field(default_factory=list)
     validate_output: str = ""
@@ -135,7 +136,9 @@ def crash_loop(work: Path, n: int, kills: int, seed: int, max_delay_s: float = 0
     with simulator_process(sim) as url:
         clean = _run_args(_standalone_config(work / "clean.yaml", shipped, url), work / "clean", n)
         _cli(*clean, check=True)
-        report.sent_uninterrupted = sim_stats(url)["requests"]
+        clean_stats = sim_stats(url)
+        report.sent_uninterrupted = clean_stats["requests"]
+        report.distinct_uninterrupted = len(clean_stats["received"])
     return report
 
 
@@ -222,9 +225,11 @@ def print_crash_report(report: CrashReport) -> None:
         flight = "-" if a.killed_at is None else str(a.in_flight)
         print(f"  {number:>7}  {at:>18}  {a.sent:>13}  {a.stored:>14}  {flight:>21}")
     difference = report.sent_total - report.sent_uninterrupted
+    tail = report.sent_total - report.sent_twice - report.distinct_uninterrupted
     print(
         f"requests sent: crash loop {report.sent_total}, uninterrupted run of the same seed "
-        f"{report.sent_uninterrupted}, difference {difference:+d}"
+        f"{report.sent_uninterrupted}, difference {difference:+d} = {report.sent_twice} sent twice "
+        f"{tail:+d} distinct bodies (which samples were in flight when the target was reached)"
     )
     print(
         f"requests sent twice (same body): {report.sent_twice}; in flight at the kills: "
