@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import orjson
-
 from service.config import ConfigError
+from simulator.process import launch_command
 
 READY_TIMEOUT_S = 30.0
 
@@ -48,17 +46,7 @@ class EmbeddedEndpoint:
 
     async def _spawn(self, log_file: BinaryIO) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "simulator",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--settings-json",
-            orjson.dumps(self._settings).decode(),
-            "--parent-pid",
-            str(os.getpid()),
+            *launch_command(self._settings, parent_pid=os.getpid()),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
         )

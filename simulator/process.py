@@ -16,22 +16,20 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def launch_command(settings: dict[str, Any], parent_pid: int | None = None) -> list[str]:
+    """The command line that runs the simulator on a free loopback port with `settings`; it
+    prints `READY <base url>` once bound and, given `parent_pid`, exits when that process is gone."""
+    command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--settings-json", json.dumps(settings)]
+    return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
+
+
 @contextmanager
 def simulator_process(settings: dict[str, Any]) -> Iterator[str]:
     """A simulator process; yields its base URL (http://127.0.0.1:PORT/v1)."""
     with tempfile.TemporaryFile(mode="w+") as errors:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "simulator",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--settings-json",
-                json.dumps(settings),
-            ],
+            launch_command(settings),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=errors,
