@@ -2,7 +2,10 @@
 
 The service talks to it over HTTP like to any provider; this module only launches it
 with the endpoint's `embedded:` settings, waits for its READY line to learn the port, and
-stops it at the end. The child is told our pid and exits by itself if we are killed.
+stops it at the end. The child is told our pid and exits by itself if we are killed. It
+runs in its own session, so a Ctrl-C at the terminal (sent to the whole foreground process
+group) reaches only the service, which stops gracefully while the endpoint answers the
+requests in flight.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class EmbeddedEndpoint:
             *launch_command(self._settings, parent_pid=os.getpid()),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
+            start_new_session=True,  # Ctrl-C at the terminal is ours to handle: it keeps answering
         )
 
     async def stop(self) -> None:

@@ -44,6 +44,15 @@ def stored_keys(out: Path) -> set[str]:
         return {key for (key,) in db.execute("SELECT key FROM responses")}
 
 
+def answers_stored(out: Path) -> int:
+    """Answers in the store of a running run (0 while it is being created)."""
+    try:
+        with sqlite3.connect(f"file:{out / 'state.sqlite'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
 def test_sigterm_finishes_requests_in_flight_and_resumes_without_paying_twice(tmp_path: Path) -> None:
     out = tmp_path / "run"
     personas = write_personas(tmp_path / "personas.txt", 60)
@@ -109,3 +118,27 @@ def test_the_grace_period_bounds_the_wait_and_the_run_resumes(tmp_path: Path) ->
         resumed = cli(*args, "--config", str(config))
     assert resumed.returncode == 0, resumed.stderr
     assert "accepted: 5 / 5" in resumed.stdout and validate_run(out).ok
+
+
+def test_ctrl_c_at_a_terminal_leaves_the_embedded_endpoint_answering(tmp_path: Path) -> None:
+    """A terminal sends SIGINT to the whole foreground process group; the embedded endpoint
+    must keep answering the requests in flight while the service stops gracefully."""
+    out = tmp_path / "run"
+    personas = write_personas(tmp_path / "personas.txt", 60)
+    embedded = {**FAST_SIM, "latency_median_s": 0.4}
+    config = write_config(tmp_path / "config.yaml", {"local": {"embedded": embedded}}, "local")
+    args = ["run", "--config", str(config), "-n", str(N), "--out", str(out), "--personas", str(personas)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell's foreground job
+    )
+    wait_until(lambda: answers_stored(out) >= 10, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT and "result: interrupted" in stdout
+    requests = next(line for line in stdout.splitlines() if line.startswith("this process:"))
+    assert "requests ok" in requests and "reset" not in requests and "timeout" not in requests
