@@ -111,6 +111,17 @@ class Run:
     shard_size: int = 10000
     sharegpt: bool = False
     progress_interval_s: float = 0.5
+    max_cost_usd: float | None = None  # stop cleanly once the whole run has spent this much
+    report: bool = True  # write report.md and report/*.png at the end of the run
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The Prometheus `/metrics` endpoint of the running service."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, printed at start
 
 
 @dataclass(frozen=True)
@@ -120,9 +131,15 @@ class Config:
     stages: Stages = field(default_factory=Stages)
     personas: Personas = field(default_factory=Personas)
     run: Run = field(default_factory=Run)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def endpoint_for(self, stage: Stage) -> Endpoint:
         return self.endpoints[stage.endpoint or self.generator]
+
+    def api_keys(self) -> list[str]:
+        """The API keys the environment holds for any endpoint (so that logs can redact them)."""
+        names = {ep.api_key_env for ep in self.endpoints.values() if ep.api_key_env}
+        return [os.environ[name] for name in sorted(names) if os.environ.get(name)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,6 +350,12 @@ def _check_references(config: Config, tree: _Located) -> Config:
         raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
     if config.run.max_in_flight < 1 or config.run.shard_size < 1:
         raise ConfigError(f"{where('run')}: run: max_in_flight and shard_size must be at least 1")
+    if config.run.max_cost_usd is not None and config.run.max_cost_usd <= 0:
+        raise ConfigError(
+            f"{where('run', 'max_cost_usd')}: run.max_cost_usd: must be above 0 (null: no limit)"
+        )
+    if not 0 <= config.metrics.port <= 65535:
+        raise ConfigError(f"{where('metrics', 'port')}: metrics.port: must be 0-65535 (0: a free port)")
     return config
 
 

@@ -51,6 +51,10 @@ class JobQueue(Generic[Job]):
     def in_flight(self) -> int:
         return self._in_flight
 
+    def depths(self) -> dict[str, int]:
+        """Jobs waiting for a worker, per stage."""
+        return {name: queue.qsize() for name, queue in self._queues.items()}
+
     def stop(self, fatal: BaseException | None = None) -> None:
         """Stop admitting and end the run; `fatal` is re-raised by `run()`."""
         if fatal is not None and self._fatal is None:

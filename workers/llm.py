@@ -13,6 +13,9 @@ this endpoint for the `retry-after` the provider sent and is retried for up to
 RATE_LIMIT_PATIENCE_S. 400/401/403/404 mean the configuration is
 wrong: `FatalEndpointError` stops the run with one line. Bad *content* (invalid JSON,
 `finish_reason: length`) is not retried here: it goes back to the stage's policy.
+
+Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and a request
+that the store cannot answer is first cleared with the run's budget (`Budget.check`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import aiohttp
 import openai
 import orjson
 
+from metrics.budget import Budget
+from metrics.prometheus import RequestEvent, RunMetrics
 from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
-from workers.limiter import EndpointLimiter
+from workers.limiter import EndpointLimiter, LimiterState
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -71,10 +76,20 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 class LLMClient:
     """Chat completions against one endpoint, cached in the run's store."""
 
-    def __init__(self, endpoint: Endpoint, base_url: str, store: Store, stats: RunStats) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        base_url: str,
+        store: Store,
+        stats: RunStats,
+        metrics: RunMetrics | None = None,
+        budget: Budget | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._store = store
         self._stats = stats
+        self._metrics = metrics or RunMetrics(stats)
+        self._budget = budget or Budget(None, stats)
         self._limiter = EndpointLimiter(endpoint.limits)
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
@@ -88,6 +103,9 @@ class LLMClient:
     async def aclose(self) -> None:
         await self._client.close()
 
+    def limiter_state(self) -> LimiterState:
+        return self._limiter.state()
+
     async def complete(
         self,
         messages: list[dict[str, str]],
@@ -95,8 +113,11 @@ class LLMClient:
         temperature: float,
         max_tokens: int,
         seed: int,
+        stage: str,
+        sample_id: str | None = None,
         json_mode: bool = True,
     ) -> Completion:
+        """One answer for `stage` (a metrics label; `sample_id` is kept with the stored answer)."""
         ep = self.endpoint
         params: dict[str, Any] = {"temperature": temperature, ep.max_tokens_param: max_tokens}
         if json_mode and ep.json_mode:
@@ -108,9 +129,15 @@ class LLMClient:
         stored = self._store.get_response(key)
         if stored is not None:
             self._stats.cache_hits += 1
+            self._metrics.cache_hit(ep.name, ep.model, stage)
             return self._completion(stored, cached=True)
+        self._budget.check()
         stored = await self._send(
-            messages, params, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
+            messages,
+            params,
+            estimate_tokens(messages) + int(min(max_tokens, self._completion_avg)),
+            stage,
+            sample_id,
         )
         self._store.put_response(key, stored)
         completion = self._completion(stored, cached=False)
@@ -125,14 +152,19 @@ class LLMClient:
             content=stored.content,
             finish_reason=stored.finish_reason,
             usage=usage,
-            cost_usd=cost_usd(usage, self.endpoint.price),
+            cost_usd=stored.cost_usd,
             model=stored.model,
             endpoint=stored.endpoint,
             cached=cached,
         )
 
     async def _send(
-        self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        estimate: int,
+        stage: str,
+        sample_id: str | None,
     ) -> StoredResponse:
         ep = self.endpoint
         last_error = ""
@@ -141,6 +173,7 @@ class LLMClient:
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
             async with self._limiter.slot(estimate) as reservation:
+                sent = time.monotonic()
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
                         model=ep.model, messages=messages, extra_body=ep.extra_body or None, **params
@@ -158,6 +191,7 @@ class LLMClient:
                     openai.BadRequestError,
                 ) as exc:
                     self._stats.requests[str(exc.status_code)] += 1
+                    self._report(stage, str(exc.status_code), sent)
                     raise FatalEndpointError(
                         f"endpoint {ep.name} ({ep.model}) answered {exc.status_code}: {_one_line(exc)}"
                     ) from None
@@ -177,7 +211,10 @@ class LLMClient:
                         self._stats.requests["ok"] += 1
                         self._limiter.learn(raw.headers)
                         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
-                        reservation.settle(parse_usage(usage).total)
+                        tokens = parse_usage(usage)
+                        reservation.settle(tokens.total)
+                        cost = cost_usd(tokens, ep.price)
+                        latency = self._report(stage, "ok", sent, tokens, cost)
                         choice = response.choices[0]
                         return StoredResponse(
                             content=choice.message.content or "",
@@ -185,8 +222,13 @@ class LLMClient:
                             usage=usage,
                             model=response.model or ep.model,
                             endpoint=ep.name,
+                            cost_usd=cost,
+                            stage=stage,
+                            sample_id=sample_id,
+                            latency_s=latency,
                         )
             self._stats.requests[outcome] += 1
+            self._report(stage, outcome, sent)
             if outcome == "429":
                 limited_since = limited_since or time.monotonic()
                 if time.monotonic() - limited_since > RATE_LIMIT_PATIENCE_S:
@@ -195,6 +237,17 @@ class LLMClient:
                 attempt += 1
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
+
+    def _report(
+        self, stage: str, outcome: str, sent: float, usage: Usage | None = None, cost: float = 0.0
+    ) -> float:
+        """Tell the metrics how one HTTP attempt ended; return its latency."""
+        latency = time.monotonic() - sent
+        ep = self.endpoint
+        self._metrics.request(
+            RequestEvent(ep.name, ep.model, stage, outcome, latency, usage or Usage(), cost)
+        )
+        return latency
 
 
 def _backoff(attempt: int) -> float:
