@@ -33,7 +33,7 @@ from metrics.stats import RunStats
 from metrics.usage import cost_usd, parse_usage
 from service import logs
 from service.admission import Admission
-from service.config import Config, Endpoint
+from service.config import Config, ConfigError, Endpoint
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, file_source, seed_personas
@@ -114,7 +114,13 @@ class Run:
         if not settings.enabled:
             return None
         server = MetricsServer(self.metrics.registry, settings.host, settings.port)
-        url = await server.start()
+        try:
+            url = await server.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+                "(metrics.port=0 picks a free port; metrics.enabled=false turns /metrics off)"
+            ) from None
         log.info("metrics_listening", url=url)
         if sys.stderr.isatty():  # beside the progress line; run.log always has it
             print(f"metrics: {url}", file=sys.stderr, flush=True)

@@ -44,7 +44,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "new_script_after_failed_trajectories": recovery["new_script"],
         },
         "tokens": usage.as_dict() | {"total_tokens": usage.total},
-        "cost_usd": round(cost, 4),
+        "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
@@ -53,7 +53,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "requests": dict(stats.requests),
             "answers_replayed_from_store": stats.cache_hits,
             "tokens": stats.usage.total,
-            "cost_usd": round(stats.cost_usd, 4),
+            "cost_usd": round(stats.cost_usd, 6),
         },
     }
 

@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 import openai
 import orjson
+import structlog
 
 from metrics.budget import Budget
 from metrics.prometheus import RequestEvent, RunMetrics
@@ -42,6 +43,8 @@ from workers.limiter import EndpointLimiter, LimiterState
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
+
+log = structlog.get_logger()
 
 
 class FatalEndpointError(Exception):
@@ -131,7 +134,6 @@ class LLMClient:
             self._stats.cache_hits += 1
             self._metrics.cache_hit(ep.name, ep.model, stage)
             return self._completion(stored, cached=True)
-        self._budget.check()
         stored = await self._send(
             messages,
             params,
@@ -173,6 +175,7 @@ class LLMClient:
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
             async with self._limiter.slot(estimate) as reservation:
+                self._budget.check()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
@@ -229,6 +232,7 @@ class LLMClient:
                         )
             self._stats.requests[outcome] += 1
             self._report(stage, outcome, sent)
+            log.info("llm_attempt_failed", endpoint=ep.name, stage=stage, outcome=outcome, error=last_error)
             if outcome == "429":
                 limited_since = limited_since or time.monotonic()
                 if time.monotonic() - limited_since > RATE_LIMIT_PATIENCE_S:
