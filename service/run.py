@@ -248,6 +248,7 @@ class Run:
         """Admit only as many samples as the remaining target needs at the observed accept rate,
         and none once the budget is reached."""
         if self._budget.exhausted:
+            self._stop_when_drained()  # e.g. a persona expansion reached it with no sample in flight
             return False
         stats = self.stats
         finished = stats.accepted + stats.dropped + stats.failed

@@ -22,6 +22,7 @@ from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service import logs
 from service.config import Price
+from service.progress import progress_line
 from service.store import Store
 from workers.limiter import LimiterState
 
@@ -209,3 +210,12 @@ def test_logs_never_show_an_api_key(tmp_path: Path) -> None:
     assert lines[1]["headers"] == {"Authorization": logs.REDACTED, "x": [logs.REDACTED]}
     assert lines[2]["event"] == f"library says {logs.REDACTED}"
     assert all(line["run_id"] == "run1" for line in lines[:2])
+
+
+def test_progress_line_shows_spend_budget_and_projection() -> None:
+    stats = RunStats(target=100, accepted=25, prior_cost_usd=2.0)
+    stats.cost_usd = 0.5
+    line = progress_line(stats, in_flight=3, budget_usd=20.0)
+    assert "accepted 25/100" in line
+    assert "spent $2.50 of $20.00 (projected $10.00 at 100)" in line
+    assert "spent $0.00 |" in progress_line(RunStats(target=5), in_flight=0)

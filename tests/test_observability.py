@@ -172,6 +172,21 @@ def test_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path: Path) -> Non
     assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in pngs)
 
 
+def test_a_budget_reached_by_the_first_answer_pauses_every_sample(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    endpoint = {"embedded": FAST_SIM, "price": GPT_PRICE}
+    config = write_config(tmp_path / "config.yaml", {"sim": endpoint}, "sim", run={"max_cost_usd": 1e-9})
+    stopped = cli("run", "--config", str(config), "-n", "5", "--out", str(out))
+    assert stopped.returncode == 3, stopped.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accepted"] == 0 and summary["failed_requests"] == 0
+    with sqlite3.connect(out / "state.sqlite") as db:
+        states = dict(db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state").fetchall())
+    assert set(states) == {"running"}  # paused, resumable; none recorded as failed
+    again = cli("run", "--config", str(config), "-n", "5", "--out", str(out))
+    assert again.returncode == 3 and "budget reached" in again.stdout  # nothing more is spent
+
+
 def test_an_api_key_from_the_environment_appears_nowhere(tmp_path: Path) -> None:
     key = "sk-test-" + secrets.token_hex(20)
     out = tmp_path / "run"

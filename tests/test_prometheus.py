@@ -201,22 +201,10 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         "price": {"input": 2.5, "cached_input": 1.25, "output": 10.0},
     }
     config = write_config(tmp / "config.yaml", {"sim": endpoint}, "sim", run={"max_cost_usd": 10000.0})
-    out = tmp / "run"
+    out, personas = tmp / "run", persona_file(tmp / "personas.txt", 6000)
+    command = f"run --config {config} -n 100000 --out {out} --personas {personas}".split()
     run = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "service",
-            "run",
-            "--config",
-            str(config),
-            "-n",
-            "100000",
-            "--out",
-            str(out),
-            "--personas",
-            str(persona_file(tmp / "personas.txt", 6000)),
-        ],
+        [sys.executable, "-m", "service", *command],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
