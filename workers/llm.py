@@ -14,8 +14,9 @@ RATE_LIMIT_PATIENCE_S. 400/401/403/404 mean the configuration is
 wrong: `FatalEndpointError` stops the run with one line. Bad *content* (invalid JSON,
 `finish_reason: length`) is not retried here: it goes back to the stage's policy.
 
-Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and a request
-that the store cannot answer is first cleared with the run's budget (`Budget.check`).
+Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and each is
+cleared with the run's budget (`Budget.check`) once it holds a limiter slot, right before
+it is sent; answers replayed from the store are free and never refused.
 """
 
 from __future__ import annotations
