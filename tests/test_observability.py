@@ -213,7 +213,7 @@ def test_an_api_key_from_the_environment_appears_nowhere(tmp_path: Path) -> None
     assert {"sample_id", "stage", "endpoint", "outcome"} <= set(retried[0])
 
 
-def test_metrics_port_in_use_is_one_line_and_metrics_can_be_turned_off(tmp_path: Path) -> None:
+def test_metrics_port_in_use_is_one_line_and_metrics_and_report_can_be_turned_off(tmp_path: Path) -> None:
     config = write_config(tmp_path / "config.yaml", {"sim": {"embedded": FAST_SIM}}, "sim")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -224,9 +224,12 @@ def test_metrics_port_in_use_is_one_line_and_metrics_can_be_turned_off(tmp_path:
         assert refused.returncode == 2
         assert refused.stderr.startswith(f"error: metrics: cannot listen on 127.0.0.1:{port}")
         assert len(refused.stderr.strip().splitlines()) == 1
-        off = cli(*args, f"metrics.port={port}", "--set", "metrics.enabled=false")
+        off = cli(
+            *args, f"metrics.port={port}", "--set", "metrics.enabled=false", "--set", "run.report=false"
+        )
     assert off.returncode == 0, off.stderr
     assert "metrics_listening" not in (tmp_path / "run" / "run.log").read_text()
+    assert not (tmp_path / "run" / "report.md").exists()
 
 
 @pytest.mark.parametrize(
