@@ -84,7 +84,7 @@ def test_cost_agrees_with_a_hand_computation_from_the_reported_usage(
     assert cached > 0, "the run must exercise the cached-input price"
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["cost_usd"] == pytest.approx(usd, abs=5e-7)  # rounded to 6 decimals
+    assert summary["cost_usd"] == pytest.approx(usd, abs=1e-6)  # summary.json rounds to 6 decimals
     assert summary["tokens"]["prompt_tokens"] == prompt
     assert summary["tokens"]["cached_prompt_tokens"] == cached
 
@@ -122,7 +122,7 @@ def test_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path: Path) -> Non
             costs = [cost for (cost,) in db.execute("SELECT cost_usd FROM responses ORDER BY created")]
             stored_before = {key for (key,) in db.execute("SELECT key FROM responses")}
         spent = sum(costs)
-        assert spent >= budget and first["cost_usd"] == pytest.approx(spent, abs=5e-7)
+        assert spent >= budget and first["cost_usd"] == pytest.approx(spent, abs=1e-6)
         running, crossed = 0.0, 0
         while running < budget:
             running += costs[crossed]
@@ -146,9 +146,8 @@ def test_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path: Path) -> Non
     metrics = metric_values(out / "metrics.prom")
     this_process = total(metrics, "agentrefine_llm_cost_usd_total")
     assert this_process == pytest.approx(final["cost_usd"] - spent, abs=1e-6)  # counters: this process
-    assert total(metrics, "agentrefine_run_spend_usd") == pytest.approx(
-        final["cost_usd"], abs=5e-5
-    )  # gauge: run
+    run_spend = total(metrics, "agentrefine_run_spend_usd")  # gauge: the whole run
+    assert run_spend == pytest.approx(final["cost_usd"], abs=1e-6)
     assert total(metrics, "agentrefine_run_accepted_samples") == n
     assert total(metrics, "agentrefine_samples_total", outcome="accepted") == n - first["accepted"]
 
@@ -190,7 +189,7 @@ def test_a_budget_reached_by_the_first_answer_pauses_every_sample(tmp_path: Path
 def test_an_api_key_from_the_environment_appears_nowhere(tmp_path: Path) -> None:
     key = "sk-test-" + secrets.token_hex(20)
     out = tmp_path / "run"
-    settings = {**FAST_SIM, "api_key": key, "faults": {**FAST_SIM["faults"], "p_5xx": 0.3}}
+    settings = {**FAST_SIM, "api_key": key, "faults": {**FAST_SIM["faults"], "p_5xx": 0.4}}
     with simulator(settings) as url:
         endpoint = {"base_url": url, "api_key_env": "AGENTREFINE_TEST_API_KEY", "price": GPT_PRICE}
         config = write_config(tmp_path / "config.yaml", {"sim": endpoint}, "sim")
