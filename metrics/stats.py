@@ -24,8 +24,22 @@ class RunStats:
     requests: Counter[str] = field(default_factory=Counter)  # outcome -> count (ok, 429, 5xx, ...)
     cache_hits: int = 0
     usage: Usage = field(default_factory=Usage)  # tokens paid in this process
-    cost_usd: float = 0.0
+    cost_usd: float = 0.0  # spent by this process
+    prior_cost_usd: float = 0.0  # spent on this run by earlier processes (from the store)
 
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    @property
+    def run_cost_usd(self) -> float:
+        """Spend of the whole run, all processes."""
+        return self.prior_cost_usd + self.cost_usd
+
+    @property
+    def projected_cost_usd(self) -> float | None:
+        """Spend at the target if the rest costs what the run has cost per accepted sample."""
+        if not self.accepted:
+            return None
+        remaining = max(0, self.target - self.accepted)
+        return self.run_cost_usd + remaining * self.run_cost_usd / self.accepted

@@ -1,23 +1,28 @@
 """Command line: `agentrefine run` (also `python -m service run`).
 
+`agentrefine report OUT` writes a run's report (also written at the end of every run).
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
 error (configuration, input, endpoint refusal or outage, run directory) is one line on
 stderr and exit status 2; an interrupted run exits 128 + the signal (130 for SIGINT, 143
-for SIGTERM) and resumes with the same command.
+for SIGTERM) and a run stopped by `run.max_cost_usd` exits 3; both resume with the same
+command.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import uvloop
 
+from metrics.report import write_report
 from service.config import ConfigError, load_config
 from service.personas import PersonaInputError
 from service.run import INTERRUPTED, Run, install_signal_handlers
 from service.rundir import RunDirectoryBusy, RunDirectoryError
+from service.store import Store
 from service.summary import format_summary
 from service.validate import validate_run
 from workers.breaker import EndpointDown
@@ -37,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     check = sub.add_parser("validate", help="check a run directory's samples against the data contract")
     check.add_argument("out", help="run directory")
+    report = sub.add_parser("report", help="write OUT/report.md and OUT/report/*.png from a run's store")
+    report.add_argument("out", help="run directory")
     return p
 
 
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "validate":
         return _validate(args.out)
+    if args.command == "report":
+        return _report(args.out)
     overrides = list(args.set)
     for key, value in (
         ("run.n", args.n),
@@ -72,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 2
     print(format_summary(summary, config.run.out))
+    if summary["result"].startswith("budget reached"):
+        return 3
     return 128 + run.stop_signal if run.stop_signal is not None and summary["result"] == INTERRUPTED else 0
 
 
@@ -84,6 +95,19 @@ def _validate(out: str) -> int:
         f"{report.trained_turns} trained, {report.masked_turns} masked as erroneous"
     )
     return 0 if report.ok and report.samples else 1
+
+
+def _report(out: str) -> int:
+    database = Path(out) / "state.sqlite"
+    if not database.is_file():
+        print(f"error: {out}: not a run directory (no state.sqlite)", file=sys.stderr)
+        return 2
+    store = Store(database)
+    try:
+        print(write_report(store, Path(out)))
+    finally:
+        store.close()
+    return 0
 
 
 async def _run(run: Run) -> dict:

@@ -123,6 +123,17 @@ class Run:
     sharegpt: bool = False
     progress_interval_s: float = 0.5
     stop_grace_s: float = 30.0  # after SIGINT/SIGTERM, wait this long for requests in flight
+    max_cost_usd: float | None = None  # stop cleanly once the whole run has spent this much
+    report: bool = True  # write report.md and report/*.png at the end of the run
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The Prometheus `/metrics` endpoint of the running service."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port, printed at start
 
 
 @dataclass(frozen=True)
@@ -132,17 +143,28 @@ class Config:
     stages: Stages = field(default_factory=Stages)
     personas: Personas = field(default_factory=Personas)
     run: Run = field(default_factory=Run)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def endpoint_for(self, stage: Stage) -> Endpoint:
         return self.endpoints[stage.endpoint or self.generator]
 
-    def endpoints_in_use(self) -> dict[str, Endpoint]:
-        """The endpoints this run talks to: script and trajectory stages, and the persona
-        expansion stage when there is no persona file."""
-        stages = [self.stages.script, self.stages.trajectory]
+    def stages_in_use(self) -> dict[str, Stage]:
+        """The stages this run has: script and trajectory, and persona expansion when there is
+        no persona file."""
+        stages = {"script": self.stages.script, "trajectory": self.stages.trajectory}
         if not self.personas.path:
-            stages.append(self.stages.personas)
-        return {self.endpoint_for(stage).name: self.endpoint_for(stage) for stage in stages}
+            stages["personas"] = self.stages.personas
+        return stages
+
+    def endpoints_in_use(self) -> dict[str, Endpoint]:
+        """The endpoints this run talks to (those of `stages_in_use`)."""
+        endpoints = (self.endpoint_for(stage) for stage in self.stages_in_use().values())
+        return {endpoint.name: endpoint for endpoint in endpoints}
+
+    def api_keys(self) -> list[str]:
+        """The API keys the environment holds for any endpoint (so that logs can redact them)."""
+        names = {ep.api_key_env for ep in self.endpoints.values() if ep.api_key_env}
+        return [os.environ[name] for name in sorted(names) if os.environ.get(name)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,6 +389,12 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
                 f"{where('endpoints', name, 'api_key_env')}: endpoints.{name}.api_key_env: environment "
                 f"variable {ep.api_key_env} is not set (API keys are read only from the environment)"
             )
+    if config.run.max_cost_usd is not None and config.run.max_cost_usd <= 0:
+        raise ConfigError(
+            f"{where('run', 'max_cost_usd')}: run.max_cost_usd: must be above 0 (null: no limit)"
+        )
+    if not 0 <= config.metrics.port <= 65535:
+        raise ConfigError(f"{where('metrics', 'port')}: metrics.port: must be 0-65535 (0: a free port)")
     return config
 
 

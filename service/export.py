@@ -108,7 +108,7 @@ def _meta(job: SampleJob) -> dict[str, Any]:
         **({"persona_meta": job.persona_meta} if job.persona_meta else {}),
         "models": job.models,
         "usage": job.usage.as_dict(),
-        "cost_usd": round(job.cost_usd, 6),
+        "cost_usd": round(job.cost_usd, 10),
         "requests": job.requests,
         "attempts": {
             "script": job.script_attempts,

@@ -1,26 +1,50 @@
 """structlog set-up: JSON lines into the run directory's `run.log`; warnings and errors
 also on stderr in a readable form (the terminal otherwise shows the progress line).
+
+Every line carries the run id; lines caused by a sample's stage work carry `sample_id` and
+`stage` (bound by the run), LLM lines their `endpoint`. API keys never reach a log: the
+values of the endpoints' key variables are replaced wherever they occur, and fields named
+like a credential (authorization, api_key) are dropped, in our lines and in libraries'.
 A log line that cannot be written (disk full) is dropped without a traceback: the run's
-data lives in the store, and the failure that matters is reported once, by the CLI."""
+data lives in the store, and the failure that matters is reported once, by the CLI.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
+REDACTED = "[redacted]"
+CREDENTIAL_FIELDS = frozenset(("authorization", "api_key", "api-key", "x-api-key"))
 
-def configure(log_path: Path, run_id: str) -> None:
+
+def configure(log_path: Path, run_id: str, secrets: Sequence[str] = ()) -> None:
+    redact = _Redactor(secrets)
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processor=structlog.processors.JSONRenderer())
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                structlog.processors.JSONRenderer(),
+            ]
+        )
     )
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.WARNING)
     console.setFormatter(
-        structlog.stdlib.ProcessorFormatter(processor=structlog.dev.ConsoleRenderer(colors=False))
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                redact,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ]
+        )
     )
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -45,3 +69,27 @@ def configure(log_path: Path, run_id: str) -> None:
     )
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
+class _Redactor:
+    """A structlog processor that keeps credentials out of log lines."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        self._secrets = [secret for secret in secrets if secret]
+
+    def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        return {
+            key: REDACTED if key.lower() in CREDENTIAL_FIELDS else self._clean(value)
+            for key, value in event.items()
+        }
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, REDACTED)
+            return value
+        if isinstance(value, dict):
+            return self(None, "", value)
+        if isinstance(value, list | tuple):
+            return [self._clean(item) for item in value]
+        return value

@@ -1,5 +1,6 @@
 """The live progress display: one line redrawn on a terminal (accepted / target, rejects by
-rule, duplicates, tokens, cost, elapsed, rate); a progress log event when not a terminal."""
+rule, duplicates, tokens, the run's spend with its projection at the target and the budget,
+elapsed, rate); a progress log event when not a terminal."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ LOG_INTERVAL_S = 15.0
 log = structlog.get_logger()
 
 
-def progress_line(stats: RunStats, in_flight: int) -> str:
+def progress_line(stats: RunStats, in_flight: int, budget_usd: float | None = None) -> str:
     elapsed = stats.elapsed
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
+    projected = stats.projected_cost_usd
+    spend = f"${stats.run_cost_usd:.2f}" + (f" of ${budget_usd:.2f}" if budget_usd is not None else "")
+    spend += f" (projected ${projected:.2f} at {stats.target})" if projected is not None else ""
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
-        f"tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | in flight {in_flight} | "
+        f"tokens {_short(stats.usage.total)} | spent {spend} | in flight {in_flight} | "
         f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
         f"rejected checks {fails}"
     )
@@ -31,9 +35,15 @@ def progress_line(stats: RunStats, in_flight: int) -> str:
 
 class Progress:
     def __init__(
-        self, stats: RunStats, in_flight: Callable[[], int], interval_s: float, stream: TextIO = sys.stderr
+        self,
+        stats: RunStats,
+        in_flight: Callable[[], int],
+        interval_s: float,
+        budget_usd: float | None = None,
+        stream: TextIO = sys.stderr,
     ) -> None:
         self._stats = stats
+        self._budget = budget_usd
         self._in_flight = in_flight
         self._stream = stream
         self._tty = stream.isatty()
@@ -62,7 +72,7 @@ class Progress:
                 log.info("progress", line=self._line())
 
     def _line(self) -> str:
-        return progress_line(self._stats, self._in_flight())
+        return progress_line(self._stats, self._in_flight(), self._budget)
 
 
 def _short(n: int) -> str:

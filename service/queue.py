@@ -60,6 +60,10 @@ class JobQueue(Generic[Job]):
         self._closed.set()
         self._changed.set()
 
+    def depths(self) -> dict[str, int]:
+        """Jobs waiting for a worker, per stage."""
+        return {name: queue.qsize() for name, queue in self._queues.items()}
+
     def stop(self, fatal: BaseException | None = None) -> None:
         """Stop admitting and end the run; `fatal` is re-raised by `run()`."""
         if fatal is not None and self._fatal is None:

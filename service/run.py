@@ -9,6 +9,10 @@ sending, lets the requests in flight finish (their answers are stored) for at mo
 `run.stop_grace_s`, then stops; a second signal stops at once. Unfinished samples stay in
 the store and resume with the same command. Before any work the persona file, the API
 keys (config) and the run directory's writability are checked.
+
+Observability is wired here too: the run's `RunMetrics` (served on `/metrics` while the
+run lives, written to `metrics.prom` at the end), the `Budget` that stops the run at
+`run.max_cost_usd`, and the end-of-run report (`report.md`, `report/*.png`).
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ import signal
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import structlog
 
+from metrics.budget import Budget, BudgetExhausted
+from metrics.prometheus import RunMetrics
+from metrics.report import write_report
+from metrics.server import MetricsServer
 from metrics.stats import RunStats
+from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
-from service.config import Config
+from service.config import Config, ConfigError
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
@@ -53,6 +62,8 @@ class Run:
         self.config = config
         self.out = Path(config.run.out)
         self.stats = RunStats(target=config.run.n)
+        self.metrics = RunMetrics(self.stats, config.run.max_cost_usd)
+        self._budget = Budget(config.run.max_cost_usd, self.stats)
         self._store: Store | None = None
         self._writer: OutputWriter | None = None
         self._queue: JobQueue[SampleJob] | None = None
@@ -77,16 +88,26 @@ class Run:
         try:
             run_id = store.get_meta("run_id") or uuid.uuid4().hex[:12]
             store.set_meta("run_id", run_id)
-            logs.configure(self.out / "run.log", run_id)
+            logs.configure(self.out / "run.log", run_id, self.config.api_keys())
+            store.set_meta("target", str(self.config.run.n))
+            store.price_unpriced(self._price)
             writer = self._writer = OutputWriter(self.out, self.config.run.shard_size)
             writer.sync(store)
             if store.promote_surplus(self.config.run.n):
                 writer.sync(store)
             self._load_counts(store)
-            reason = await self._generate() if self.stats.accepted < self.config.run.n else "target reached"
+            server = await self._serve_metrics()
+            try:
+                reason = await self._until_done()
+            finally:
+                if server is not None:
+                    await server.stop()
             writer.flush()
             summary = build_summary(store, self.stats, self.config, reason)
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+            self.metrics.write(self.out / "metrics.prom")
+            if self.config.run.report:
+                write_report(store, self.out)
             log.info("run_finished", **{k: v for k, v in summary.items() if not isinstance(v, dict)})
             return summary
         finally:
@@ -95,6 +116,35 @@ class Run:
                     self._writer.close()
             finally:
                 store.close()
+
+    async def _until_done(self) -> str:
+        if self.stats.accepted >= self.config.run.n:
+            return "target reached"
+        if self._budget.exhausted:
+            return self._budget.message()
+        return await self._generate()
+
+    async def _serve_metrics(self) -> MetricsServer | None:
+        settings = self.config.metrics
+        if not settings.enabled:
+            return None
+        server = MetricsServer(self.metrics.registry, settings.host, settings.port)
+        try:
+            url = await server.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"metrics: cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+                "(metrics.port=0 picks a free port; metrics.enabled=false turns /metrics off)"
+            ) from None
+        log.info("metrics_listening", url=url)
+        if sys.stderr.isatty():  # beside the progress line; run.log always has it
+            print(f"metrics: {url}", file=sys.stderr, flush=True)
+        return server
+
+    def _price(self, endpoint: str, usage: dict[str, Any]) -> float:
+        """The cost of a usage block at an endpoint's configured price (0 for an unknown endpoint)."""
+        known = self.config.endpoints.get(endpoint)
+        return cost_usd(parse_usage(usage), known.price) if known else 0.0
 
     def interrupt(self, signum: int = signal.SIGINT) -> None:
         """A first SIGINT/SIGTERM: stop admitting and sending, let the requests in flight finish
@@ -135,13 +185,16 @@ class Run:
                 [
                     StageSpec(
                         "script",
-                        ScriptStage(script_client, config.stages.script),
+                        _in_log_context("script", ScriptStage(script_client, config.stages.script)),
                         config.stages.script.concurrency,
                     ),
                     StageSpec(
                         "trajectory",
-                        TrajectoryStage(
-                            trajectory_client, config.stages.trajectory, config.stages.script.attempts
+                        _in_log_context(
+                            "trajectory",
+                            TrajectoryStage(
+                                trajectory_client, config.stages.trajectory, config.stages.script.attempts
+                            ),
                         ),
                         config.stages.trajectory.concurrency,
                     ),
@@ -153,12 +206,16 @@ class Run:
             admission = Admission(
                 self._store, self.stats, config.run.seed, config.personas.strict, self._rejected
             )
-            progress = Progress(self.stats, lambda: queue.in_flight, config.run.progress_interval_s)
+            self.metrics.watch_queue(queue.depths, lambda: queue.in_flight)
+            progress = Progress(
+                self.stats, lambda: queue.in_flight, config.run.progress_interval_s, config.run.max_cost_usd
+            )
             progress.start()
             if self.stop_signal is not None:  # a signal during start-up
                 self._drain()
             try:
-                exhausted = await queue.run("script", admission.jobs(self._source(clients)), self._may_admit)
+                jobs = self._admitted(admission.jobs(self._source(clients)))
+                exhausted = await queue.run("script", jobs, self._may_admit)
             finally:
                 await progress.stop()
         finally:
@@ -167,9 +224,21 @@ class Run:
             await self._disconnect()
         if self.stats.accepted >= config.run.n:
             return "target reached"
+        if self._budget.exhausted:
+            return self._budget.message()
         if self.stop_signal is not None:
             return INTERRUPTED
         return "persona source exhausted before the target" if exhausted else "stopped"
+
+    async def _admitted(self, jobs: AsyncIterator[SampleJob]) -> AsyncIterator[SampleJob]:
+        """Count admitted samples; end the source (in-flight samples finish) when the budget is
+        reached while it asks for personas."""
+        try:
+            async for job in jobs:
+                self.metrics.sample_admitted()
+                yield job
+        except BudgetExhausted as exc:
+            log.warning("persona_source_stopped", reason=str(exc))
 
     def _source(self, clients: dict[str, LLMClient]) -> Any:
         personas = self.config.personas
@@ -188,6 +257,9 @@ class Run:
 
     async def _connect(self) -> dict[str, LLMClient]:
         assert self._store is not None
+        stage_names: dict[str, list[str]] = {}
+        for stage_name, stage in self.config.stages_in_use().items():
+            stage_names.setdefault(self.config.endpoint_for(stage).name, []).append(stage_name)
         for name, endpoint in self.config.endpoints_in_use().items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
@@ -195,7 +267,9 @@ class Run:
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None
-            self._clients[name] = LLMClient(endpoint, base_url, self._store, self.stats)
+            client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
+            self._clients[name] = client
+            self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter_state)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
         return self._clients
 
@@ -206,7 +280,11 @@ class Run:
             await embedded.stop()
 
     def _may_admit(self, in_flight: int) -> bool:
-        """Admit only as many samples as the remaining target needs at the observed accept rate."""
+        """Admit only as many samples as the remaining target needs at the observed accept rate,
+        and none once the budget is reached."""
+        if self._budget.exhausted:
+            self._stop_when_drained()  # e.g. a persona expansion reached it with no sample in flight
+            return False
         stats = self.stats
         finished = stats.accepted + stats.dropped + stats.failed
         rate = max(0.3, (stats.accepted + 1) / (finished + 1))
@@ -215,13 +293,19 @@ class Run:
     def _finished(self, job: SampleJob) -> None:
         assert self._store is not None and self._writer is not None and self._queue is not None
         self.stats.check_failures.update(check.split(">")[0] for check in job.failed_checks)
+        for attempt in job.history:
+            if attempt["rule"]:
+                self.metrics.check_failed(attempt["stage"], attempt["rule"])
+        self._stop_when_drained()
         if job.trajectory is None:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
             return
         record = accepted_record(job, self.config.run.sharegpt)
         if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
+            self.metrics.sample_finished("surplus")
             return
+        self.metrics.sample_finished("accepted")
         self._writer.samples.append(orjson.dumps(record))
         log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
         self.stats.accepted += 1
@@ -232,8 +316,13 @@ class Run:
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
         """The endpoint gave up on this sample: record it as failed. A graceful stop leaves it
         unfinished. Anything else (a refused configuration, an endpoint down, a bug) stops the
-        run; the sample stays resumable in the store."""
+        run; the sample stays resumable in the store. A sample stopped by the budget also stays
+        resumable, and the run ends when none is in flight."""
         if isinstance(exc, SendingStopped):
+            return
+        if isinstance(exc, BudgetExhausted):
+            log.info("sample_paused_by_budget", sample_id=job.id)
+            self._stop_when_drained()
             return
         if isinstance(exc, FatalEndpointError | EndpointDown):
             log.info("run_stopped", sample_id=job.id, error=str(exc))  # the CLI prints the line
@@ -257,6 +346,13 @@ class Run:
     def _rejected(self, record: dict[str, Any]) -> None:
         assert self._writer is not None
         self._writer.rejects.append(orjson.dumps(record))
+        self.metrics.sample_rejected(record)
+
+    def _stop_when_drained(self) -> None:
+        """Once the budget is reached, end the run when the last sample in flight is done."""
+        assert self._queue is not None
+        if self._budget.exhausted and self._queue.in_flight == 0:
+            self._queue.stop()
 
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
@@ -267,6 +363,19 @@ class Run:
         self.stats.duplicates = kinds.get("duplicate", 0)
         self.stats.malformed = kinds.get("malformed", 0)
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
+        self.stats.prior_cost_usd = store.spend()
+
+
+def _in_log_context(
+    stage: str, handler: Callable[[SampleJob], Awaitable[str | None]]
+) -> Callable[[SampleJob], Awaitable[str | None]]:
+    """The stage handler with the sample id and stage bound to every log line it causes."""
+
+    async def handle(job: SampleJob) -> str | None:
+        with structlog.contextvars.bound_contextvars(sample_id=job.id, stage=stage):
+            return await handler(job)
+
+    return handle
 
 
 def install_signal_handlers(run: Run) -> None:

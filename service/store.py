@@ -7,7 +7,9 @@ It holds
   (with its acceptance order 1..N and exported record), `surplus` (accepted after the
   target was met; kept for a later, larger run), `dropped` or `failed`;
 - every reject (dropped samples, duplicate and malformed personas) in write order;
-- the persona source cursor: how far the source has been consumed.
+- the persona source cursor: how far the source has been consumed;
+- for the report and the budget: each answer's stage, sample, latency and cost (priced when
+  it was paid) and each accepted sample's acceptance time.
 
 All writes are single short transactions in WAL mode, so a SIGKILL at any moment leaves
 a consistent database: each row is either fully there or absent. The output files are
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,16 @@ CREATE TABLE IF NOT EXISTS rejects (
     record BLOB NOT NULL
 );
 """
+# Columns added after the first release: created here on new stores and added to old ones.
+ADDED_COLUMNS = {
+    "responses": {
+        "stage": "TEXT NOT NULL DEFAULT ''",
+        "sample_id": "TEXT",
+        "latency_s": "REAL",
+        "cost_usd": "REAL",
+    },
+    "samples": {"accepted_at": "REAL"},
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,24 @@ class StoredResponse:
     usage: dict[str, Any]
     model: str
     endpoint: str
+    cost_usd: float = 0.0
+    stage: str = ""
+    sample_id: str | None = None
+    latency_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ResponseRow:
+    """What the report and the summary read of one stored answer."""
+
+    created: float
+    stage: str
+    endpoint: str
+    model: str
+    usage: dict[str, Any]
+    cost_usd: float
+    latency_s: float | None
+    sample_id: str | None
 
 
 @dataclass(frozen=True)
@@ -91,6 +121,7 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._add_columns()
 
     def close(self) -> None:
         self._db.close()
@@ -108,16 +139,17 @@ class Store:
 
     def get_response(self, key: str) -> StoredResponse | None:
         row = self._db.execute(
-            "SELECT content, finish_reason, usage, model, endpoint FROM responses WHERE key = ?", (key,)
+            "SELECT content, finish_reason, usage, model, endpoint, cost_usd FROM responses WHERE key = ?",
+            (key,),
         ).fetchone()
         if row is None:
             return None
-        return StoredResponse(row[0], row[1], orjson.loads(row[2]), row[3], row[4])
+        return StoredResponse(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5] or 0.0)
 
     def put_response(self, key: str, response: StoredResponse) -> None:
         self._db.execute(
-            "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
+            " stage, sample_id, latency_s, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 response.endpoint,
@@ -126,13 +158,35 @@ class Store:
                 response.finish_reason,
                 orjson.dumps(response.usage),
                 time.time(),
+                response.stage,
+                response.sample_id,
+                response.latency_s,
+                response.cost_usd,
             ),
         )
 
-    def usage_rows(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """(endpoint, model, usage) of every paid response, for run totals."""
-        for endpoint, model, usage in self._db.execute("SELECT endpoint, model, usage FROM responses"):
-            yield endpoint, model, orjson.loads(usage)
+    def response_rows(self) -> Iterator[ResponseRow]:
+        """Every paid answer in the order it came, for totals, the report and hand checks."""
+        for row in self._db.execute(
+            "SELECT created, stage, endpoint, model, usage, COALESCE(cost_usd, 0), latency_s, sample_id"
+            " FROM responses ORDER BY created"
+        ):
+            yield ResponseRow(row[0], row[1], row[2], row[3], orjson.loads(row[4]), *row[5:])
+
+    def spend(self) -> float:
+        """USD paid by the whole run, each answer at the price it was paid at."""
+        return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()[0]
+
+    def price_unpriced(self, price: Callable[[str, dict[str, Any]], float]) -> int:
+        """Give answers stored before costs were kept a cost: price(endpoint, usage)."""
+        rows = self._db.execute(
+            "SELECT key, endpoint, usage FROM responses WHERE cost_usd IS NULL"
+        ).fetchall()
+        with self._transaction():
+            for key, endpoint, usage in rows:
+                cost = price(endpoint, orjson.loads(usage))
+                self._db.execute("UPDATE responses SET cost_usd = ? WHERE key = ?", (cost, key))
+        return len(rows)
 
     # -- samples ----------------------------------------------------------------------
 
@@ -187,7 +241,10 @@ class Store:
                 self._finish(sample_id, "surplus", None, failures, blob)
                 return None
             self._finish(sample_id, "accepted", None, failures, blob)
-            self._db.execute("UPDATE samples SET accepted_seq = ? WHERE id = ?", (count + 1, sample_id))
+            self._db.execute(
+                "UPDATE samples SET accepted_seq = ?, accepted_at = ? WHERE id = ?",
+                (count + 1, time.time(), sample_id),
+            )
             return count + 1
 
     def promote_surplus(self, target: int) -> int:
@@ -200,8 +257,8 @@ class Store:
                 if count >= target:
                     break
                 self._db.execute(
-                    "UPDATE samples SET state = 'accepted', accepted_seq = ? WHERE id = ?",
-                    (count + 1, sample_id),
+                    "UPDATE samples SET state = 'accepted', accepted_seq = ?, accepted_at = ? WHERE id = ?",
+                    (count + 1, time.time(), sample_id),
                 )
                 promoted += 1
         return promoted
@@ -232,6 +289,16 @@ class Store:
     def reject_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM rejects").fetchone()[0]
 
+    def accepted_times(self) -> list[float]:
+        """When each accepted sample was accepted (unix time), in acceptance order."""
+        return [
+            t
+            for (t,) in self._db.execute(
+                "SELECT accepted_at FROM samples WHERE state = 'accepted' AND accepted_at IS NOT NULL"
+                " ORDER BY accepted_seq"
+            )
+        ]
+
     def state_counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT state, COUNT(*) FROM samples GROUP BY state"))
 
@@ -251,6 +318,13 @@ class Store:
             yield from failures.split(",")
 
     # -- internals --------------------------------------------------------------------
+
+    def _add_columns(self) -> None:
+        for table, columns in ADDED_COLUMNS.items():
+            present = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, declaration in columns.items():
+                if name not in present:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def _finish(
         self, sample_id: str, state: str, rule: str | None, failures: list[str], record: bytes | None

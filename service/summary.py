@@ -10,7 +10,7 @@ from collections import Counter
 from typing import Any
 
 from metrics.stats import RunStats
-from metrics.usage import Usage, cost_usd, parse_usage
+from metrics.usage import Usage, parse_usage
 from service.config import Config
 from service.store import Store
 
@@ -21,13 +21,10 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
     recovery = Counter(item.split(">")[1] for item in checks.elements())
     rejects = store.reject_counts()
     kinds = store.reject_kinds()
-    usage, cost = Usage(), 0.0
-    prices = {name: ep.price for name, ep in config.endpoints.items()}
-    for endpoint, _model, block in store.usage_rows():
-        one = parse_usage(block)
-        usage += one
-        if endpoint in prices:
-            cost += cost_usd(one, prices[endpoint])
+    usage = Usage()
+    for row in store.response_rows():
+        usage += parse_usage(row.usage)
+    cost = store.spend()
     accepted = store.accepted_count()
     return {
         "result": reason,
@@ -47,15 +44,16 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "new_script_after_failed_trajectories": recovery["new_script"],
         },
         "tokens": usage.as_dict() | {"total_tokens": usage.total},
-        "cost_usd": round(cost, 4),
+        "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
+        "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
             "wall_s": round(stats.elapsed, 2),
             "accepted": stats.accepted_this_run,
             "requests": dict(stats.requests),
             "answers_replayed_from_store": stats.cache_hits,
             "tokens": stats.usage.total,
-            "cost_usd": round(stats.cost_usd, 4),
+            "cost_usd": round(stats.cost_usd, 6),
         },
     }
 

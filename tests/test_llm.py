@@ -30,7 +30,9 @@ def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> t
 
     async def one(seed: int) -> Any:
         try:
-            return await client.complete(MESSAGES, temperature=0.7, max_tokens=2000, seed=seed)
+            return await client.complete(
+                MESSAGES, temperature=0.7, max_tokens=2000, seed=seed, stage="script"
+            )
         except (RequestFailed, FatalEndpointError, EndpointDown) as exc:
             return exc
 

@@ -12,8 +12,20 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from service.config import Limits
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    """What the limiter holds right now (for metrics); None where a bucket is not in use."""
+
+    in_flight: int
+    concurrency: int
+    remaining_requests: float | None
+    remaining_tokens: float | None
+    cooldown_s: float
 
 
 class _Bucket:
@@ -36,6 +48,10 @@ class _Bucket:
         amount = min(amount, self.capacity)
         return 0.0 if self.level >= amount else (amount - self.level) / self._rate
 
+    def remaining(self) -> float:
+        self._refill()
+        return self.level
+
     def take(self, amount: float) -> None:
         self._refill()
         self.level -= min(amount, self.capacity)
@@ -49,7 +65,8 @@ class EndpointLimiter:
     """Admission control for one endpoint."""
 
     def __init__(self, limits: Limits) -> None:
-        self._slots = asyncio.Semaphore(max(1, limits.max_concurrency))
+        self._concurrency = max(1, limits.max_concurrency)
+        self._slots = asyncio.Semaphore(self._concurrency)
         self._requests = _Bucket(limits.rpm) if limits.rpm else None
         self._tokens = _Bucket(limits.tpm) if limits.tpm else None
         self._learn = {"requests": not limits.rpm, "tokens": not limits.tpm}
@@ -74,6 +91,15 @@ class EndpointLimiter:
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
         self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
+
+    def state(self) -> LimiterState:
+        return LimiterState(
+            in_flight=self.in_flight,
+            concurrency=self._concurrency,
+            remaining_requests=self._requests.remaining() if self._requests else None,
+            remaining_tokens=self._tokens.remaining() if self._tokens else None,
+            cooldown_s=max(0.0, self._cooldown_until - time.monotonic()),
+        )
 
     @asynccontextmanager
     async def slot(self, estimated_tokens: int) -> AsyncIterator[_Reservation]:

@@ -16,6 +16,10 @@ request (its sample); the endpoint's `CircuitBreaker` stops the run when such re
 transport faults, keep coming. Bad *content* (invalid JSON, `finish_reason: length`) is
 not retried here: it goes back to the stage's policy. After `stop_sending()` (a graceful
 stop) stored answers are still replayed but nothing new is sent: `SendingStopped`.
+
+Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and each is
+cleared with the run's budget (`Budget.check`) once it holds a limiter slot, right before
+it is sent; answers replayed from the store are free and never refused.
 """
 
 from __future__ import annotations
@@ -30,18 +34,23 @@ from typing import Any
 import aiohttp
 import openai
 import orjson
+import structlog
 
+from metrics.budget import Budget
+from metrics.prometheus import RequestEvent, RunMetrics
 from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
-from workers.limiter import EndpointLimiter
+from workers.limiter import EndpointLimiter, LimiterState
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
 REQUEST_SPECIFIC = (400, 413, 422)  # statuses caused by one request, not by the configuration
+
+log = structlog.get_logger()
 
 
 class FatalEndpointError(Exception):
@@ -80,10 +89,20 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 class LLMClient:
     """Chat completions against one endpoint, cached in the run's store."""
 
-    def __init__(self, endpoint: Endpoint, base_url: str, store: Store, stats: RunStats) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        base_url: str,
+        store: Store,
+        stats: RunStats,
+        metrics: RunMetrics | None = None,
+        budget: Budget | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._store = store
         self._stats = stats
+        self._metrics = metrics or RunMetrics(stats)
+        self._budget = budget or Budget(None, stats)
         self._limiter = EndpointLimiter(endpoint.limits)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
@@ -103,6 +122,9 @@ class LLMClient:
         """Graceful stop: requests already sent finish and are stored; no new one is sent."""
         self._sending = False
 
+    def limiter_state(self) -> LimiterState:
+        return self._limiter.state()
+
     async def complete(
         self,
         messages: list[dict[str, str]],
@@ -110,8 +132,11 @@ class LLMClient:
         temperature: float,
         max_tokens: int,
         seed: int,
+        stage: str,
+        sample_id: str | None = None,
         json_mode: bool = True,
     ) -> Completion:
+        """One answer for `stage` (a metrics label; `sample_id` is kept with the stored answer)."""
         ep = self.endpoint
         params: dict[str, Any] = {"temperature": temperature, ep.max_tokens_param: max_tokens}
         if json_mode and ep.json_mode:
@@ -123,11 +148,16 @@ class LLMClient:
         stored = self._store.get_response(key)
         if stored is not None:
             self._stats.cache_hits += 1
+            self._metrics.cache_hit(ep.name, ep.model, stage)
             return self._completion(stored, cached=True)
         if not self._sending:
             raise SendingStopped(f"endpoint {ep.name}: stopping, request not sent")
         stored = await self._send(
-            messages, params, estimate_tokens(messages) + int(min(max_tokens, self._completion_avg))
+            messages,
+            params,
+            estimate_tokens(messages) + int(min(max_tokens, self._completion_avg)),
+            stage,
+            sample_id,
         )
         self._store.put_response(key, stored)
         completion = self._completion(stored, cached=False)
@@ -142,14 +172,19 @@ class LLMClient:
             content=stored.content,
             finish_reason=stored.finish_reason,
             usage=usage,
-            cost_usd=cost_usd(usage, self.endpoint.price),
+            cost_usd=stored.cost_usd,
             model=stored.model,
             endpoint=stored.endpoint,
             cached=cached,
         )
 
     async def _send(
-        self, messages: list[dict[str, str]], params: dict[str, Any], estimate: int
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        estimate: int,
+        stage: str,
+        sample_id: str | None,
     ) -> StoredResponse:
         ep = self.endpoint
         last_error = ""
@@ -158,6 +193,8 @@ class LLMClient:
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
             async with self._limiter.slot(estimate) as reservation:
+                self._budget.check()  # here, not before the limiter wait: only sent requests may finish
+                sent = time.monotonic()
                 try:
                     raw = await self._client.chat.completions.with_raw_response.create(
                         model=ep.model, messages=messages, extra_body=ep.extra_body or None, **params
@@ -174,6 +211,7 @@ class LLMClient:
                     openai.NotFoundError,
                 ) as exc:
                     self._stats.requests[str(exc.status_code)] += 1
+                    self._report(stage, str(exc.status_code), sent)
                     raise FatalEndpointError(
                         f"endpoint {ep.name} ({ep.model}) answered {exc.status_code}: {_one_line(exc)}"
                     ) from None
@@ -182,6 +220,7 @@ class LLMClient:
                 except openai.APIStatusError as exc:
                     if exc.status_code in REQUEST_SPECIFIC:
                         self._stats.requests[str(exc.status_code)] += 1
+                        self._report(stage, str(exc.status_code), sent)
                         self._breaker.bad_request(f"{exc.status_code}: {_one_line(exc)}")
                         raise RequestFailed(
                             f"endpoint {ep.name} answered {exc.status_code}: {_one_line(exc)}"
@@ -200,7 +239,10 @@ class LLMClient:
                         self._breaker.success()
                         self._limiter.learn(raw.headers)
                         usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
-                        reservation.settle(parse_usage(usage).total)
+                        tokens = parse_usage(usage)
+                        reservation.settle(tokens.total)
+                        cost = cost_usd(tokens, ep.price)
+                        latency = self._report(stage, "ok", sent, tokens, cost)
                         choice = response.choices[0]
                         return StoredResponse(
                             content=choice.message.content or "",
@@ -208,8 +250,14 @@ class LLMClient:
                             usage=usage,
                             model=response.model or ep.model,
                             endpoint=ep.name,
+                            cost_usd=cost,
+                            stage=stage,
+                            sample_id=sample_id,
+                            latency_s=latency,
                         )
             self._stats.requests[outcome] += 1
+            self._report(stage, outcome, sent)
+            log.info("llm_attempt_failed", endpoint=ep.name, stage=stage, outcome=outcome, error=last_error)
             if outcome == "429":
                 limited_since = limited_since or time.monotonic()
                 if time.monotonic() - limited_since > RATE_LIMIT_PATIENCE_S:
@@ -219,6 +267,17 @@ class LLMClient:
                 self._breaker.failure(f"{outcome}: {last_error}")
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
+
+    def _report(
+        self, stage: str, outcome: str, sent: float, usage: Usage | None = None, cost: float = 0.0
+    ) -> float:
+        """Tell the metrics how one HTTP attempt ended; return its latency."""
+        latency = time.monotonic() - sent
+        ep = self.endpoint
+        self._metrics.request(
+            RequestEvent(ep.name, ep.model, stage, outcome, latency, usage or Usage(), cost)
+        )
+        return latency
 
 
 def _backoff(attempt: int) -> float:

@@ -65,6 +65,7 @@ class PersonaExpander:
                 temperature=self._settings.temperature,
                 max_tokens=self._settings.max_tokens,
                 seed=0,
+                stage="personas",
             )
         except RequestFailed as exc:
             log.warning("persona_expansion_failed", error=str(exc))

@@ -32,6 +32,8 @@ class ScriptStage:
                 temperature=self._settings.temperature,
                 max_tokens=self._settings.max_tokens,
                 seed=job.seed(self.name, attempt),
+                stage=self.name,
+                sample_id=job.id,
             )
             job.charge(self.name, completion)
             verdict = check_script(completion.content)

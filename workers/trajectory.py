@@ -45,6 +45,8 @@ class TrajectoryStage:
                 temperature=self._settings.temperature,
                 max_tokens=self._settings.max_tokens,
                 seed=job.seed(f"{self.name}:{job.script_attempts}", attempt),
+                stage=self.name,
+                sample_id=job.id,
             )
             job.charge(self.name, completion)
             verdict = check_trajectory(completion.content, job.actions, prefix)

@@ -1,0 +1,69 @@
+"""`make bench SECTIONS=metrics`: what observability costs, in CPU time (process_time).
+
+- one `RunMetrics.request` call (every LLM attempt makes one);
+- one scrape of a run's registry (default config: one endpoint, three stages);
+- the report (report.md + 5 PNGs, matplotlib import included) of a store holding
+  1000 accepted samples and 3000 answers.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from metrics.prometheus import RequestEvent, RunMetrics
+from metrics.report import write_report
+from metrics.stats import RunStats
+from metrics.usage import Usage
+from service.store import Store, StoredResponse
+from workers.limiter import LimiterState
+
+EVENTS = 100_000
+SCRAPES = 200
+SAMPLES = 1000
+
+
+def main(argv: list[str]) -> None:
+    metrics = RunMetrics(RunStats(target=SAMPLES), budget_usd=100.0)
+    state = LimiterState(
+        in_flight=4, concurrency=96, remaining_requests=100.0, remaining_tokens=1e6, cooldown_s=0
+    )
+    metrics.add_endpoint("local", "sim-gpt-4o", ["personas", "script", "trajectory"], lambda: state)
+    event = RequestEvent("local", "sim-gpt-4o", "trajectory", "ok", 0.3, Usage(2000, 1024, 900, 0), 0.0125)
+    started = time.process_time()
+    for _ in range(EVENTS):
+        metrics.request(event)
+    print(f"request event: {(time.process_time() - started) / EVENTS * 1e6:.1f} µs CPU")
+    started = time.process_time()
+    for _ in range(SCRAPES):
+        body = generate_latest(metrics.registry)
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    print(f"scrape: {(time.process_time() - started) / SCRAPES * 1e3:.2f} ms CPU, {series} series")
+    with tempfile.TemporaryDirectory() as folder:
+        store = _filled_store(Path(folder))
+        started = time.process_time()
+        write_report(store, Path(folder))
+        store.close()
+        print(
+            f"report of {SAMPLES} samples / {3 * SAMPLES} answers: {time.process_time() - started:.2f} s CPU"
+        )
+
+
+def _filled_store(folder: Path) -> Store:
+    store = Store(folder / "state.sqlite")
+    for i in range(SAMPLES):
+        sample = f"s{i}"
+        store.admit(sample, i, "bench", f"persona {i}", {}, f"h{i}")
+        for n, stage in enumerate(("script", "trajectory", "trajectory")):
+            usage = {
+                "prompt_tokens": 1500,
+                "completion_tokens": 800,
+                "prompt_tokens_details": {"cached_tokens": 512},
+            }
+            answer = StoredResponse("{}", "stop", usage, "sim-gpt-4o", "local", 0.011, stage, sample, 0.3)
+            store.put_response(f"{sample}:{n}", answer)
+        store.accept(sample, {"id": sample}, ["T4>continue"] if i % 3 else [], SAMPLES)
+    return store

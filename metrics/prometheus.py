@@ -1,0 +1,302 @@
+"""Every Prometheus metric of a run, defined in one place, and the calls that feed them.
+
+One `RunMetrics` per run, with its own `CollectorRegistry` (never the global one), so
+several runs in one process (tests) do not mix. Callers report events:
+
+- the LLM layer: `request(RequestEvent)` once per HTTP attempt with its outcome, latency,
+  usage and cost; `cache_hit(...)` for an answer replayed from the store;
+- the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
+  `sample_rejected(record)` and `check_failed(stage, rule)`.
+
+State that already lives elsewhere (run totals in `RunStats`, queue depths, limiter state)
+is read at scrape time by a collector, so it is never stale and costs nothing between
+scrapes. Counters count this process (they restart with it, Prometheus' model); the run
+gauges (`agentrefine_run_*`) cover the whole run including earlier processes.
+
+Label values are bounded: endpoint and model names from config.yaml, stage names, the
+outcomes listed below, rule ids, dedup kinds. No sample or persona id is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    write_to_textfile,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from metrics.stats import RunStats
+from metrics.usage import Usage
+from workers.limiter import LimiterState
+
+# `_created` series would double the series count for no use on a dashboard.
+disable_created_metrics()
+
+REQUEST_OUTCOMES = ("ok", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
+SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
+DEDUP_KINDS = ("exact",)
+TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
+STAGE_RULES = {
+    "script": tuple(f"S{i}" for i in range(1, 8)),
+    "trajectory": tuple(f"T{i}" for i in range(1, 9)),
+}
+LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """One HTTP attempt of the LLM layer and how it ended."""
+
+    endpoint: str
+    model: str
+    stage: str
+    outcome: str  # ok, 429, 5xx, timeout, reset, bad_response, or an HTTP status such as "401"
+    latency_s: float
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+
+def outcome_label(outcome: str) -> str:
+    """The bounded `outcome` label of a request outcome."""
+    if outcome in REQUEST_OUTCOMES:
+        return outcome
+    if outcome == "bad_response":
+        return "bad_content"
+    return "5xx" if outcome.startswith("5") else "4xx"
+
+
+class RunMetrics:
+    """The metrics of one run in their own registry."""
+
+    def __init__(self, stats: RunStats, budget_usd: float | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self._live = _LiveState(stats, budget_usd)
+        self.registry.register(self._live)
+        llm = ["endpoint", "model", "stage"]
+        self._samples = Counter(
+            "agentrefine_samples",
+            "Samples finished by outcome; rule: the last failed rule of a dropped sample; "
+            "kind: the dedup kind of a duplicate persona.",
+            ["outcome", "rule", "kind"],
+            registry=self.registry,
+        )
+        self._admitted = Counter(
+            "agentrefine_samples_admitted", "Samples taken into the pipeline.", registry=self.registry
+        )
+        self._checks = Counter(
+            "agentrefine_check_failures",
+            "Failed rule checks (every attempt, not only the last) by stage and rule id.",
+            ["stage", "rule"],
+            registry=self.registry,
+        )
+        self._requests = Counter(
+            "agentrefine_llm_requests",
+            "LLM HTTP attempts by outcome.",
+            [*llm, "outcome"],
+            registry=self.registry,
+        )
+        self._cache_hits = Counter(
+            "agentrefine_llm_cache_hits",
+            "LLM answers replayed from the run's store instead of being requested.",
+            llm,
+            registry=self.registry,
+        )
+        self._tokens = Counter(
+            "agentrefine_llm_tokens",
+            "Tokens paid by kind (cached_prompt is part of prompt, reasoning part of completion).",
+            [*llm, "kind"],
+            registry=self.registry,
+        )
+        self._cost = Counter(
+            "agentrefine_llm_cost_usd", "Cost of the paid LLM answers in USD.", llm, registry=self.registry
+        )
+        self._latency = Histogram(
+            "agentrefine_llm_request_duration_seconds",
+            "Latency of answered LLM requests (sent to answer, limiter wait excluded).",
+            llm,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        for outcome in ("accepted", "surplus", "failed", "malformed"):
+            self._samples.labels(outcome, "", "")
+        for kind in DEDUP_KINDS:
+            self._samples.labels("duplicate", "", kind)
+        for stage, rules in STAGE_RULES.items():
+            for rule in rules:
+                self._checks.labels(stage, rule)
+                self._samples.labels("dropped", rule, "")
+
+    # -- wiring -------------------------------------------------------------------------
+
+    def add_endpoint(
+        self, endpoint: str, model: str, stages: Iterable[str], limiter: Callable[[], LimiterState]
+    ) -> None:
+        """Create the series of an endpoint's stages at zero and watch its limiter."""
+        for stage in stages:
+            for outcome in REQUEST_OUTCOMES:
+                self._requests.labels(endpoint, model, stage, outcome)
+            for kind in TOKEN_KINDS:
+                self._tokens.labels(endpoint, model, stage, kind)
+            self._cost.labels(endpoint, model, stage)
+            self._cache_hits.labels(endpoint, model, stage)
+            self._latency.labels(endpoint, model, stage)
+        self._live.limiters[(endpoint, model)] = limiter
+
+    def watch_queue(self, depths: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]) -> None:
+        """Read the job queue's per-stage depths and samples in flight at scrape time."""
+        self._live.queue_depths, self._live.samples_in_flight = depths, in_flight
+
+    def write(self, path: Path) -> None:
+        """Write the final values in the text format (atomically), e.g. for a textfile collector."""
+        write_to_textfile(str(path), self.registry)
+
+    # -- events -------------------------------------------------------------------------
+
+    def request(self, event: RequestEvent) -> None:
+        labels = (event.endpoint, event.model, event.stage)
+        outcome = outcome_label(event.outcome)
+        self._requests.labels(*labels, outcome).inc()
+        if outcome != "ok":
+            return
+        self._latency.labels(*labels).observe(event.latency_s)
+        usage = event.usage
+        for kind, count in zip(
+            TOKEN_KINDS, (usage.prompt, usage.cached_prompt, usage.completion, usage.reasoning), strict=True
+        ):
+            self._tokens.labels(*labels, kind).inc(count)
+        self._cost.labels(*labels).inc(event.cost_usd)
+
+    def cache_hit(self, endpoint: str, model: str, stage: str) -> None:
+        self._cache_hits.labels(endpoint, model, stage).inc()
+
+    def sample_admitted(self) -> None:
+        self._admitted.inc()
+
+    def sample_finished(self, outcome: str, rule: str = "", kind: str = "") -> None:
+        """One sample's end: accepted, surplus, dropped (with its rule), failed, duplicate
+        (with its dedup kind) or malformed."""
+        if outcome not in SAMPLE_OUTCOMES:
+            raise ValueError(f"unknown sample outcome {outcome!r}")
+        self._samples.labels(outcome, rule, kind).inc()
+
+    def sample_rejected(self, record: Mapping[str, object]) -> None:
+        """Count a reject record (rejects.jsonl shape); a duplicate's `dedup` field names its kind."""
+        outcome = str(record["kind"])
+        rule = str(record["rule"]) if outcome == "dropped" else ""
+        kind = str(record.get("dedup", "exact")) if outcome == "duplicate" else ""
+        self.sample_finished(outcome, rule, kind)
+
+    def check_failed(self, stage: str, rule: str) -> None:
+        self._checks.labels(stage, rule).inc()
+
+
+class _LiveState(Collector):
+    """Gauges read at scrape time from the objects that own the state."""
+
+    def __init__(self, stats: RunStats, budget_usd: float | None) -> None:
+        self._stats = stats
+        self._budget = budget_usd
+        self.limiters: dict[tuple[str, str], Callable[[], LimiterState]] = {}
+        self.queue_depths: Callable[[], Mapping[str, int]] | None = None
+        self.samples_in_flight: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._run()
+        yield from self._queue()
+        yield from self._limiters()
+
+    def _run(self) -> Iterator[Metric]:
+        stats = self._stats
+        yield _gauge("agentrefine_run_target_samples", "Accepted samples the run is asked for.", stats.target)
+        yield _gauge(
+            "agentrefine_run_accepted_samples",
+            "Accepted samples of the whole run (all processes).",
+            stats.accepted,
+        )
+        yield _gauge(
+            "agentrefine_run_progress_ratio",
+            "Accepted / target for the whole run.",
+            stats.accepted / stats.target,
+        )
+        yield _gauge(
+            "agentrefine_run_spend_usd", "USD spent by the whole run (all processes).", stats.run_cost_usd
+        )
+        if self._budget is not None:
+            yield _gauge("agentrefine_run_budget_usd", "run.max_cost_usd: the run stops there.", self._budget)
+        if stats.accepted:
+            yield _gauge(
+                "agentrefine_run_cost_per_accepted_sample_usd",
+                "Whole-run spend divided by accepted samples.",
+                stats.run_cost_usd / stats.accepted,
+            )
+        projected = stats.projected_cost_usd
+        if projected is not None:
+            yield _gauge(
+                "agentrefine_run_projected_cost_usd",
+                "Projected spend of the whole run at the target, at the run's cost per accepted sample.",
+                projected,
+            )
+
+    def _queue(self) -> Iterator[Metric]:
+        if self.samples_in_flight is not None:
+            yield _gauge(
+                "agentrefine_samples_in_flight",
+                "Samples admitted and not finished.",
+                self.samples_in_flight(),
+            )
+        if self.queue_depths is not None:
+            depth = GaugeMetricFamily(
+                "agentrefine_stage_queue_depth", "Samples waiting for a worker of a stage.", labels=["stage"]
+            )
+            for stage, count in self.queue_depths().items():
+                depth.add_metric([stage], count)
+            yield depth
+
+    def _limiters(self) -> Iterator[Metric]:
+        if not self.limiters:
+            return
+        labels = ["endpoint", "model"]
+        families = {
+            "in_flight": GaugeMetricFamily(
+                "agentrefine_llm_requests_in_flight", "LLM requests sent and not answered.", labels=labels
+            ),
+            "concurrency": GaugeMetricFamily(
+                "agentrefine_limiter_concurrency_limit",
+                "Requests the limiter lets run at once.",
+                labels=labels,
+            ),
+            "remaining_requests": GaugeMetricFamily(
+                "agentrefine_limiter_remaining_requests",
+                "Requests left in the client-side requests-per-minute bucket.",
+                labels=labels,
+            ),
+            "remaining_tokens": GaugeMetricFamily(
+                "agentrefine_limiter_remaining_tokens",
+                "Tokens left in the client-side tokens-per-minute bucket.",
+                labels=labels,
+            ),
+            "cooldown_s": GaugeMetricFamily(
+                "agentrefine_limiter_cooldown_seconds",
+                "Seconds until the endpoint's 429 cooldown ends (0: none).",
+                labels=labels,
+            ),
+        }
+        for key, read in self.limiters.items():
+            state = read()
+            for name, family in families.items():
+                value = getattr(state, name)
+                if value is not None:
+                    family.add_metric(list(key), value)
+        yield from families.values()
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
