@@ -114,12 +114,41 @@ class Run:
 
 
 @dataclass(frozen=True)
+class DedupKind:
+    """Cosine similarity at or above which an item duplicates a kept one."""
+
+    threshold: float = 0.9
+
+
+@dataclass(frozen=True)
+class Hnsw:
+    m: int = 32
+    ef_construction: int = 64
+    ef_search: int = 128
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """Embedding dedup of personas and scripts (exact-hash dedup always runs first)."""
+
+    embedder: str = "local"  # "local" (bundled MiniLM) or the name of an endpoint with /v1/embeddings
+    model: str = "text-embedding-3-small"  # the embedding model, for an endpoint embedder
+    persona: DedupKind = field(default_factory=DedupKind)
+    script: DedupKind = field(default_factory=DedupKind)
+    index: str = "flat"  # flat (exact) or hnsw (approximate, for very large runs)
+    hnsw: Hnsw = field(default_factory=Hnsw)
+    batch_size: int = 64
+    threads: int = 2  # ONNX Runtime threads of the local embedder
+
+
+@dataclass(frozen=True)
 class Config:
     generator: str
     endpoints: dict[str, Endpoint]
     stages: Stages = field(default_factory=Stages)
     personas: Personas = field(default_factory=Personas)
     run: Run = field(default_factory=Run)
+    dedup: Dedup = field(default_factory=Dedup)
 
     def endpoint_for(self, stage: Stage) -> Endpoint:
         return self.endpoints[stage.endpoint or self.generator]
@@ -329,11 +358,30 @@ def _check_references(config: Config, tree: _Located) -> Config:
                 f"{where('endpoints', name, 'max_tokens_param')}: endpoints.{name}.max_tokens_param: "
                 "expected max_tokens or max_completion_tokens"
             )
+    _check_dedup(config.dedup, where("dedup"), names, config.endpoints)
     if config.run.n < 1:
         raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
     if config.run.max_in_flight < 1 or config.run.shard_size < 1:
         raise ConfigError(f"{where('run')}: run: max_in_flight and shard_size must be at least 1")
     return config
+
+
+def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endpoint]) -> None:
+    if dedup.embedder != "local" and dedup.embedder not in endpoints:
+        raise ConfigError(
+            f"{where}: dedup.embedder: expected local or an endpoint name, got {dedup.embedder!r} "
+            f"(defined: {names})"
+        )
+    if dedup.index not in ("flat", "hnsw"):
+        raise ConfigError(f"{where}: dedup.index: expected flat or hnsw, got {dedup.index!r}")
+    for kind in ("persona", "script"):
+        threshold = getattr(dedup, kind).threshold
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"{where}: dedup.{kind}.threshold: must be in (0, 1], got {threshold}")
+    if min(dedup.batch_size, dedup.threads, dedup.hnsw.m, dedup.hnsw.ef_search) < 1:
+        raise ConfigError(
+            f"{where}: dedup: batch_size, threads, hnsw.m and hnsw.ef_search must be at least 1"
+        )
 
 
 def _join(path: str, key: str) -> str:

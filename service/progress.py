@@ -24,7 +24,9 @@ def progress_line(stats: RunStats, in_flight: int) -> str:
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
         f"tokens {_short(stats.usage.total)} ${stats.cost_usd:.2f} | in flight {in_flight} | "
-        f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
+        f"dropped {stats.dropped} failed {stats.failed} "
+        f"dup persona {stats.duplicates['persona']} script {stats.duplicates['script']} "
+        f"bad lines {stats.malformed} | "
         f"rejected checks {fails}"
     )
 

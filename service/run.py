@@ -24,6 +24,7 @@ from metrics.stats import RunStats
 from service import logs
 from service.admission import Admission
 from service.config import Config, Endpoint
+from service.dedup import RunDedup, build_embedder
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, file_source, seed_personas
@@ -54,6 +55,8 @@ class Run:
         self._queue: JobQueue[SampleJob] | None = None
         self._embedded: list[EmbeddedEndpoint] = []
         self._clients: dict[str, LLMClient] = {}
+        self._base_urls: dict[str, str] = {}
+        self._dedup: RunDedup | None = None
         self._interrupted = False
 
     async def execute(self) -> dict[str, Any]:
@@ -93,13 +96,14 @@ class Run:
         config = self.config
         try:
             clients = await self._connect()
+            dedup = self._dedup = RunDedup(config, self._store, build_embedder(config, self._base_urls))
             script_client = clients[config.endpoint_for(config.stages.script).name]
             trajectory_client = clients[config.endpoint_for(config.stages.trajectory).name]
             queue = self._queue = JobQueue(
                 [
                     StageSpec(
                         "script",
-                        ScriptStage(script_client, config.stages.script),
+                        ScriptStage(script_client, config.stages.script, dedup.script_duplicate),
                         config.stages.script.concurrency,
                     ),
                     StageSpec(
@@ -115,7 +119,13 @@ class Run:
                 max_in_flight=config.run.max_in_flight,
             )
             admission = Admission(
-                self._store, self.stats, config.run.seed, config.personas.strict, self._rejected
+                self._store,
+                self.stats,
+                config.run.seed,
+                config.personas.strict,
+                self._rejected,
+                dedup.personas,
+                config.dedup.batch_size,
             )
             progress = Progress(self.stats, lambda: queue.in_flight, config.run.progress_interval_s)
             progress.start()
@@ -155,6 +165,8 @@ class Run:
         for stage in stages:
             endpoint = self.config.endpoint_for(stage)
             needed[endpoint.name] = endpoint
+        if self.config.dedup.embedder != "local":
+            needed[self.config.dedup.embedder] = self.config.endpoints[self.config.dedup.embedder]
         for name, endpoint in needed.items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
@@ -162,11 +174,14 @@ class Run:
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None
+            self._base_urls[name] = base_url
             self._clients[name] = LLMClient(endpoint, base_url, self._store, self.stats)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
         return self._clients
 
     async def _disconnect(self) -> None:
+        if self._dedup is not None:
+            await self._dedup.aclose()
         for client in self._clients.values():
             await client.aclose()
         for embedded in self._embedded:
@@ -175,13 +190,17 @@ class Run:
     def _may_admit(self, in_flight: int) -> bool:
         """Admit only as many samples as the remaining target needs at the observed accept rate."""
         stats = self.stats
-        finished = stats.accepted + stats.dropped + stats.failed
+        finished = stats.accepted + stats.dropped + stats.failed + stats.duplicates["script"]
         rate = max(0.3, (stats.accepted + 1) / (finished + 1))
         return in_flight < math.ceil((stats.target - stats.accepted) / rate * 1.1) + 1
 
     def _finished(self, job: SampleJob) -> None:
         assert self._store is not None and self._writer is not None and self._queue is not None
         self.stats.check_failures.update(check.split(">")[0] for check in job.failed_checks)
+        if job.duplicate is not None:
+            self._reject(job, "duplicate", "script_duplicate")
+            self.stats.duplicates["script"] += 1
+            return
         if job.trajectory is None:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
@@ -222,10 +241,12 @@ class Run:
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
         kinds = store.reject_kinds()
+        rules = store.reject_counts()
         self.stats.accepted = states.get("accepted", 0)
         self.stats.dropped = states.get("dropped", 0)
         self.stats.failed = states.get("failed", 0)
-        self.stats.duplicates = kinds.get("duplicate", 0)
+        for kind in ("persona", "script"):
+            self.stats.duplicates[kind] = rules.get(("duplicate", f"{kind}_duplicate"), 0)
         self.stats.malformed = kinds.get("malformed", 0)
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
 
