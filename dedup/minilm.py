@@ -75,5 +75,8 @@ class MiniLMEmbedder:
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         return normalise(pooled)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def aclose(self) -> None:
+        self.close()

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "AGENTREFINE__"
+LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled all-MiniLM-L6-v2
 
 
 class ConfigError(Exception):
@@ -131,7 +132,7 @@ class Hnsw:
 class Dedup:
     """Embedding dedup of personas and scripts (exact-hash dedup always runs first)."""
 
-    embedder: str = "local"  # "local" (bundled MiniLM) or the name of an endpoint with /v1/embeddings
+    embedder: str = LOCAL_EMBEDDER  # the bundled model, or the name of an endpoint with /v1/embeddings
     model: str = "text-embedding-3-small"  # the embedding model, for an endpoint embedder
     persona: DedupKind = field(default_factory=DedupKind)
     script: DedupKind = field(default_factory=DedupKind)
@@ -367,9 +368,9 @@ def _check_references(config: Config, tree: _Located) -> Config:
 
 
 def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endpoint]) -> None:
-    if dedup.embedder != "local" and dedup.embedder not in endpoints:
+    if dedup.embedder != LOCAL_EMBEDDER and dedup.embedder not in endpoints:
         raise ConfigError(
-            f"{where}: dedup.embedder: expected local or an endpoint name, got {dedup.embedder!r} "
+            f"{where}: dedup.embedder: expected {LOCAL_EMBEDDER} or an endpoint name, got {dedup.embedder!r} "
             f"(defined: {names})"
         )
     if dedup.index not in ("flat", "hnsw"):

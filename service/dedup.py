@@ -15,14 +15,14 @@ from dedup.near import Candidate, DedupSet, Verdict
 from dedup.remote import EndpointEmbedder
 from dedup.screen import CoalescingScreen, Deduplicator
 from dedup.scripts import script_key
-from service.config import Config, ConfigError
+from service.config import LOCAL_EMBEDDER, Config, ConfigError
 from service.store import Store
 from workers.sample import SampleJob
 
 
 def build_embedder(config: Config, base_urls: dict[str, str]) -> Embedder:
     settings = config.dedup
-    if settings.embedder == "local":
+    if settings.embedder == LOCAL_EMBEDDER:
         return MiniLMEmbedder(threads=settings.threads)
     return EndpointEmbedder(config.endpoints[settings.embedder], base_urls[settings.embedder], settings.model)
 
@@ -54,8 +54,8 @@ class RunDedup:
         return verdict if verdict.duplicate_of is not None else None
 
     async def aclose(self) -> None:
+        """Stop the script check (the embedder belongs to the caller)."""
         await self._scripts.aclose()
-        await self._embedder.aclose()
 
     def _keep_script(self, candidate: Candidate, verdict: Verdict) -> None:
         assert verdict.vector is not None

@@ -20,10 +20,11 @@ from typing import Any
 import orjson
 import structlog
 
+from dedup.embedder import Embedder
 from metrics.stats import RunStats
 from service import logs
 from service.admission import Admission
-from service.config import Config, Endpoint
+from service.config import LOCAL_EMBEDDER, Config, Endpoint
 from service.dedup import RunDedup, build_embedder
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
@@ -56,6 +57,7 @@ class Run:
         self._embedded: list[EmbeddedEndpoint] = []
         self._clients: dict[str, LLMClient] = {}
         self._base_urls: dict[str, str] = {}
+        self._embedder: Embedder | None = None
         self._dedup: RunDedup | None = None
         self._interrupted = False
 
@@ -96,7 +98,8 @@ class Run:
         config = self.config
         try:
             clients = await self._connect()
-            dedup = self._dedup = RunDedup(config, self._store, build_embedder(config, self._base_urls))
+            self._embedder = build_embedder(config, self._base_urls)
+            dedup = self._dedup = RunDedup(config, self._store, self._embedder)
             script_client = clients[config.endpoint_for(config.stages.script).name]
             trajectory_client = clients[config.endpoint_for(config.stages.trajectory).name]
             queue = self._queue = JobQueue(
@@ -165,7 +168,7 @@ class Run:
         for stage in stages:
             endpoint = self.config.endpoint_for(stage)
             needed[endpoint.name] = endpoint
-        if self.config.dedup.embedder != "local":
+        if self.config.dedup.embedder != LOCAL_EMBEDDER:
             needed[self.config.dedup.embedder] = self.config.endpoints[self.config.dedup.embedder]
         for name, endpoint in needed.items():
             base_url = endpoint.base_url
@@ -182,6 +185,8 @@ class Run:
     async def _disconnect(self) -> None:
         if self._dedup is not None:
             await self._dedup.aclose()
+        if self._embedder is not None:
+            await self._embedder.aclose()
         for client in self._clients.values():
             await client.aclose()
         for embedded in self._embedded:

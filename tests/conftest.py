@@ -13,15 +13,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from dedup.minilm import MiniLMEmbedder
+
 ROOT = Path(__file__).resolve().parents[1]
+LABELLED_PERSONAS = ROOT / "tests" / "data" / "dedup_personas.jsonl"
 
 FAST_SIM: dict[str, Any] = {
     "latency_median_s": 0.01,
     "latency_sigma": 0.3,
     "faults": {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0},
 }
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Iterator[MiniLMEmbedder]:
+    """The local embedding model, loaded once for the whole session."""
+    embedder = MiniLMEmbedder()
+    yield embedder
+    embedder.close()
 
 
 @contextmanager
