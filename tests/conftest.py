@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,22 @@ def cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_when(ready: Callable[[], bool], *args: str, timeout: float = 120) -> None:
+    """Run the CLI in the background and SIGKILL it as soon as `ready()` holds (or it exits,
+    or `timeout` passes)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:

@@ -5,12 +5,7 @@ spent on a duplicate persona, and no persona is admitted twice."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +17,8 @@ from service.config import Dedup
 from tests.conftest import (
     FAST_SIM,
     LABELLED_PERSONAS,
-    ROOT,
     cli,
+    kill_when,
     read_jsonl,
     sim_stats,
     simulator,
@@ -101,17 +96,7 @@ def test_sigkill_then_resume_admits_no_persona_twice(tmp_path: Path, minilm: Min
     with simulator({**FAST_SIM, "latency_median_s": 0.05}) as url:
         config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim")
         args = ["run", "--config", str(config), "-n", "500", "--personas", str(personas), "--out", str(out)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while admitted(out) < 20 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when(lambda: admitted(out) >= 20, *args)
         before = admitted(out)
         assert 20 <= before < 60, "the kill must land mid-run"
         result = cli(*args)
