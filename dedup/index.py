@@ -3,9 +3,14 @@
 - `FlatIndex` (default): exact search. A growing float32 matrix searched with BLAS matrix
   products in row chunks; the answers are those of `faiss.IndexFlatIP`, which is several
   times slower on this 2-core CPU for the small query batches dedup sends (docs/decisions.md).
-- `HNSWIndex`: `faiss.IndexHNSWFlat` for very large runs, where exact search costs more than
-  1 ms an item (about 250k items and up here). It is approximate: it can miss a duplicate,
-  never invent one; `ef_search` trades speed for recall.
+- `IVFIndex`: for very large runs, where exact search costs more than 1 ms an item (about
+  100k items and up on this CPU). Exact until `train_after` vectors, then a faiss inverted-file
+  index (`IndexIVFFlat`) trained on them, searching the `nprobe` nearest of `nlist` cells.
+- `HNSWIndex`: `faiss.IndexHNSWFlat`, the other approximate option; on this 2-core CPU its
+  adds cost ~0.7 ms each at 1M, so IVF is the better choice here (docs/decisions.md).
+
+The approximate ones can miss a duplicate, never invent one (`nprobe` / `ef_search` trade
+speed for recall).
 
 Both take their dimension from the first vectors added, return for each query the `k` best
 (similarity, row) pairs, best first; rows are numbered in insertion order and a missing
@@ -52,6 +57,9 @@ class FlatIndex:
         self._rows[self._n : needed] = vectors
         self._n = needed
 
+    def rows(self) -> np.ndarray:
+        return self._rows[: self._n]
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         sims, rows = _nothing(len(queries), k)
         for start in range(0, self._n, CHUNK_ROWS):
@@ -64,6 +72,46 @@ class FlatIndex:
                 k,
             )
         return sims, rows
+
+
+class IVFIndex:
+    """Exact search until `train_after` vectors, then an inverted-file index trained on them.
+
+    The switch happens in `search` (which dedup runs off the event loop), not in `add`."""
+
+    def __init__(self, nlist: int, nprobe: int, train_after: int) -> None:
+        self._nlist = nlist
+        self._nprobe = nprobe
+        self._train_after = max(train_after, nlist)
+        self._flat: FlatIndex | None = FlatIndex()
+        self._ivf: faiss.IndexIVFFlat | None = None
+        self._quantizer: faiss.IndexFlatIP | None = None  # the cells' centres, used by the IVF index
+
+    def __len__(self) -> int:
+        return len(self._flat) if self._flat is not None else int(self._ivf.ntotal)
+
+    def add(self, vectors: np.ndarray) -> None:
+        if self._flat is not None:
+            self._flat.add(vectors)
+        else:
+            self._ivf.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._flat is not None and len(self._flat) >= self._train_after:
+            self._train(self._flat.rows())
+        if self._flat is not None:
+            return self._flat.search(queries, k)
+        sims, rows = self._ivf.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        sims[rows < 0] = -np.inf
+        return sims, rows
+
+    def _train(self, rows: np.ndarray) -> None:
+        quantizer = faiss.IndexFlatIP(rows.shape[1])
+        ivf = faiss.IndexIVFFlat(quantizer, rows.shape[1], self._nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.train(rows)
+        ivf.add(rows)  # ids continue 0..n-1 in insertion order, like the flat rows
+        ivf.nprobe = self._nprobe
+        self._ivf, self._quantizer, self._flat = ivf, quantizer, None
 
 
 class HNSWIndex:

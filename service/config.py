@@ -129,6 +129,13 @@ class Hnsw:
 
 
 @dataclass(frozen=True)
+class Ivf:
+    nlist: int = 1024
+    nprobe: int = 8
+    train_after: int = 65536  # exact search until this many items, then train the cells on them
+
+
+@dataclass(frozen=True)
 class Dedup:
     """Embedding dedup of personas and scripts (exact-hash dedup always runs first)."""
 
@@ -136,7 +143,8 @@ class Dedup:
     model: str = "text-embedding-3-small"  # the embedding model, for an endpoint embedder
     persona: DedupKind = field(default_factory=DedupKind)
     script: DedupKind = field(default_factory=DedupKind)
-    index: str = "flat"  # flat (exact) or hnsw (approximate, for very large runs)
+    index: str = "flat"  # flat (exact), or ivf / hnsw (approximate, for very large runs)
+    ivf: Ivf = field(default_factory=Ivf)
     hnsw: Hnsw = field(default_factory=Hnsw)
     batch_size: int = 64
     threads: int = 2  # ONNX Runtime threads of the local embedder
@@ -373,15 +381,24 @@ def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endp
             f"{where}: dedup.embedder: expected {LOCAL_EMBEDDER} or an endpoint name, got {dedup.embedder!r} "
             f"(defined: {names})"
         )
-    if dedup.index not in ("flat", "hnsw"):
-        raise ConfigError(f"{where}: dedup.index: expected flat or hnsw, got {dedup.index!r}")
+    if dedup.index not in ("flat", "ivf", "hnsw"):
+        raise ConfigError(f"{where}: dedup.index: expected flat, ivf or hnsw, got {dedup.index!r}")
     for kind in ("persona", "script"):
         threshold = getattr(dedup, kind).threshold
         if not 0.0 < threshold <= 1.0:
             raise ConfigError(f"{where}: dedup.{kind}.threshold: must be in (0, 1], got {threshold}")
-    if min(dedup.batch_size, dedup.threads, dedup.hnsw.m, dedup.hnsw.ef_search) < 1:
+    sizes = (
+        dedup.batch_size,
+        dedup.threads,
+        dedup.ivf.nlist,
+        dedup.ivf.nprobe,
+        dedup.hnsw.m,
+        dedup.hnsw.ef_search,
+    )
+    if min(sizes) < 1:
         raise ConfigError(
-            f"{where}: dedup: batch_size, threads, hnsw.m and hnsw.ef_search must be at least 1"
+            f"{where}: dedup: batch_size, threads, ivf.nlist, ivf.nprobe, hnsw.m and hnsw.ef_search "
+            "must be at least 1"
         )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from dedup.embedder import Embedder
 from dedup.exact import text_hash
-from dedup.index import FlatIndex, HNSWIndex, VectorIndex
+from dedup.index import FlatIndex, HNSWIndex, IVFIndex, VectorIndex
 from dedup.minilm import MiniLMEmbedder
 from dedup.near import Candidate, DedupSet, Verdict
 from dedup.remote import EndpointEmbedder
@@ -77,6 +77,8 @@ class RunDedup:
 
 def _index(config: Config) -> VectorIndex:
     settings = config.dedup
+    if settings.index == "ivf":
+        return IVFIndex(settings.ivf.nlist, settings.ivf.nprobe, settings.ivf.train_after)
     if settings.index == "hnsw":
         return HNSWIndex(settings.hnsw.m, settings.hnsw.ef_construction, settings.hnsw.ef_search)
     return FlatIndex()

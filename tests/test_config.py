@@ -92,7 +92,7 @@ def test_endpoint_needs_url_or_embedded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("dedup", "message"),
     [
-        ("dedup:\n  index: annoy\n", "dedup.index: expected flat or hnsw, got 'annoy'"),
+        ("dedup:\n  index: annoy\n", "dedup.index: expected flat, ivf or hnsw, got 'annoy'"),
         ("dedup:\n  embedder: cohere\n", "dedup.embedder: expected minilm or an endpoint name, got 'cohere'"),
         ("dedup:\n  script: {threshold: 1.5}\n", "dedup.script.threshold: must be in (0, 1], got 1.5"),
     ],

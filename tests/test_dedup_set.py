@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from dedup.index import FlatIndex, HNSWIndex
+from dedup.index import FlatIndex, HNSWIndex, IVFIndex
 from dedup.near import Candidate, DedupSet
 
 
@@ -35,8 +35,10 @@ def test_flat_index_answers_like_faiss_flat_ip() -> None:
     assert np.allclose(sims, expected_sims, atol=1e-5)
 
 
-@pytest.mark.parametrize("index", [FlatIndex(), HNSWIndex(16, 40, 64)], ids=["flat", "hnsw"])
-def test_empty_index_and_fewer_rows_than_k(index: FlatIndex | HNSWIndex) -> None:
+@pytest.mark.parametrize(
+    "index", [FlatIndex(), IVFIndex(4, 2, 1), HNSWIndex(16, 40, 64)], ids=["flat", "ivf", "hnsw"]
+)
+def test_empty_index_and_fewer_rows_than_k(index: FlatIndex | IVFIndex | HNSWIndex) -> None:
     sims, rows = index.search(unit_rows(2), 3)
     assert rows.tolist() == [[-1, -1, -1]] * 2 and np.isneginf(sims).all()
     index.add(unit_rows(1))
@@ -44,13 +46,21 @@ def test_empty_index_and_fewer_rows_than_k(index: FlatIndex | HNSWIndex) -> None
     assert rows.tolist() == [[0, -1, -1]]
 
 
-def test_hnsw_finds_the_planted_duplicates_that_flat_finds() -> None:
+@pytest.mark.parametrize(
+    "approximate", [IVFIndex(16, 16, 2_000), HNSWIndex(32, 64, 128)], ids=["ivf", "hnsw"]
+)
+def test_approximate_indexes_find_the_planted_duplicates_that_flat_finds(
+    approximate: IVFIndex | HNSWIndex,
+) -> None:
     data = unit_rows(3_000, seed=4)
     queries = np.stack([near(data[i], 0.05, seed=i) for i in range(0, 3_000, 30)])
-    flat, hnsw = FlatIndex(), HNSWIndex(32, 64, 128)
+    flat = FlatIndex()
     flat.add(data)
-    hnsw.add(data)
-    assert np.array_equal(hnsw.search(queries, 1)[1], flat.search(queries, 1)[1])
+    approximate.add(data[:2_500])
+    approximate.search(queries[:1], 1)  # IVF: trained here on its 2 500 rows (probing all cells)
+    approximate.add(data[2_500:])  # rows keep their insertion numbers after the switch
+    assert len(approximate) == 3_000
+    assert np.array_equal(approximate.search(queries, 1)[1], flat.search(queries, 1)[1])
 
 
 def screen(dedup_set: DedupSet, batch: list[Candidate], vectors: dict[str, np.ndarray]) -> list:
