@@ -3,7 +3,8 @@
 1. Embedding throughput of the local model (texts/s, and texts per CPU-second, which the
    other engineers' load on a shared machine does not distort) for persona-length (~35 words)
    and task-length (~105 words) texts, in the service's batches of 64.
-2. Recall / distinct kept / precision on the labelled persona set at the default threshold.
+2. Recall / distinct kept / precision on the labelled persona and script sets around the
+   default thresholds.
 3. Search+add cost per item: a 64k stream through the exact index (planted duplicates),
    faiss IndexFlatIP against ours at 64k (ratio), then exact and IVF indexes filled to 1M
    probed with near copies and new vectors (duplicates found vs exact); HNSW too when
@@ -38,6 +39,7 @@ from workers.llm import LLMClient
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "data" / "dedup_personas.jsonl"
+LABELLED_SCRIPTS = ROOT / "tests" / "data" / "dedup_scripts.jsonl"
 DIM = 384
 BATCH = 64
 LAG_TICK_S = 0.01
@@ -77,10 +79,15 @@ def embedding_throughput(embedder: MiniLMEmbedder) -> None:
 
 
 def labelled_scores(embedder: MiniLMEmbedder) -> None:
-    items = load_labelled(LABELLED)
-    vectors = embedder.embed_now([item["text"] for item in items])
-    for threshold in sorted({0.85, Dedup().persona.threshold, 0.95}):
-        print(f"labelled personas ({len(items)}): {score(items, vectors, threshold).line()}")
+    defaults = Dedup()
+    for kind, path, default in (
+        ("personas", LABELLED, defaults.persona.threshold),
+        ("scripts", LABELLED_SCRIPTS, defaults.script.threshold),
+    ):
+        items = load_labelled(path)
+        vectors = embedder.embed_now([item["text"] for item in items])
+        for threshold in sorted({0.85, default, 0.95}):
+            print(f"labelled {kind} ({len(items)}): {score(items, vectors, threshold).line()}")
 
 
 def synthetic_stream(n: int, seed: int = 0) -> np.ndarray:

@@ -22,6 +22,7 @@ from dedup.minilm import MiniLMEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED_PERSONAS = ROOT / "tests" / "data" / "dedup_personas.jsonl"
+LABELLED_SCRIPTS = ROOT / "tests" / "data" / "dedup_scripts.jsonl"
 
 FAST_SIM: dict[str, Any] = {
     "latency_median_s": 0.01,

@@ -1,25 +1,35 @@
-"""Calibration of the default persona threshold on the labelled set (tests/data): planted
-paraphrases, reorderings and case/punctuation variants are caught, distinct personas on the
-same themes (same job, other place) are kept."""
+"""Calibration of the default thresholds on the labelled sets (tests/data): personas (planted
+paraphrases, reorderings and case/punctuation variants among distinct personas on the same
+themes, some sharing a job) and script keys (simulator scripts of distinct personas, plus
+reworded goals in the same environment). Duplicates are caught, distinct items kept."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
 
 from dedup.calibrate import load_labelled, score
 from dedup.minilm import MiniLMEmbedder
 from service.config import Dedup
-from tests.conftest import LABELLED_PERSONAS
+from tests.conftest import LABELLED_PERSONAS, LABELLED_SCRIPTS
 
 
-def test_default_persona_threshold_on_the_labelled_set(minilm: MiniLMEmbedder) -> None:
-    items = load_labelled(LABELLED_PERSONAS)
-    variants = {item["variant"] for item in items}
-    assert variants == {"distinct", "distinct_same_job", "paraphrase", "reordering", "case_punct"}
-    vectors = minilm.embed_now([item["text"] for item in items])
-
-    scores = score(items, vectors, Dedup().persona.threshold)
-
-    print(f"\nlabelled set: {scores.line()}")
-    assert scores.planted >= 80 and scores.distinct >= 120
+@pytest.mark.parametrize(
+    ("path", "threshold", "planted", "distinct"),
+    [
+        (LABELLED_PERSONAS, Dedup().persona.threshold, 80, 120),
+        (LABELLED_SCRIPTS, Dedup().script.threshold, 20, 120),
+    ],
+    ids=["personas", "scripts"],
+)
+def test_default_threshold_on_the_labelled_set(
+    minilm: MiniLMEmbedder, path: Path, threshold: float, planted: int, distinct: int
+) -> None:
+    items = load_labelled(path)
+    scores = score(items, minilm.embed_now([item["text"] for item in items]), threshold)
+    print(f"\n{path.name}: {scores.line()}")
+    assert scores.planted >= planted and scores.distinct >= distinct
     assert scores.recall >= 0.95
     assert scores.distinct_kept >= 0.99
     assert scores.precision >= 0.99
@@ -27,6 +37,13 @@ def test_default_persona_threshold_on_the_labelled_set(minilm: MiniLMEmbedder) -
 
 def test_a_lower_threshold_flags_more(minilm: MiniLMEmbedder) -> None:
     items = load_labelled(LABELLED_PERSONAS)
+    assert {item["variant"] for item in items} == {
+        "distinct",
+        "distinct_same_job",
+        "paraphrase",
+        "reordering",
+        "case_punct",
+    }
     vectors = minilm.embed_now([item["text"] for item in items])
     strict, loose = score(items, vectors, 0.99), score(items, vectors, 0.5)
     assert strict.flagged < loose.flagged
