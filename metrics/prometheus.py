@@ -42,7 +42,7 @@ disable_created_metrics()
 
 REQUEST_OUTCOMES = ("ok", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
 SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
-DEDUP_KINDS = ("exact",)
+DEDUP_KINDS = ("persona", "script")
 TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
 STAGE_RULES = {
     "script": tuple(f"S{i}" for i in range(1, 8)),
@@ -84,7 +84,7 @@ class RunMetrics:
         self._samples = Counter(
             "agentrefine_samples",
             "Samples finished by outcome; rule: the last failed rule of a dropped sample; "
-            "kind: the dedup kind of a duplicate persona.",
+            "kind: the dedup kind of a duplicate (persona, script).",
             ["outcome", "rule", "kind"],
             registry=self.registry,
         )
@@ -188,10 +188,11 @@ class RunMetrics:
         self._samples.labels(outcome, rule, kind).inc()
 
     def sample_rejected(self, record: Mapping[str, object]) -> None:
-        """Count a reject record (rejects.jsonl shape); a duplicate's `dedup` field names its kind."""
+        """Count a reject record (rejects.jsonl shape); a duplicate's rule names its dedup kind
+        ("persona_duplicate", "script_duplicate")."""
         outcome = str(record["kind"])
         rule = str(record["rule"]) if outcome == "dropped" else ""
-        kind = str(record.get("dedup", "exact")) if outcome == "duplicate" else ""
+        kind = str(record["rule"]).removesuffix("_duplicate") if outcome == "duplicate" else ""
         self.sample_finished(outcome, rule, kind)
 
     def check_failed(self, stage: str, rule: str) -> None:

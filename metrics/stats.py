@@ -18,7 +18,7 @@ class RunStats:
     accepted_this_run: int = 0
     dropped: int = 0
     failed: int = 0
-    duplicates: int = 0
+    duplicates: Counter[str] = field(default_factory=Counter)  # dedup kind -> duplicates
     malformed: int = 0
     check_failures: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)  # outcome -> count (ok, 429, 5xx, ...)

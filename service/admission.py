@@ -1,10 +1,15 @@
 """Admission: which personas become samples.
 
 Unfinished samples of an earlier run come first (their answers are cached, so replaying
-them costs nothing). Then the persona source continues after the stored cursor: a
-malformed line is rejected with its file:line reason (or stops the run in strict mode),
-an exact duplicate of an admitted persona is rejected naming the sample it duplicates,
-and every other persona is admitted as a new sample.
+them costs nothing). Then the persona source continues after the stored cursor, in batches
+of what it has ready (`service.batches`), so the embedder works on many personas at once.
+Each batch is screened by persona dedup (exact hash, then embedding similarity to every
+persona admitted so far and to earlier ones of the batch) and then handled in source order,
+one persona at a time, as the job queue asks for work: a malformed line is rejected with its
+file:line reason (or stops the run in strict mode), a duplicate is rejected naming the
+sample it duplicates and the similarity, and every other persona is admitted as a new sample
+(its embedding stored in the same transaction). The stored cursor therefore only ever passes
+personas whose outcome is stored.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from dedup.exact import ExactDedup, text_hash
+from dedup.exact import text_hash
+from dedup.near import Candidate
+from dedup.screen import Deduplicator
 from metrics.stats import RunStats
+from service.batches import ready_batches
 from service.personas import Malformed, Persona, PersonaInputError, SourceItem
 from service.store import Store
 from workers.sample import SampleJob
@@ -35,13 +43,16 @@ class Admission:
         run_seed: int,
         strict: bool,
         on_reject: Callable[[dict[str, object]], None],
+        dedup: Deduplicator,
+        batch_size: int,
     ) -> None:
         self._store = store
         self._stats = stats
         self._seed = run_seed
         self._strict = strict
         self._on_reject = on_reject
-        self._dedup = ExactDedup(store.known_hashes())
+        self._dedup = dedup
+        self._batch_size = batch_size
 
     async def jobs(self, source: Callable[[int], AsyncIterator[SourceItem]]) -> AsyncIterator[SampleJob]:
         """Pending samples, then new ones from `source(start_after=cursor)`."""
@@ -49,40 +60,52 @@ class Admission:
             yield SampleJob(
                 pending.id, pending.position, pending.source, pending.persona, pending.persona_meta
             )
-        async for item in source(self._store.cursor()):
-            if isinstance(item, Malformed):
-                self._malformed(item)
-                continue
-            job = self._admit(item)
-            if job is not None:
-                yield job
+        async for batch in ready_batches(source(self._store.cursor()), self._batch_size):
+            candidates = [self._candidate(item) for item in batch if isinstance(item, Persona)]
+            screened = iter(zip(candidates, await self._dedup.screen(candidates), strict=True))
+            for item in batch:
+                if isinstance(item, Malformed):
+                    self._malformed(item)
+                    continue
+                candidate, verdict = next(screened)
+                if verdict.duplicate_of is not None:
+                    self._duplicate(item, verdict.duplicate_of, verdict.similarity)
+                    continue
+                assert verdict.vector is not None
+                self._store.admit(
+                    candidate.id,
+                    item.position,
+                    item.source,
+                    item.text,
+                    item.meta,
+                    candidate.digest,
+                    verdict.vector.tobytes(),
+                )
+                self._dedup.keep(candidate, verdict)
+                yield SampleJob(candidate.id, item.position, item.source, item.text, item.meta)
+
+    def _candidate(self, persona: Persona) -> Candidate:
+        digest = text_hash(persona.text)
+        return Candidate(sample_id(self._seed, digest), digest, persona.text)
 
     def _malformed(self, item: Malformed) -> None:
         if self._strict:
             raise PersonaInputError(f"{item.source}: {item.reason}")
         log.warning("persona_line_skipped", where=item.source, reason=item.reason)
         record = {"kind": "malformed", "rule": "malformed", "source": item.source, "message": item.reason}
-        self._store.reject_input(item.position, "malformed", record)
+        self._store.reject_input(item.position, "malformed", "malformed", record)
         self._stats.malformed += 1
         self._on_reject(record)
 
-    def _admit(self, item: Persona) -> SampleJob | None:
-        digest = text_hash(item.text)
-        first = self._dedup.first(digest)
-        if first is not None:
-            record = {
-                "kind": "duplicate",
-                "rule": "duplicate",
-                "source": item.source,
-                "persona": item.text,
-                "duplicate_of": first,
-                "similarity": 1.0,
-            }
-            self._store.reject_input(item.position, "duplicate", record)
-            self._stats.duplicates += 1
-            self._on_reject(record)
-            return None
-        sid = sample_id(self._seed, digest)
-        self._store.admit(sid, item.position, item.source, item.text, item.meta, digest)
-        self._dedup.add(digest, sid)
-        return SampleJob(sid, item.position, item.source, item.text, item.meta)
+    def _duplicate(self, item: Persona, duplicate_of: str, similarity: float) -> None:
+        record = {
+            "kind": "duplicate",
+            "rule": "persona_duplicate",
+            "source": item.source,
+            "persona": item.text,
+            "duplicate_of": duplicate_of,
+            "similarity": round(similarity, 4),
+        }
+        self._store.reject_input(item.position, "duplicate", "persona_duplicate", record)
+        self._stats.duplicates["persona"] += 1
+        self._on_reject(record)

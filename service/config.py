@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "AGENTREFINE__"
+LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled all-MiniLM-L6-v2
 
 
 class ConfigError(Exception):
@@ -137,6 +138,42 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class DedupKind:
+    """Cosine similarity at or above which an item duplicates a kept one."""
+
+    threshold: float = 0.9
+
+
+@dataclass(frozen=True)
+class Hnsw:
+    m: int = 32
+    ef_construction: int = 64
+    ef_search: int = 128
+
+
+@dataclass(frozen=True)
+class Ivf:
+    nlist: int = 1024
+    nprobe: int = 8
+    train_after: int = 65536  # exact search until this many items, then train the cells on them
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """Embedding dedup of personas and scripts (exact-hash dedup always runs first)."""
+
+    embedder: str = LOCAL_EMBEDDER  # the bundled model, or the name of an endpoint with /v1/embeddings
+    model: str = "text-embedding-3-small"  # the embedding model, for an endpoint embedder
+    persona: DedupKind = field(default_factory=DedupKind)
+    script: DedupKind = field(default_factory=DedupKind)
+    index: str = "flat"  # flat (exact), or ivf / hnsw (approximate, for very large runs)
+    ivf: Ivf = field(default_factory=Ivf)
+    hnsw: Hnsw = field(default_factory=Hnsw)
+    batch_size: int = 64
+    threads: int = 2  # ONNX Runtime threads of the local embedder
+
+
+@dataclass(frozen=True)
 class Config:
     generator: str
     endpoints: dict[str, Endpoint]
@@ -144,6 +181,7 @@ class Config:
     personas: Personas = field(default_factory=Personas)
     run: Run = field(default_factory=Run)
     metrics: Metrics = field(default_factory=Metrics)
+    dedup: Dedup = field(default_factory=Dedup)
 
     def endpoint_for(self, stage: Stage) -> Endpoint:
         return self.endpoints[stage.endpoint or self.generator]
@@ -157,8 +195,10 @@ class Config:
         return stages
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
-        """The endpoints this run talks to (those of `stages_in_use`)."""
-        endpoints = (self.endpoint_for(stage) for stage in self.stages_in_use().values())
+        """The endpoints this run talks to: those of `stages_in_use`, and the dedup embedder's."""
+        endpoints = [self.endpoint_for(stage) for stage in self.stages_in_use().values()]
+        if self.dedup.embedder != LOCAL_EMBEDDER:
+            endpoints.append(self.endpoints[self.dedup.embedder])
         return {endpoint.name: endpoint for endpoint in endpoints}
 
     def api_keys(self) -> list[str]:
@@ -377,6 +417,7 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
                 f"{where('endpoints', name, 'breaker')}: endpoints.{name}.breaker: failures and "
                 "bad_requests must be at least 1, outage_s at least 0"
             )
+    _check_dedup(config.dedup, where("dedup"), names, config.endpoints)
     if config.run.n < 1:
         raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
     if config.run.max_in_flight < 1 or config.run.shard_size < 1:
@@ -396,6 +437,33 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
     if not 0 <= config.metrics.port <= 65535:
         raise ConfigError(f"{where('metrics', 'port')}: metrics.port: must be 0-65535 (0: a free port)")
     return config
+
+
+def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endpoint]) -> None:
+    if dedup.embedder != LOCAL_EMBEDDER and dedup.embedder not in endpoints:
+        raise ConfigError(
+            f"{where}: dedup.embedder: expected {LOCAL_EMBEDDER} or an endpoint name, got {dedup.embedder!r} "
+            f"(defined: {names})"
+        )
+    if dedup.index not in ("flat", "ivf", "hnsw"):
+        raise ConfigError(f"{where}: dedup.index: expected flat, ivf or hnsw, got {dedup.index!r}")
+    for kind in ("persona", "script"):
+        threshold = getattr(dedup, kind).threshold
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"{where}: dedup.{kind}.threshold: must be in (0, 1], got {threshold}")
+    sizes = (
+        dedup.batch_size,
+        dedup.threads,
+        dedup.ivf.nlist,
+        dedup.ivf.nprobe,
+        dedup.hnsw.m,
+        dedup.hnsw.ef_search,
+    )
+    if min(sizes) < 1:
+        raise ConfigError(
+            f"{where}: dedup: batch_size, threads, ivf.nlist, ivf.nprobe, hnsw.m and hnsw.ef_search "
+            "must be at least 1"
+        )
 
 
 def _join(path: str, key: str) -> str:

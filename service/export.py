@@ -91,15 +91,22 @@ def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
 
 def rejected_record(job: SampleJob, kind: str) -> dict[str, Any]:
     failure = job.last_failure
-    return {
+    record = {
         "id": job.id,
         "kind": kind,
         "rule": failure.rule if kind == "dropped" and failure else kind,
         "message": job.error if kind == "failed" else (failure.message if failure else None),
         "persona": job.persona,
         "source": job.source,
-        "meta": _meta(job),
     }
+    if job.duplicate is not None:
+        record |= {
+            "rule": "script_duplicate",
+            "message": f"the script repeats the script of sample {job.duplicate.duplicate_of}",
+            "duplicate_of": job.duplicate.duplicate_of,
+            "similarity": round(job.duplicate.similarity, 4),
+        }
+    return record | {"meta": _meta(job)}
 
 
 def _meta(job: SampleJob) -> dict[str, Any]:

@@ -28,7 +28,9 @@ def progress_line(stats: RunStats, in_flight: int, budget_usd: float | None = No
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
         f"tokens {_short(stats.usage.total)} | spent {spend} | in flight {in_flight} | "
-        f"dropped {stats.dropped} failed {stats.failed} dup {stats.duplicates} bad lines {stats.malformed} | "
+        f"dropped {stats.dropped} failed {stats.failed} "
+        f"dup persona {stats.duplicates['persona']} script {stats.duplicates['script']} "
+        f"bad lines {stats.malformed} | "
         f"rejected checks {fails}"
     )
 

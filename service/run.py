@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 import structlog
 
+from dedup.embedder import Embedder
 from metrics.budget import Budget, BudgetExhausted
 from metrics.prometheus import RunMetrics
 from metrics.report import write_report
@@ -39,6 +40,7 @@ from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
 from service.config import Config, ConfigError
+from service.dedup import RunDedup, build_embedder
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
@@ -71,6 +73,9 @@ class Run:
         self._clients: dict[str, LLMClient] = {}
         self.stop_signal: int | None = None  # the first SIGINT/SIGTERM received
         self._grace_timer: asyncio.TimerHandle | None = None
+        self._base_urls: dict[str, str] = {}
+        self._embedder: Embedder | None = None
+        self._dedup: RunDedup | None = None
 
     async def execute(self) -> dict[str, Any]:
         """Run to the target (or until the source runs dry, or a signal) and return the summary."""
@@ -179,13 +184,17 @@ class Run:
         config = self.config
         try:
             clients = await self._connect()
+            self._embedder = build_embedder(config, self._base_urls)
+            dedup = self._dedup = RunDedup(config, self._store, self._embedder)
             script_client = clients[config.endpoint_for(config.stages.script).name]
             trajectory_client = clients[config.endpoint_for(config.stages.trajectory).name]
             queue = self._queue = JobQueue(
                 [
                     StageSpec(
                         "script",
-                        _in_log_context("script", ScriptStage(script_client, config.stages.script)),
+                        _in_log_context(
+                            "script", ScriptStage(script_client, config.stages.script, dedup.script_duplicate)
+                        ),
                         config.stages.script.concurrency,
                     ),
                     StageSpec(
@@ -204,7 +213,13 @@ class Run:
                 max_in_flight=config.run.max_in_flight,
             )
             admission = Admission(
-                self._store, self.stats, config.run.seed, config.personas.strict, self._rejected
+                self._store,
+                self.stats,
+                config.run.seed,
+                config.personas.strict,
+                self._rejected,
+                dedup.personas,
+                config.dedup.batch_size,
             )
             self.metrics.watch_queue(queue.depths, lambda: queue.in_flight)
             progress = Progress(
@@ -267,13 +282,19 @@ class Run:
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None
-            client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
-            self._clients[name] = client
-            self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter_state)
+            self._base_urls[name] = base_url
+            if name in stage_names:  # not the endpoint that only serves dedup embeddings
+                client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
+                self._clients[name] = client
+                self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter_state)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
         return self._clients
 
     async def _disconnect(self) -> None:
+        if self._dedup is not None:
+            await self._dedup.aclose()
+        if self._embedder is not None:
+            await self._embedder.aclose()
         for client in self._clients.values():
             await client.aclose()
         for embedded in self._embedded:
@@ -286,7 +307,7 @@ class Run:
             self._stop_when_drained()  # e.g. a persona expansion reached it with no sample in flight
             return False
         stats = self.stats
-        finished = stats.accepted + stats.dropped + stats.failed
+        finished = stats.accepted + stats.dropped + stats.failed + stats.duplicates["script"]
         rate = max(0.3, (stats.accepted + 1) / (finished + 1))
         return in_flight < math.ceil((stats.target - stats.accepted) / rate * 1.1) + 1
 
@@ -297,6 +318,10 @@ class Run:
             if attempt["rule"]:
                 self.metrics.check_failed(attempt["stage"], attempt["rule"])
         self._stop_when_drained()
+        if job.duplicate is not None:
+            self._reject(job, "duplicate", "script_duplicate")
+            self.stats.duplicates["script"] += 1
+            return
         if job.trajectory is None:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
@@ -324,7 +349,7 @@ class Run:
             log.info("sample_paused_by_budget", sample_id=job.id)
             self._stop_when_drained()
             return
-        if isinstance(exc, FatalEndpointError | EndpointDown):
+        if isinstance(exc, FatalEndpointError | EndpointDown | sqlite3.Error | OSError):
             log.info("run_stopped", sample_id=job.id, error=str(exc))  # the CLI prints the line
             raise exc
         if not isinstance(exc, RequestFailed):
@@ -357,10 +382,12 @@ class Run:
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
         kinds = store.reject_kinds()
+        rules = store.reject_counts()
         self.stats.accepted = states.get("accepted", 0)
         self.stats.dropped = states.get("dropped", 0)
         self.stats.failed = states.get("failed", 0)
-        self.stats.duplicates = kinds.get("duplicate", 0)
+        for kind in ("persona", "script"):
+            self.stats.duplicates[kind] = rules.get(("duplicate", f"{kind}_duplicate"), 0)
         self.stats.malformed = kinds.get("malformed", 0)
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
         self.stats.prior_cost_usd = store.spend()

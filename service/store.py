@@ -7,6 +7,8 @@ It holds
   (with its acceptance order 1..N and exported record), `surplus` (accepted after the
   target was met; kept for a later, larger run), `dropped` or `failed`;
 - every reject (dropped samples, duplicate and malformed personas) in write order;
+- every item kept by dedup (a persona, a script) with its digest and embedding, written in
+  the same transaction that admits it, so the dedup index is rebuilt exactly on resume;
 - the persona source cursor: how far the source has been consumed;
 - for the report and the budget: each answer's stage, sample, latency and cost (priced when
   it was paid) and each accepted sample's acceptance time.
@@ -53,6 +55,13 @@ CREATE TABLE IF NOT EXISTS samples (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS samples_state ON samples(state);
+CREATE TABLE IF NOT EXISTS dedup_items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -190,10 +199,6 @@ class Store:
 
     # -- samples ----------------------------------------------------------------------
 
-    def known_hashes(self) -> dict[str, str]:
-        """Normalized-persona hash -> sample id, for exact persona dedup across resumes."""
-        return dict(self._db.execute("SELECT norm_hash, id FROM samples"))
-
     def cursor(self) -> int:
         """Source position of the last persona consumed (admitted or rejected); -1 if none."""
         return int(self.get_meta("source_cursor", "-1") or -1)
@@ -206,20 +211,34 @@ class Store:
         persona: str,
         persona_meta: dict[str, Any],
         norm_hash: str,
+        vector: bytes,
     ) -> None:
+        """A new sample, its persona kept for dedup (digest and embedding), the cursor past it."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO samples (id, position, source, persona, persona_meta, norm_hash, state, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
                 (sample_id, position, source, persona, orjson.dumps(persona_meta), norm_hash, time.time()),
             )
+            self._insert_dedup_item("persona", sample_id, norm_hash, vector)
             self._set_cursor(position)
 
-    def reject_input(self, position: int, kind: str, record: dict[str, Any]) -> None:
+    def reject_input(self, position: int, kind: str, rule: str, record: dict[str, Any]) -> None:
         """Record a persona that never became a sample (duplicate, malformed) and advance the cursor."""
         with self._transaction():
-            self._insert_reject(kind, kind, record)
+            self._insert_reject(kind, rule, record)
             self._set_cursor(position)
+
+    def keep_for_dedup(self, kind: str, owner: str, digest: str, vector: bytes) -> None:
+        """An item kept by dedup outside admission (a sample's script)."""
+        with self._transaction():
+            self._insert_dedup_item(kind, owner, digest, vector)
+
+    def dedup_items(self, kind: str) -> Iterator[tuple[str, str, bytes]]:
+        """(owner, digest, vector) of every kept item of a kind, in the order kept."""
+        yield from self._db.execute(
+            "SELECT owner, digest, vector FROM dedup_items WHERE kind = ? ORDER BY seq", (kind,)
+        )
 
     def pending(self) -> list[PendingSample]:
         rows = self._db.execute(
@@ -266,7 +285,8 @@ class Store:
     def reject_sample(
         self, sample_id: str, state: str, rule: str, failures: list[str], record: dict[str, Any]
     ) -> None:
-        """A sample that ends without acceptance (`dropped` after its attempts, or `failed`)."""
+        """A sample that ends without acceptance (`dropped` after its attempts, `failed`, or
+        `duplicate`: its script repeats another sample's)."""
         with self._transaction():
             self._finish(sample_id, state, rule, failures, None)
             self._insert_reject(state, rule, record)
@@ -337,6 +357,12 @@ class Store:
     def _insert_reject(self, kind: str, rule: str, record: dict[str, Any]) -> None:
         self._db.execute(
             "INSERT INTO rejects (kind, rule, record) VALUES (?, ?, ?)", (kind, rule, orjson.dumps(record))
+        )
+
+    def _insert_dedup_item(self, kind: str, owner: str, digest: str, vector: bytes) -> None:
+        self._db.execute(
+            "INSERT INTO dedup_items (kind, owner, digest, vector) VALUES (?, ?, ?, ?)",
+            (kind, owner, digest, vector),
         )
 
     def _set_cursor(self, position: int) -> None:

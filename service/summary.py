@@ -34,7 +34,8 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             sorted((rule, n) for (kind, rule), n in rejects.items() if kind == "dropped")
         ),
         "failed_requests": kinds.get("failed", 0),
-        "persona_duplicates_skipped": kinds.get("duplicate", 0),
+        "persona_duplicates_skipped": rejects.get(("duplicate", "persona_duplicate"), 0),
+        "script_duplicates_dropped": rejects.get(("duplicate", "script_duplicate"), 0),
         "malformed_persona_lines": kinds.get("malformed", 0),
         "check_failures_by_rule": dict(sorted(by_rule.items())),
         "recovery": {
@@ -70,7 +71,8 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"accepted: {summary['accepted']} / {summary['target']}  (written to {out})",
         f"dropped personas by last rule: {pairs(summary['dropped_by_rule'])}",
         f"failed (endpoint gave up): {summary['failed_requests']}",
-        f"persona duplicates skipped: {summary['persona_duplicates_skipped']}",
+        f"duplicates: personas skipped {summary['persona_duplicates_skipped']}, "
+        f"scripts dropped {summary['script_duplicates_dropped']}",
         f"malformed persona lines skipped: {summary['malformed_persona_lines']}",
         f"failed checks by rule: {pairs(summary['check_failures_by_rule'])}",
         f"recovery: {pairs(summary['recovery'])}",

@@ -1,6 +1,7 @@
 """The simulator's aiohttp app: an OpenAI-compatible chat completions endpoint.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` (and ``/v1/models/{id}``),
+Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embeddings`),
+``GET /v1/models`` (and ``/v1/models/{id}``),
 and ``GET /_sim/stats`` (test/ops): ``{"requests": n, "by_status": {"200": n, ...},
 "received": {digest: count}, "answered": {digest: count}}`` where digest is the sha256
 hex of the request body serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``.
@@ -26,6 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from simulator import embeddings as embedding_content
 from simulator import faults, tokens
 from simulator.content import canonical_digest, content_digest, generate, max_tokens_of, wants_json
 from simulator.limits import RateLimiter
@@ -142,29 +144,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         st.by_status["400"] += 1
-        return _json(
-            400,
-            error_body(
-                "We could not parse the JSON body of your request. (HINT: This likely means "
-                "you aren't using your HTTP library correctly.)",
-                "invalid_request_error",
-            ),
-        )
+        return _unparsable()
     problem = _validate(body)
     if problem:
         st.by_status["400"] += 1
         return _json(400, error_body(problem, "invalid_request_error"))
     if body["model"] not in s.models:
         st.by_status["404"] += 1
-        return _json(
-            404,
-            error_body(
-                f"The model `{body['model']}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                None,
-                "model_not_found",
-            ),
-        )
+        return _no_such_model(body["model"])
     if body["model"] in s.denied_models:
         st.by_status["403"] += 1
         return _json(
@@ -289,6 +276,60 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200, body=payload, content_type="application/json", headers=headers)
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """`POST /v1/embeddings`: auth, validation, rate limits and latency as for chat; no faults."""
+    st = request.app[STATE]
+    st.requests += 1
+    if not _authorised(request, st):
+        st.by_status["401"] += 1
+        return _unauthorised(request)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        st.by_status["400"] += 1
+        return _unparsable()
+    problem = embedding_content.problem(body)
+    if problem:
+        st.by_status["400"] += 1
+        return _json(400, error_body(problem, "invalid_request_error"))
+    if body["model"] not in st.settings.embedding_models:
+        st.by_status["404"] += 1
+        return _no_such_model(body["model"])
+    prompt_tokens = sum(tokens.count_text(text) for text in embedding_content.inputs(body))
+    decision = st.limiter.admit(prompt_tokens)
+    if decision.limited:
+        st.by_status["429"] += 1
+        headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
+        return _json(429, st.limiter.error_body(decision), headers)
+    await asyncio.sleep(st.latency())
+    st.by_status["200"] += 1
+    st.answered[canonical_digest(body)] += 1
+    return _json(200, embedding_content.response(body, prompt_tokens), st.limiter.headers())
+
+
+def _unparsable() -> web.Response:
+    return _json(
+        400,
+        error_body(
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly.)",
+            "invalid_request_error",
+        ),
+    )
+
+
+def _no_such_model(name: str) -> web.Response:
+    return _json(
+        404,
+        error_body(
+            f"The model `{name}` does not exist or you do not have access to it.",
+            "invalid_request_error",
+            None,
+            "model_not_found",
+        ),
+    )
+
+
 async def _stream(
     request: web.Request,
     st: SimState,
@@ -380,15 +421,7 @@ async def get_model(request: web.Request) -> web.Response:
         return _unauthorised(request)
     name = request.match_info["model"]
     if name not in st.settings.models:
-        return _json(
-            404,
-            error_body(
-                f"The model `{name}` does not exist or you do not have access to it.",
-                "invalid_request_error",
-                None,
-                "model_not_found",
-            ),
-        )
+        return _no_such_model(name)
     return _json(200, _model(name))
 
 
@@ -414,6 +447,7 @@ def build_app(settings: SimSettings) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[STATE] = SimState(settings)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model}", get_model)
     app.router.add_get("/_sim/stats", stats)

@@ -44,6 +44,7 @@ class SimSettings:
     """All simulator settings; every field has a default."""
 
     models: list[str] = field(default_factory=lambda: ["sim-gpt-4o"])
+    embedding_models: list[str] = field(default_factory=lambda: ["text-embedding-3-small"])
     seed: int = 0
     latency_median_s: float = 0.05
     latency_sigma: float = 0.5

@@ -4,25 +4,40 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
+from dedup.minilm import MiniLMEmbedder
 from simulator.process import sim_stats
 from simulator.process import simulator_process as simulator
 
 __all__ = ["sim_stats", "simulator"]  # re-exported: real simulator processes on 127.0.0.1
 
 ROOT = Path(__file__).resolve().parents[1]
+LABELLED_PERSONAS = ROOT / "tests" / "data" / "dedup_personas.jsonl"
+LABELLED_SCRIPTS = ROOT / "tests" / "data" / "dedup_scripts.jsonl"
 
 FAST_SIM: dict[str, Any] = {
     "latency_median_s": 0.01,
     "latency_sigma": 0.3,
     "faults": {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0},
 }
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Iterator[MiniLMEmbedder]:
+    """The local embedding model, loaded once for the whole session."""
+    embedder = MiniLMEmbedder()
+    yield embedder
+    embedder.close()
 
 
 def write_config(
@@ -61,6 +76,22 @@ def cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+def kill_when(ready: Callable[[], bool], *args: str, timeout: float = 120) -> None:
+    """Run the CLI in the background and SIGKILL it as soon as `ready()` holds (or it exits,
+    or `timeout` passes)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + timeout
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:

@@ -98,3 +98,18 @@ def test_endpoint_needs_url_or_embedded(tmp_path: Path) -> None:
     path = write(tmp_path, "generator: a\nendpoints:\n  a:\n    model: m\n")
     with pytest.raises(ConfigError, match=r":3: endpoints.a: give exactly one of base_url"):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("dedup", "message"),
+    [
+        ("dedup:\n  index: annoy\n", "dedup.index: expected flat, ivf or hnsw, got 'annoy'"),
+        ("dedup:\n  embedder: cohere\n", "dedup.embedder: expected minilm or an endpoint name, got 'cohere'"),
+        ("dedup:\n  script: {threshold: 1.5}\n", "dedup.script.threshold: must be in (0, 1], got 1.5"),
+    ],
+)
+def test_bad_dedup_settings_are_one_line_errors(tmp_path: Path, dedup: str, message: str) -> None:
+    path = write(tmp_path, MINIMAL + dedup)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value).startswith(f"{path}:") and message in str(err.value)

@@ -7,6 +7,7 @@ endpoint that fails every try trips the breaker and the run resumes once it is b
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 from collections import Counter
@@ -70,11 +71,11 @@ def test_every_fault_at_once_is_survived_and_counted(tmp_path: Path) -> None:
         "p_truncated_body": 0.1,
         "p_empty_choices": 0.06,
         "p_length": 0.06,
-        "hang_s": 2.0,
+        "hang_s": 6.0,
     }
     out = tmp_path / "run"
     with simulator({**FAST_SIM, "faults": faults}) as url:
-        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url, "timeout_s": 1.0}}, "sim")
+        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url, "timeout_s": 3.0}}, "sim")
         result = cli("run", "--config", str(config), "-n", "15", "--out", str(out))
         assert result.returncode == 0, result.stderr
         summary = json.loads((out / "summary.json").read_text())
@@ -83,10 +84,13 @@ def test_every_fault_at_once_is_survived_and_counted(tmp_path: Path) -> None:
         length_cut = sim_stats(url)["by_status"].get("length", 0)
 
     assert summary["accepted"] == 15 and validate_run(out).ok
-    assert client == endpoint  # every fault the endpoint injected was seen, and classified right
+    # every fault the endpoint injected was seen, and classified right; on a loaded machine a
+    # request can also time out before the endpoint has read it (then only the client counts it)
+    assert client - Counter(timeout=client["timeout"]) == endpoint - Counter(timeout=endpoint["timeout"])
+    assert client["timeout"] >= endpoint["timeout"]
     assert all(client[kind] > 0 for kind in ("5xx", "reset", "bad_response", "timeout"))
     assert length_cut > 0  # cut answers went back to the rules (S1/T1) and were re-asked
-    assert "requests ok" in result.stdout and "5xx" in result.stdout  # visible in the summary
+    assert re.search(r"requests .*\bok \d+", result.stdout) and "5xx" in result.stdout  # in the summary
 
 
 @pytest.mark.parametrize(

@@ -107,15 +107,15 @@ def test_sample_outcomes_and_whole_run_gauges() -> None:
     stats.cost_usd = 1.0
     metrics = RunMetrics(stats, budget_usd=20.0)
     metrics.sample_rejected({"kind": "dropped", "rule": "T6"})
-    metrics.sample_rejected({"kind": "duplicate", "rule": "duplicate"})
-    metrics.sample_rejected({"kind": "duplicate", "rule": "duplicate", "dedup": "embedding"})
+    metrics.sample_rejected({"kind": "duplicate", "rule": "persona_duplicate"})
+    metrics.sample_rejected({"kind": "duplicate", "rule": "script_duplicate"})
     metrics.sample_finished("accepted")
     with pytest.raises(ValueError, match="unknown sample outcome"):
         metrics.sample_finished("lost")
     assert value(metrics, "agentrefine_samples_total", outcome="dropped", rule="T6", kind="") == 1
     assert value(metrics, "agentrefine_samples_total", outcome="dropped", rule="S3", kind="") == 0
-    assert value(metrics, "agentrefine_samples_total", outcome="duplicate", rule="", kind="exact") == 1
-    assert value(metrics, "agentrefine_samples_total", outcome="duplicate", rule="", kind="embedding") == 1
+    assert value(metrics, "agentrefine_samples_total", outcome="duplicate", rule="", kind="persona") == 1
+    assert value(metrics, "agentrefine_samples_total", outcome="duplicate", rule="", kind="script") == 1
     assert value(metrics, "agentrefine_run_spend_usd") == pytest.approx(4.0)  # earlier processes + this one
     assert value(metrics, "agentrefine_run_cost_per_accepted_sample_usd") == pytest.approx(0.1)
     assert value(metrics, "agentrefine_run_projected_cost_usd") == pytest.approx(10.0)

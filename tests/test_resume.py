@@ -3,7 +3,6 @@ valid samples, and no request whose answer was stored before the kill is sent ag
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 from service.validate import validate_run
-from tests.conftest import FAST_SIM, ROOT, cli, read_jsonl, sim_stats, simulator, write_config
+from tests.conftest import FAST_SIM, ROOT, cli, kill_when, read_jsonl, sim_stats, simulator, write_config
 
 N = 60
 
@@ -27,17 +26,7 @@ def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     with simulator(settings) as url:
         config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim")
         args = ["run", "--config", str(config), "-n", str(N), "--out", str(out)]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 120
-        while accepted_lines(out) < N // 4 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when(lambda: accepted_lines(out) >= N // 4, *args)
         assert 0 < accepted_lines(out) < N, "the kill must land mid-run"
 
         answered_before = sim_stats(url)["answered"]

@@ -15,7 +15,7 @@ from service.store import Store
 def admit(store: Store, n: int) -> list[str]:
     ids = [f"s{i}" for i in range(n)]
     for i, sid in enumerate(ids):
-        store.admit(sid, i, f"f:{i}", f"persona {i}", {}, f"h{i}")
+        store.admit(sid, i, f"f:{i}", f"persona {i}", {}, f"h{i}", bytes(8))
     return ids
 
 
@@ -34,8 +34,8 @@ def test_exactly_n_accepted_surplus_promoted_later(tmp_path: Path) -> None:
 def test_cursor_only_moves_forward(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite")
     assert store.cursor() == -1
-    store.reject_input(7, "malformed", {"kind": "malformed"})
-    store.reject_input(3, "duplicate", {"kind": "duplicate"})
+    store.reject_input(7, "malformed", "malformed", {"kind": "malformed"})
+    store.reject_input(3, "duplicate", "persona_duplicate", {"kind": "duplicate"})
     assert store.cursor() == 7
     store.close()
 
@@ -44,7 +44,7 @@ def test_torn_output_is_repaired_from_the_store(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite")
     for sid in admit(store, 5):
         store.accept(sid, {"id": sid}, [], target=5)
-    store.reject_input(9, "malformed", {"kind": "malformed", "source": "f:9"})
+    store.reject_input(9, "malformed", "malformed", {"kind": "malformed", "source": "f:9"})
     shard = tmp_path / "samples-00000.jsonl"
     shard.write_bytes(b'{"id":"s0"}\n{"id":"s1"}\n{"id":"s')  # killed mid-write
     writer = OutputWriter(tmp_path, shard_size=2)

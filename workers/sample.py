@@ -11,6 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from dedup.near import Verdict
 from metrics.usage import Usage
 from workers.llm import Completion
 from workers.rules import Action, Failure
@@ -30,6 +31,7 @@ class SampleJob:
     error_refine_turns: int = 0
     last_failure: Failure | None = None
     error: str | None = None
+    duplicate: Verdict | None = None  # the script repeats another sample's
     history: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0

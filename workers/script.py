@@ -2,11 +2,16 @@
 
 A script that fails a rule is asked for again in the same conversation, with the rule's
 message as feedback, while the persona has script attempts left (SPEC §4: 2 scripts per
-persona, shared with the scripts whose trajectories all failed).
+persona, shared with the scripts whose trajectories all failed). A script that passes is
+checked against the scripts of other samples before any trajectory token is spent on it:
+a duplicate ends the sample (`job.duplicate` names the sample it repeats).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
+from dedup.near import Verdict
 from service.config import Stage
 from workers.llm import LLMClient
 from workers.prompts import chat, render
@@ -17,9 +22,12 @@ from workers.sample import SampleJob
 class ScriptStage:
     name = "script"
 
-    def __init__(self, llm: LLMClient, settings: Stage) -> None:
+    def __init__(
+        self, llm: LLMClient, settings: Stage, duplicate_of: Callable[[SampleJob], Awaitable[Verdict | None]]
+    ) -> None:
         self._llm = llm
         self._settings = settings
+        self._duplicate_of = duplicate_of
 
     async def __call__(self, job: SampleJob) -> str | None:
         """Run until a script passes (next stage: trajectory) or attempts run out (None: dropped)."""
@@ -39,6 +47,10 @@ class ScriptStage:
             verdict = check_script(completion.content)
             if verdict.ok:
                 job.script, job.actions = verdict.script, verdict.actions
+                job.duplicate = await self._duplicate_of(job)
+                if job.duplicate is not None:
+                    job.note(self.name, attempt, None, "duplicate")
+                    return None
                 job.note(self.name, attempt, None, "trajectory")
                 return "trajectory"
             assert verdict.failure is not None

@@ -1,0 +1,84 @@
+"""The run's dedup, wired from `config.yaml`'s `dedup:` section: the embedder, one
+`DedupSet` per kind rebuilt from the store (the index and the store always agree: every
+kept item is stored in the transaction that keeps it), the persona screen used by admission
+and the script check used by the script stage."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dedup.embedder import Embedder
+from dedup.exact import text_hash
+from dedup.index import FlatIndex, HNSWIndex, IVFIndex, VectorIndex
+from dedup.minilm import MiniLMEmbedder
+from dedup.near import Candidate, DedupSet, Verdict
+from dedup.remote import EndpointEmbedder
+from dedup.screen import CoalescingScreen, Deduplicator
+from dedup.scripts import script_key
+from service.config import LOCAL_EMBEDDER, Config, ConfigError
+from service.store import Store
+from workers.sample import SampleJob
+
+
+def build_embedder(config: Config, base_urls: dict[str, str]) -> Embedder:
+    settings = config.dedup
+    if settings.embedder == LOCAL_EMBEDDER:
+        return MiniLMEmbedder(threads=settings.threads)
+    return EndpointEmbedder(config.endpoints[settings.embedder], base_urls[settings.embedder], settings.model)
+
+
+class RunDedup:
+    def __init__(self, config: Config, store: Store, embedder: Embedder) -> None:
+        used = store.get_meta("dedup_embedder")
+        if used is not None and used != embedder.name:
+            raise ConfigError(
+                f"dedup.embedder: this run directory was deduplicated with {used}, not {embedder.name}; "
+                "keep its embedder or start a new run directory"
+            )
+        store.set_meta("dedup_embedder", embedder.name)
+        self._store = store
+        self._embedder = embedder
+        settings = config.dedup
+        self.personas = Deduplicator(self._load("persona", settings.persona.threshold, 1, config), embedder)
+        # a sample holds at most one script per attempt: one more neighbour always finds another sample
+        scripts = self._load("script", settings.script.threshold, config.stages.script.attempts + 1, config)
+        self._scripts = CoalescingScreen(
+            Deduplicator(scripts, embedder), self._keep_script, settings.batch_size
+        )
+
+    async def script_duplicate(self, job: SampleJob) -> Verdict | None:
+        """The verdict naming the sample whose script this job's script repeats, or None."""
+        assert job.script is not None
+        key = script_key(job.script)
+        verdict = await self._scripts.check(Candidate(job.id, text_hash(key), key, own=True))
+        return verdict if verdict.duplicate_of is not None else None
+
+    async def aclose(self) -> None:
+        """Stop the script check (the embedder belongs to the caller)."""
+        await self._scripts.aclose()
+
+    def _keep_script(self, candidate: Candidate, verdict: Verdict) -> None:
+        assert verdict.vector is not None
+        self._store.keep_for_dedup("script", candidate.id, candidate.digest, verdict.vector.tobytes())
+        self._scripts.deduplicator.keep(candidate, verdict)
+
+    def _load(self, kind: str, threshold: float, k: int, config: Config) -> DedupSet:
+        dedup_set = DedupSet(kind, _index(config), threshold, k)
+        owners, digests, blobs = [], [], []
+        for owner, digest, blob in self._store.dedup_items(kind):
+            owners.append(owner)
+            digests.append(digest)
+            blobs.append(blob)
+        if owners:
+            vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(owners), -1)
+            dedup_set.add_many(owners, digests, vectors)
+        return dedup_set
+
+
+def _index(config: Config) -> VectorIndex:
+    settings = config.dedup
+    if settings.index == "ivf":
+        return IVFIndex(settings.ivf.nlist, settings.ivf.nprobe, settings.ivf.train_after)
+    if settings.index == "hnsw":
+        return HNSWIndex(settings.hnsw.m, settings.hnsw.ef_construction, settings.hnsw.ef_search)
+    return FlatIndex()
