@@ -23,7 +23,7 @@ import structlog
 from metrics.stats import RunStats
 from service import logs
 from service.admission import Admission
-from service.config import Config, Endpoint
+from service.config import Config, Endpoint, Stage
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, file_source, seed_personas
@@ -31,6 +31,7 @@ from service.progress import Progress
 from service.queue import JobQueue, StageSpec
 from service.store import Store
 from service.summary import build_summary
+from workers.fallback import EndpointChain
 from workers.llm import LLMClient, RequestFailed
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
@@ -92,9 +93,9 @@ class Run:
         assert self._store is not None
         config = self.config
         try:
-            clients = await self._connect()
-            script_client = clients[config.endpoint_for(config.stages.script).name]
-            trajectory_client = clients[config.endpoint_for(config.stages.trajectory).name]
+            await self._connect()
+            script_client = self._chain(config.stages.script)
+            trajectory_client = self._chain(config.stages.trajectory)
             queue = self._queue = JobQueue(
                 [
                     StageSpec(
@@ -120,7 +121,7 @@ class Run:
             progress = Progress(self.stats, lambda: queue.in_flight, config.run.progress_interval_s)
             progress.start()
             try:
-                exhausted = await queue.run("script", admission.jobs(self._source(clients)), self._may_admit)
+                exhausted = await queue.run("script", admission.jobs(self._source()), self._may_admit)
             finally:
                 await progress.stop()
         finally:
@@ -131,7 +132,7 @@ class Run:
             return "interrupted (run the same command to resume)"
         return "persona source exhausted before the target" if exhausted else "stopped"
 
-    def _source(self, clients: dict[str, LLMClient]) -> Any:
+    def _source(self) -> Any:
         personas = self.config.personas
         if personas.path:
             path = personas.path
@@ -141,20 +142,22 @@ class Run:
 
             return from_file
         stage = self.config.stages.personas
-        expander = PersonaExpander(
-            clients[self.config.endpoint_for(stage).name], stage, personas.expand_count, seed_personas()
-        )
+        expander = PersonaExpander(self._chain(stage), stage, personas.expand_count, seed_personas())
         return expander.personas
 
-    async def _connect(self) -> dict[str, LLMClient]:
+    def _chain(self, stage: Stage) -> EndpointChain:
+        """The stage's endpoint clients: the primary, then its fallbacks."""
+        return EndpointChain([self._clients[ep.name] for ep in self.config.endpoints_for(stage)])
+
+    async def _connect(self) -> None:
         assert self._store is not None
         needed: dict[str, Endpoint] = {}
         stages = [self.config.stages.script, self.config.stages.trajectory]
         if not self.config.personas.path:
             stages.append(self.config.stages.personas)
         for stage in stages:
-            endpoint = self.config.endpoint_for(stage)
-            needed[endpoint.name] = endpoint
+            for endpoint in self.config.endpoints_for(stage):
+                needed[endpoint.name] = endpoint
         for name, endpoint in needed.items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
@@ -164,7 +167,6 @@ class Run:
             assert base_url is not None
             self._clients[name] = LLMClient(endpoint, base_url, self._store, self.stats)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
-        return self._clients
 
     async def _disconnect(self) -> None:
         for client in self._clients.values():

@@ -8,7 +8,7 @@ persona, shared with the scripts whose trajectories all failed).
 from __future__ import annotations
 
 from service.config import Stage
-from workers.llm import LLMClient
+from workers.fallback import EndpointChain
 from workers.prompts import chat, render
 from workers.rules import Failure, check_script
 from workers.sample import SampleJob
@@ -17,7 +17,7 @@ from workers.sample import SampleJob
 class ScriptStage:
     name = "script"
 
-    def __init__(self, llm: LLMClient, settings: Stage) -> None:
+    def __init__(self, llm: EndpointChain, settings: Stage) -> None:
         self._llm = llm
         self._settings = settings
 
