@@ -3,7 +3,8 @@
 Each limit is a token bucket that refills continuously at the per-minute rate and holds
 `burst_s` seconds of it: 60 (a whole minute, the default) lets a fresh key burst a
 minute's worth at once; a small value models OpenAI's warning that a limit "may be
-enforced over shorter periods" (60,000 RPM as 1,000 per second). A request over a limit
+enforced over shorter periods" (60,000 RPM as 1,000 per second). The buckets start full,
+like a fresh key's, or empty (`start_full: false`). A request over a limit
 gets HTTP 429 with OpenAI's error body and `retry-after` / `retry-after-ms` headers; every
 response carries the `x-ratelimit-*` headers of the limits that are set.
 """
@@ -36,11 +37,15 @@ class TokenBucket:
     """A bucket refilled at `per_minute` units per minute, holding `burst_s` seconds of refill."""
 
     def __init__(
-        self, per_minute: int, clock: Callable[[], float] = time.monotonic, burst_s: float = 60.0
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        burst_s: float = 60.0,
+        start_full: bool = True,
     ) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_s)
-        self._level = self.capacity
+        self._level = self.capacity if start_full else 0.0
         self._clock = clock
         self._last = clock()
 
@@ -87,12 +92,17 @@ class RateLimiter:
     """RPM and TPM buckets (0 = unlimited) plus the headers they produce."""
 
     def __init__(
-        self, rpm: int, tpm: int, clock: Callable[[], float] = time.monotonic, burst_s: float = 60.0
+        self,
+        rpm: int,
+        tpm: int,
+        clock: Callable[[], float] = time.monotonic,
+        burst_s: float = 60.0,
+        start_full: bool = True,
     ) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self.requests = TokenBucket(rpm, clock, burst_s) if rpm > 0 else None
-        self.tokens = TokenBucket(tpm, clock, burst_s) if tpm > 0 else None
+        self.requests = TokenBucket(rpm, clock, burst_s, start_full) if rpm > 0 else None
+        self.tokens = TokenBucket(tpm, clock, burst_s, start_full) if tpm > 0 else None
 
     def admit(self, estimated_tokens: int) -> Decision:
         """Charge one request and its estimated tokens, or say which limit is exceeded."""

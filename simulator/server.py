@@ -40,7 +40,9 @@ class SimState:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.rng = random.Random(f"sim-faults:{settings.seed}")
-        self.limiter = RateLimiter(settings.rpm, settings.tpm, burst_s=settings.burst_s)
+        self.limiter = RateLimiter(
+            settings.rpm, settings.tpm, burst_s=settings.burst_s, start_full=settings.start_full
+        )
         self.slots = asyncio.Semaphore(settings.queue_knee) if settings.queue_knee else None
         self.cache = tokens.PrefixCache()
         self.requests = 0

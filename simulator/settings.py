@@ -50,6 +50,8 @@ class SimSettings:
     # seconds of refill a full RPM/TPM bucket holds: 60 lets a fresh key burst a minute's
     # worth; less models a limit enforced over shorter periods (OpenAI's "1,000 per second")
     burst_s: float = 60.0
+    # false: the buckets start empty, as for a key that another job has just used
+    start_full: bool = True
     # > 0: at most this many requests are served at once and the rest wait their turn, like a
     # vLLM server with a full batch: latency climbs with the number in flight, never a 429
     queue_knee: int = 0

@@ -12,7 +12,7 @@ from service.config import Endpoint, Limits
 from service.store import Store
 from tests.conftest import FAST_SIM, sim_stats, simulator
 from workers.concurrency import INITIAL_LIMIT
-from workers.llm import LLMClient
+from workers.llm import Generation, LLMClient
 
 MESSAGES = [{"role": "user", "content": "<persona>\nA lighthouse keeper on a windy cape.\n</persona>"}]
 
@@ -26,7 +26,7 @@ def run_requests(url: str, db: Path, count: int, limits: Limits) -> tuple[RunSta
     seen: list[float] = []
 
     async def one(seed: int) -> Any:
-        request = client.prepare(MESSAGES, temperature=0.7, max_tokens=500, seed=seed)
+        request = client.prepare(MESSAGES, Generation(temperature=0.7, max_tokens=500, seed=seed))
         completion = await client.send(request)
         seen.append(client.limiter.concurrency.limit)
         return completion

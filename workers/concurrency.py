@@ -27,6 +27,7 @@ from collections import deque
 
 TOLERANCE = 1.25  # latency this far above the baseline means requests queue at the endpoint
 MIN_WINDOW = 32  # completed requests per window at least (the window is also >= the limit)
+SLOW_START_WINDOW = 16  # a smaller window while the limit doubles, so the ramp takes few round trips
 INITIAL_LIMIT = 8
 RATE_LIMIT_CUT = 0.75
 BASELINE_PULL = 0.25  # how far a faster window moves the baseline down
@@ -84,7 +85,7 @@ class AdaptiveConcurrency:
             return
         self._log_sum += math.log(max(latency_s, 1e-6))
         self._samples += 1
-        if self._samples >= max(MIN_WINDOW, int(self.limit)):
+        if self._samples >= max(SLOW_START_WINDOW if self._slow_start else MIN_WINDOW, int(self.limit)):
             self._close_window(math.exp(self._log_sum / self._samples))
 
     def _close_window(self, recent: float) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import structlog
 
-from workers.llm import Completion, LLMClient, RequestFailed
+from workers.llm import Completion, Generation, LLMClient, RequestFailed
 
 SKIP_COOLDOWN_S = 30.0
 
@@ -36,12 +36,8 @@ class EndpointChain:
         seed: int,
         json_mode: bool = True,
     ) -> Completion:
-        requests = [
-            client.prepare(
-                messages, temperature=temperature, max_tokens=max_tokens, seed=seed, json_mode=json_mode
-            )
-            for client in self.clients
-        ]
+        generation = Generation(temperature, max_tokens, seed, json_mode)
+        requests = [client.prepare(messages, generation) for client in self.clients]
         for client, request in zip(self.clients, requests, strict=True):
             stored = client.replay(request)
             if stored is not None:

@@ -143,11 +143,13 @@ class Ticket:
         self._estimate = estimate
         self._sent = time.monotonic()
 
-    def succeeded(self, actual_tokens: int) -> None:
-        """Answered: feed the latency to the concurrency limit, correct the token estimate."""
+    def succeeded(self, actual_tokens: int, headers: Mapping[str, str]) -> None:
+        """Answered: feed the latency to the concurrency limit, correct the token estimate,
+        then read the provider's headers (which already count this request's real usage)."""
         self._limiter.concurrency.succeeded(self._window, time.monotonic() - self._sent)
         if self._tokens is not None:
             self._tokens.give_back(self._estimate - actual_tokens)
+        self._limiter.observe(headers)
 
     def rate_limited(self, retry_after_s: float) -> None:
         """Refused with 429: cut the concurrency limit and cool the endpoint down."""

@@ -85,32 +85,28 @@ class LLMClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def prepare(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        json_mode: bool = True,
-    ) -> PreparedRequest:
+    def prepare(self, messages: list[dict[str, str]], generation: Generation) -> PreparedRequest:
         """The request body as this endpoint will receive it, and its store key."""
         ep = self.endpoint
         body: dict[str, Any] = {
             "model": ep.model,
             "messages": messages,
-            "temperature": temperature,
-            ep.max_tokens_param: max_tokens,
+            "temperature": generation.temperature,
+            ep.max_tokens_param: generation.max_tokens,
         }
-        if json_mode and ep.json_mode:
+        if generation.json_mode and ep.json_mode:
             body["response_format"] = {"type": "json_object"}
         if ep.send_seed:
-            body["seed"] = seed
+            body["seed"] = generation.seed
         body.update(ep.extra_body)
         payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         # the key hashes the body as sent, plus the seed when it is not sent
-        key = hashlib.sha256(payload).hexdigest() if ep.send_seed else request_key({**body, "seed": seed})
-        return PreparedRequest(key, payload, estimate_tokens(messages) + max_tokens)
+        key = (
+            hashlib.sha256(payload).hexdigest()
+            if ep.send_seed
+            else request_key({**body, "seed": generation.seed})
+        )
+        return PreparedRequest(key, payload, estimate_tokens(messages) + generation.max_tokens)
 
     def replay(self, request: PreparedRequest) -> Completion | None:
         """The stored answer to this request, if it was ever answered."""
@@ -154,29 +150,29 @@ class LLMClient:
                 except TransportError as exc:
                     outcome, last_error = exc.kind, str(exc)
                 else:
-                    self.limiter.observe(reply.headers)
                     if reply.status == 200:
                         try:
                             stored = parse_answer(reply.body, ep)
                         except ValueError as exc:  # not a chat completion (cut short, not JSON)
+                            self.limiter.observe(reply.headers)
                             outcome, last_error = "bad_response", _one_line(exc)
                         else:
                             self._stats.requests["ok"] += 1
-                            ticket.succeeded(parse_usage(stored.usage).total)
+                            ticket.succeeded(parse_usage(stored.usage).total, reply.headers)
                             return stored
-                    elif reply.status == 429:
-                        outcome, last_error = "429", reply.error_message()
-                        delay = _retry_after(reply) or delay
-                        ticket.rate_limited(delay)
-                    elif reply.status in FATAL_STATUSES:
-                        self._stats.requests[str(reply.status)] += 1
-                        message = reply.error_message()
-                        raise FatalEndpointError(
-                            f"endpoint {ep.name} ({ep.model}) answered {reply.status}: {message}"
-                        )
                     else:
+                        self.limiter.observe(reply.headers)
+                        if reply.status in FATAL_STATUSES:
+                            self._stats.requests[str(reply.status)] += 1
+                            raise FatalEndpointError(
+                                f"endpoint {ep.name} ({ep.model}) answered {reply.status}: "
+                                f"{reply.error_message()}"
+                            )
                         outcome = "5xx" if reply.status >= 500 else str(reply.status)
                         last_error = f"HTTP {reply.status}: {reply.error_message()}"
+                        if outcome == "429":
+                            delay = _retry_after(reply) or delay
+                            ticket.rate_limited(delay)
             self._stats.requests[outcome] += 1
             if outcome == "429":
                 limited_since = limited_since or time.monotonic()
@@ -186,6 +182,16 @@ class LLMClient:
                 attempt += 1
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generation parameters of one request (the seed also tells re-asks from replays)."""
+
+    temperature: float
+    max_tokens: int
+    seed: int
+    json_mode: bool = True
 
 
 @dataclass(frozen=True)
