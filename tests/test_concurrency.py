@@ -76,3 +76,23 @@ def test_waiters_are_served_in_order_when_the_limit_allows() -> None:
         return order
 
     assert asyncio.run(scenario()) == [0, 2]
+
+
+def test_cancelling_every_waiter_at_a_stop_leaks_nothing() -> None:
+    # a graceful stop cancels all waiting requests at once, and a release in between hands
+    # slots over: whichever comes first, each slot is freed exactly once
+    async def scenario() -> int:
+        control = AdaptiveConcurrency(ceiling=4)
+        control.limit = 2
+        holders = [await control.acquire() for _ in range(2)]
+        tasks = [asyncio.create_task(control.acquire()) for _ in range(6)]
+        await asyncio.sleep(0)
+        for task in tasks:
+            task.cancel()
+        control.release()
+        control.release()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert len(holders) == 2 and all(isinstance(r, asyncio.CancelledError) for r in results)
+        return control.in_flight
+
+    assert asyncio.run(scenario()) == 0

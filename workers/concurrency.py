@@ -11,8 +11,8 @@ The limit moves between 1 and the configured `max_concurrency` (the ceiling) on 
   window seen since the last re-measurement. Above `TOLERANCE` times the baseline the
   endpoint is queueing, and the limit shrinks in proportion to the excess (at most halved),
   which puts it near the knee where latency starts to climb. Otherwise the limit grows:
-  doubling per window until the first sign of trouble (slow start), then by √limit per
-  window (additive increase).
+  doubling per window until the first 429 or a clear rise (`SLOW_START_EXIT`: the ramp's
+  windows are small and noisy), then by √limit per window (additive increase).
 
 A baseline learned early can go stale (later requests may be longer by nature), so after
 a latency cut the controller re-measures it every `REBASE_EVERY` windows: one window at
@@ -26,6 +26,7 @@ import math
 from collections import deque
 
 TOLERANCE = 1.25  # latency this far above the baseline means requests queue at the endpoint
+SLOW_START_EXIT = 1.5  # while doubling, only a clear rise ends the ramp (its windows are small)
 MIN_WINDOW = 32  # completed requests per window at least (the window is also >= the limit)
 SLOW_START_WINDOW = 16  # a smaller window while the limit doubles, so the ramp takes few round trips
 INITIAL_LIMIT = 8
@@ -61,7 +62,7 @@ class AdaptiveConcurrency:
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self.release()  # the slot was handed over just as we were cancelled
-                else:
+                elif waiter in self._waiters:  # else `_wake` already dropped it
                     self._waiters.remove(waiter)
                 raise
         else:
@@ -100,7 +101,7 @@ class AdaptiveConcurrency:
         elif recent < self.baseline_s:
             self.baseline_s += BASELINE_PULL * (recent - self.baseline_s)
         ratio = recent / self.baseline_s
-        if ratio > TOLERANCE:
+        if ratio > (SLOW_START_EXIT if self._slow_start else TOLERANCE):
             self._slow_start = False
             limit = max(1.0, self.limit * max(0.5, TOLERANCE / ratio))
         elif self._slow_start:
