@@ -6,7 +6,11 @@ import importlib
 import sys
 
 # section name -> module whose main(argv) prints that section's figures
-SECTIONS: dict[str, str] = {"dedup": "bench.dedup", "metrics": "bench.metrics"}
+SECTIONS: dict[str, str] = {
+    "throughput": "bench.throughput",
+    "dedup": "bench.dedup",
+    "metrics": "bench.metrics",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -35,6 +35,7 @@ from metrics.stats import RunStats
 from service.config import Dedup, Endpoint, Limits
 from service.embedded import EmbeddedEndpoint
 from service.store import Store
+from workers.fallback import EndpointChain
 from workers.llm import LLMClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,6 +234,7 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
         store,
         RunStats(target=1),
     )
+    chain = EndpointChain([client])
     personas = texts_of(35, 4096, seed=9)
     counter = iter(range(10**9))
     try:
@@ -250,7 +252,9 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
             async def requester(done: list[int] = done, stop: asyncio.Event = stop) -> None:
                 while not stop.is_set():
                     messages = [{"role": "user", "content": "Say hello."}]
-                    await client.complete(messages, temperature=0.0, max_tokens=64, seed=next(counter))
+                    await chain.complete(
+                        messages, temperature=0.0, max_tokens=64, seed=next(counter), stage="bench"
+                    )
                     done[0] += 1
 
             async def embedding_load(done: list[int] = done, stop: asyncio.Event = stop) -> None:

@@ -89,9 +89,10 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Stage:
-    """Generation settings for one LLM stage."""
+    """Generation settings for one LLM stage. `endpoint`: one endpoint name, or a list (the
+    primary first, then the fallbacks tried in order when it gives up); null: `generator`."""
 
-    endpoint: str | None = None
+    endpoint: str | list[str] | None = None
     temperature: float = 0.7
     max_tokens: int = 4096
     concurrency: int = 32
@@ -183,8 +184,10 @@ class Config:
     metrics: Metrics = field(default_factory=Metrics)
     dedup: Dedup = field(default_factory=Dedup)
 
-    def endpoint_for(self, stage: Stage) -> Endpoint:
-        return self.endpoints[stage.endpoint or self.generator]
+    def endpoints_for(self, stage: Stage) -> list[Endpoint]:
+        """The stage's endpoints: the primary first, then its fallbacks."""
+        names = stage.endpoint or self.generator
+        return [self.endpoints[name] for name in ([names] if isinstance(names, str) else names)]
 
     def stages_in_use(self) -> dict[str, Stage]:
         """The stages this run has: script and trajectory, and persona expansion when there is
@@ -196,7 +199,7 @@ class Config:
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
         """The endpoints this run talks to: those of `stages_in_use`, and the dedup embedder's."""
-        endpoints = [self.endpoint_for(stage) for stage in self.stages_in_use().values()]
+        endpoints = [ep for stage in self.stages_in_use().values() for ep in self.endpoints_for(stage)]
         if self.dedup.embedder != LOCAL_EMBEDDER:
             endpoints.append(self.endpoints[self.dedup.embedder])
         return {endpoint.name: endpoint for endpoint in endpoints}
@@ -318,6 +321,9 @@ def _build(tp: Any, loc: _Located, path: str) -> Any:
         if loc.value is None and type(None) in options:
             return None
         inner = [o for o in options if o is not type(None)]
+        as_list = [o for o in inner if typing.get_origin(o) is list]
+        if as_list and isinstance(loc.value, list):
+            return _build(as_list[0], loc, path)
         return _build(inner[0], loc, path)
     if dataclasses.is_dataclass(tp):
         if loc.value is None:
@@ -339,6 +345,11 @@ def _build(tp: Any, loc: _Located, path: str) -> Any:
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{loc.where}: {_join(path, name)}: required key is missing")
         return tp(**kwargs)
+    if origin is list:
+        if not isinstance(loc.value, list):
+            raise ConfigError(f"{loc.where}: {label}: expected a list, got {_show(loc.value)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_build(item_tp, item, f"{label}[{i}]") for i, item in enumerate(loc.value)]
     if origin is dict:
         _, value_tp = typing.get_args(tp)
         if not isinstance(loc.value, dict):
@@ -390,11 +401,11 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
         )
     for stage_name in ("personas", "script", "trajectory"):
         stage: Stage = getattr(config.stages, stage_name)
-        if stage.endpoint is not None and stage.endpoint not in config.endpoints:
-            raise ConfigError(
-                f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint: "
-                f"unknown endpoint {stage.endpoint!r} (defined: {names})"
-            )
+        _check_stage_endpoints(
+            stage.endpoint,
+            config.endpoints,
+            f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint",
+        )
         if stage.attempts < 1 or stage.concurrency < 1 or stage.max_tokens < 1:
             raise ConfigError(
                 f"{where('stages', stage_name)}: stages.{stage_name}: attempts, concurrency and "
@@ -464,6 +475,22 @@ def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endp
             f"{where}: dedup: batch_size, threads, ivf.nlist, ivf.nprobe, hnsw.m and hnsw.ef_search "
             "must be at least 1"
         )
+
+
+def _check_stage_endpoints(
+    chosen: str | list[str] | None, endpoints: dict[str, Endpoint], place: str
+) -> None:
+    """A stage's endpoint (or primary-then-fallbacks list) names defined endpoints, each once."""
+    listed = [chosen] if isinstance(chosen, str) else chosen
+    if listed is None:
+        return
+    if not listed:
+        raise ConfigError(f"{place}: name at least one endpoint (or null for the generator)")
+    for name in listed:
+        if name not in endpoints:
+            raise ConfigError(f"{place}: unknown endpoint {name!r} (defined: {', '.join(endpoints)})")
+    if len(set(listed)) != len(listed):
+        raise ConfigError(f"{place}: an endpoint is listed twice")
 
 
 def _join(path: str, key: str) -> str:

@@ -39,7 +39,7 @@ from metrics.stats import RunStats
 from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
-from service.config import Config, ConfigError
+from service.config import Config, ConfigError, Stage
 from service.dedup import RunDedup, build_embedder
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
@@ -49,6 +49,7 @@ from service.queue import JobQueue, StageSpec
 from service.store import Store
 from service.summary import build_summary
 from workers.breaker import EndpointDown
+from workers.fallback import EndpointChain
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
@@ -183,11 +184,11 @@ class Run:
         assert self._store is not None
         config = self.config
         try:
-            clients = await self._connect()
+            await self._connect()
             self._embedder = build_embedder(config, self._base_urls)
             dedup = self._dedup = RunDedup(config, self._store, self._embedder)
-            script_client = clients[config.endpoint_for(config.stages.script).name]
-            trajectory_client = clients[config.endpoint_for(config.stages.trajectory).name]
+            script_client = self._chain(config.stages.script)
+            trajectory_client = self._chain(config.stages.trajectory)
             queue = self._queue = JobQueue(
                 [
                     StageSpec(
@@ -229,7 +230,7 @@ class Run:
             if self.stop_signal is not None:  # a signal during start-up
                 self._drain()
             try:
-                jobs = self._admitted(admission.jobs(self._source(clients)))
+                jobs = self._admitted(admission.jobs(self._source()))
                 exhausted = await queue.run("script", jobs, self._may_admit)
             finally:
                 await progress.stop()
@@ -255,7 +256,7 @@ class Run:
         except BudgetExhausted as exc:
             log.warning("persona_source_stopped", reason=str(exc))
 
-    def _source(self, clients: dict[str, LLMClient]) -> Any:
+    def _source(self) -> Any:
         personas = self.config.personas
         if personas.path:
             path = personas.path
@@ -265,16 +266,19 @@ class Run:
 
             return from_file
         stage = self.config.stages.personas
-        expander = PersonaExpander(
-            clients[self.config.endpoint_for(stage).name], stage, personas.expand_count, seed_personas()
-        )
+        expander = PersonaExpander(self._chain(stage), stage, personas.expand_count, seed_personas())
         return expander.personas
 
-    async def _connect(self) -> dict[str, LLMClient]:
+    def _chain(self, stage: Stage) -> EndpointChain:
+        """The stage's endpoint clients: the primary, then its fallbacks."""
+        return EndpointChain([self._clients[ep.name] for ep in self.config.endpoints_for(stage)])
+
+    async def _connect(self) -> None:
         assert self._store is not None
         stage_names: dict[str, list[str]] = {}
         for stage_name, stage in self.config.stages_in_use().items():
-            stage_names.setdefault(self.config.endpoint_for(stage).name, []).append(stage_name)
+            for endpoint in self.config.endpoints_for(stage):
+                stage_names.setdefault(endpoint.name, []).append(stage_name)
         for name, endpoint in self.config.endpoints_in_use().items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
@@ -288,7 +292,6 @@ class Run:
                 self._clients[name] = client
                 self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter_state)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
-        return self._clients
 
     async def _disconnect(self) -> None:
         if self._dedup is not None:

@@ -6,6 +6,7 @@ outcomes and wall time are this process's own.
 
 from __future__ import annotations
 
+import resource
 from collections import Counter
 from typing import Any
 
@@ -50,6 +51,8 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
         "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
             "wall_s": round(stats.elapsed, 2),
+            "requests_per_s": round(sum(stats.requests.values()) / max(stats.elapsed, 1e-9), 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "accepted": stats.accepted_this_run,
             "requests": dict(stats.requests),
             "answers_replayed_from_store": stats.cache_hits,
@@ -80,6 +83,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
+        f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
         f"requests {pairs(proc['requests'])}, "
         f"answers replayed from store {proc['answers_replayed_from_store']}",
     ]

@@ -1,9 +1,12 @@
 """Requests-per-minute and tokens-per-minute limits, as OpenAI enforces them.
 
-Each limit is a token bucket whose capacity is one minute's worth and which refills
-continuously. A request over a limit gets HTTP 429 with OpenAI's error body and
-`retry-after` / `retry-after-ms` headers; every response carries the
-`x-ratelimit-*` headers of the limits that are set.
+Each limit is a token bucket that refills continuously at the per-minute rate and holds
+`burst_s` seconds of it: 60 (a whole minute, the default) lets a fresh key burst a
+minute's worth at once; a small value models OpenAI's warning that a limit "may be
+enforced over shorter periods" (60,000 RPM as 1,000 per second). The buckets start full,
+like a fresh key's, or empty (`start_full: false`). A request over a limit
+gets HTTP 429 with OpenAI's error body and `retry-after` / `retry-after-ms` headers; every
+response carries the `x-ratelimit-*` headers of the limits that are set.
 """
 
 from __future__ import annotations
@@ -31,12 +34,18 @@ def format_duration(seconds: float) -> str:
 
 
 class TokenBucket:
-    """A bucket of `capacity` units refilled at `capacity` per minute."""
+    """A bucket refilled at `per_minute` units per minute, holding `burst_s` seconds of refill."""
 
-    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.capacity = float(capacity)
-        self.rate = capacity / 60.0
-        self._level = float(capacity)
+    def __init__(
+        self,
+        per_minute: int,
+        clock: Callable[[], float] = time.monotonic,
+        burst_s: float = 60.0,
+        start_full: bool = True,
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_s)
+        self._level = self.capacity if start_full else 0.0
         self._clock = clock
         self._last = clock()
 
@@ -82,11 +91,18 @@ class Decision:
 class RateLimiter:
     """RPM and TPM buckets (0 = unlimited) plus the headers they produce."""
 
-    def __init__(self, rpm: int, tpm: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rpm: int,
+        tpm: int,
+        clock: Callable[[], float] = time.monotonic,
+        burst_s: float = 60.0,
+        start_full: bool = True,
+    ) -> None:
         self.rpm = rpm
         self.tpm = tpm
-        self.requests = TokenBucket(rpm, clock) if rpm > 0 else None
-        self.tokens = TokenBucket(tpm, clock) if tpm > 0 else None
+        self.requests = TokenBucket(rpm, clock, burst_s, start_full) if rpm > 0 else None
+        self.tokens = TokenBucket(tpm, clock, burst_s, start_full) if tpm > 0 else None
 
     def admit(self, estimated_tokens: int) -> Decision:
         """Charge one request and its estimated tokens, or say which limit is exceeded."""

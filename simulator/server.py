@@ -30,7 +30,7 @@ from aiohttp import web
 from simulator import embeddings as embedding_content
 from simulator import faults, tokens
 from simulator.content import canonical_digest, content_digest, generate, max_tokens_of, wants_json
-from simulator.limits import RateLimiter
+from simulator.limits import Decision, RateLimiter
 from simulator.settings import SimSettings
 
 STATE: web.AppKey[SimState] = web.AppKey("sim_state")
@@ -46,13 +46,24 @@ class SimState:
     def __init__(self, settings: SimSettings) -> None:
         self.settings = settings
         self.rng = random.Random(f"sim-faults:{settings.seed}")
-        self.limiter = RateLimiter(settings.rpm, settings.tpm)
+        self.limiter = RateLimiter(
+            settings.rpm, settings.tpm, burst_s=settings.burst_s, start_full=settings.start_full
+        )
+        self.slots = asyncio.Semaphore(settings.queue_knee) if settings.queue_knee else None
         self.cache = tokens.PrefixCache()
         self.requests = 0
         self.by_status: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
         self.fingerprint = "fp_" + canonical_digest(settings.to_dict())[:10]
+
+    async def serve(self) -> None:
+        """Wait for a free place in the batch (`queue_knee`), then for the request's latency."""
+        if self.slots is None:
+            await asyncio.sleep(self.latency())
+            return
+        async with self.slots:
+            await asyncio.sleep(self.latency())
 
     def latency(self) -> float:
         s = self.settings
@@ -212,7 +223,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     digest = canonical_digest(body)
     st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
-    await asyncio.sleep(st.latency())
+    if s.keepalive_s > 0 and fault != "5xx" and body.get("stream") is not True:
+        return await _keepalive_answer(request, st, body, prompt_tokens, decision, fault)
+    await st.serve()
     if fault == "5xx":
         status, err = faults.server_error(st.rng)
         st.by_status[str(status)] += 1
@@ -228,33 +241,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         st.by_status["hang" if fault == "hang" else "499"] += 1
         raise asyncio.CancelledError
 
-    seed_digest = content_digest(body)
-    gens = [generate(body, s, i, seed_digest) for i in range(n)]
-    if fault == "length":
-        gens = [
-            replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens
-        ]
-    completion_tokens = sum(tokens.count_text(g.content) for g in gens)
-    st.limiter.reconcile(decision.charged_tokens, prompt_tokens + completion_tokens)
-    cached = st.cache.cached_tokens(messages)
-    completion = {
-        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": g.content, "refusal": None},
-                "finish_reason": g.finish_reason,
-                "logprobs": None,
-            }
-            for i, g in enumerate(gens)
-            if fault != "empty_choices"
-        ],
-        "usage": tokens.usage_block(prompt_tokens, completion_tokens, cached, s.usage_style),
-        "system_fingerprint": st.fingerprint,
-    }
+    completion = _completion(st, body, prompt_tokens, decision, fault)
     headers = {
         **st.limiter.headers(),
         "x-request-id": "req_" + uuid.uuid4().hex[:24],
@@ -328,6 +315,94 @@ def _no_such_model(name: str) -> web.Response:
             "model_not_found",
         ),
     )
+
+
+def _completion(
+    st: SimState, body: dict[str, Any], prompt_tokens: int, decision: Decision, fault: str | None
+) -> dict[str, Any]:
+    """The chat completion for this request (a "length" fault cuts it, "empty_choices" drops
+    its choices)."""
+    s = st.settings
+    n = body.get("n") or 1
+    seed_digest = content_digest(body)
+    gens = [generate(body, s, i, seed_digest) for i in range(n)]
+    if fault == "length":
+        gens = [
+            replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens
+        ]
+    completion_tokens = sum(tokens.count_text(g.content) for g in gens)
+    st.limiter.reconcile(decision.charged_tokens, prompt_tokens + completion_tokens)
+    cached = st.cache.cached_tokens(body["messages"])
+    completion = {
+        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [
+            {
+                "index": i,
+                "message": {"role": "assistant", "content": g.content, "refusal": None},
+                "finish_reason": g.finish_reason,
+                "logprobs": None,
+            }
+            for i, g in enumerate(gens)
+            if fault != "empty_choices"
+        ],
+        "usage": tokens.usage_block(prompt_tokens, completion_tokens, cached, s.usage_style),
+        "system_fingerprint": st.fingerprint,
+    }
+    return completion
+
+
+async def _keepalive_answer(
+    request: web.Request,
+    st: SimState,
+    body: dict[str, Any],
+    prompt_tokens: int,
+    decision: Decision,
+    fault: str | None,
+) -> web.StreamResponse:
+    """DeepSeek's way: 200 at once, a blank line every `keepalive_s` while the request waits,
+    then the JSON body. A reset drops the connection after the blank lines; a hang goes
+    silent; a truncated answer cuts the body."""
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            **st.limiter.headers(),
+            "Content-Type": "application/json",
+            "x-request-id": "req_" + uuid.uuid4().hex[:24],
+        },
+    )
+    await resp.prepare(request)
+    waiting = asyncio.ensure_future(st.serve())
+    try:
+        while not waiting.done():
+            await asyncio.wait({waiting}, timeout=st.settings.keepalive_s)
+            if not waiting.done():
+                await resp.write(b"\n")
+    except ConnectionResetError:
+        waiting.cancel()
+        st.by_status["499"] += 1
+        return resp
+    if fault == "reset":
+        st.by_status["reset"] += 1
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    if fault == "hang":
+        await asyncio.sleep(st.settings.faults.hang_s)
+        st.by_status["hang"] += 1
+        return resp
+    payload = orjson.dumps(_completion(st, body, prompt_tokens, decision, fault))
+    if fault == "truncated":
+        st.by_status["truncated"] += 1
+        payload = faults.truncate_body(payload, st.rng)
+    else:
+        st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
+        st.answered[canonical_digest(body)] += 1
+    await resp.write(payload)
+    await resp.write_eof()
+    return resp
 
 
 async def _stream(

@@ -50,6 +50,17 @@ class SimSettings:
     latency_sigma: float = 0.5
     rpm: int = 0
     tpm: int = 0
+    # seconds of refill a full RPM/TPM bucket holds: 60 lets a fresh key burst a minute's
+    # worth; less models a limit enforced over shorter periods (OpenAI's "1,000 per second")
+    burst_s: float = 60.0
+    # false: the buckets start empty, as for a key that another job has just used
+    start_full: bool = True
+    # > 0: at most this many requests are served at once and the rest wait their turn, like a
+    # vLLM server with a full batch: latency climbs with the number in flight, never a 429
+    queue_knee: int = 0
+    # > 0: like DeepSeek, answer 200 at once and send a blank line every keepalive_s seconds
+    # while the request waits, then the JSON body
+    keepalive_s: float = 0.0
     faults: FaultSettings = field(default_factory=FaultSettings)
     flaws: FlawSettings = field(default_factory=FlawSettings)
     usage_style: str = "openai"
@@ -92,6 +103,10 @@ class SimSettings:
             raise ValueError("settings 'latency_median_s' and 'latency_sigma' must be >= 0")
         if self.rpm < 0 or self.tpm < 0 or self.max_context_tokens < 0:
             raise ValueError("settings 'rpm', 'tpm' and 'max_context_tokens' must be >= 0 (0 = unlimited)")
+        if self.burst_s <= 0:
+            raise ValueError("setting 'burst_s' must be > 0")
+        if self.queue_knee < 0 or self.keepalive_s < 0:
+            raise ValueError("settings 'queue_knee' and 'keepalive_s' must be >= 0 (0 = off)")
         if self.usage_style not in USAGE_STYLES:
             raise ValueError(f"setting 'usage_style' must be one of {USAGE_STYLES}, got {self.usage_style!r}")
         f = self.faults

@@ -29,7 +29,7 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_config_is_valid() -> None:
     config = load_config(ROOT / "config.yaml", environ={})
-    assert config.endpoint_for(config.stages.script).name == config.generator
+    assert [ep.name for ep in config.endpoints_for(config.stages.script)] == [config.generator]
     assert {"local", "local_b", "openai", "deepseek", "vllm"} <= set(config.endpoints)
     assert config.endpoints["openai"].api_key_env == "OPENAI_API_KEY"
 
@@ -59,7 +59,7 @@ def test_switching_generator_is_one_override(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL)
     environ = {"AGENTREFINE__RUN__SEED": "5", "TEST_KEY_VAR": "k"}
     config = load_config(path, ["generator=b", "run.n=7"], environ=environ)
-    assert config.endpoint_for(config.stages.trajectory).model == "m2"
+    assert [ep.model for ep in config.endpoints_for(config.stages.trajectory)] == ["m2"]
     assert (config.run.n, config.run.seed) == (7, 5)
 
 
@@ -113,3 +113,30 @@ def test_bad_dedup_settings_are_one_line_errors(tmp_path: Path, dedup: str, mess
     with pytest.raises(ConfigError) as err:
         load_config(path, environ={})
     assert str(err.value).startswith(f"{path}:") and message in str(err.value)
+
+
+def test_stage_endpoint_list_is_primary_then_fallbacks(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, MINIMAL + "stages:\n  script:\n    endpoint: [b, a]\n"), environ={"TEST_KEY_VAR": "k"}
+    )
+    assert [ep.name for ep in config.endpoints_for(config.stages.script)] == ["b", "a"]
+    assert [ep.name for ep in config.endpoints_for(config.stages.trajectory)] == ["a"]
+    override = load_config(
+        write(tmp_path, MINIMAL), ["stages.trajectory.endpoint=[a, b]"], environ={"TEST_KEY_VAR": "k"}
+    )
+    assert [ep.name for ep in override.endpoints_for(override.stages.trajectory)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("[b, zz]", r"config.yaml:12: stages.script.endpoint: unknown endpoint 'zz' \(defined: a, b\)"),
+        ("[]", r"config.yaml:12: stages.script.endpoint: name at least one endpoint"),
+        ("[a, a]", r"config.yaml:12: stages.script.endpoint: an endpoint is listed twice"),
+        ("[a, 3]", r"config.yaml:12: stages.script.endpoint\[1\]: expected a string, got 3"),
+    ],
+)
+def test_bad_endpoint_lists_name_file_line(tmp_path: Path, value: str, error: str) -> None:
+    path = write(tmp_path, MINIMAL + f"stages:\n  script:\n    endpoint: {value}\n")
+    with pytest.raises(ConfigError, match=error):
+        load_config(path, environ={})

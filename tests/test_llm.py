@@ -6,33 +6,60 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import urllib.request
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from metrics.stats import RunStats
-from service.config import Breaker, Endpoint, Limits
+from service.config import Breaker, Endpoint
 from service.store import Store
 from tests.conftest import FAST_SIM, sim_stats, simulator
 from workers.breaker import EndpointDown
+from workers.fallback import EndpointChain
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed
+from workers.script import script_messages
 
 MESSAGES = [{"role": "user", "content": "<persona>\nA beekeeper with forty hives.\n</persona>"}]
 
 
-def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> tuple[RunStats, list[Any]]:
+def ask(
+    url: str,
+    db: Path,
+    seeds: tuple[int, ...] = (7,),
+    messages: list[dict[str, str]] = MESSAGES,
+    **endpoint: Any,
+) -> tuple[RunStats, list[Any]]:
     """Send one request per seed (the same seed twice is the same request), concurrently."""
+    stats, results, _ = ask_chain([(url, endpoint)], db, seeds, messages)
+    return stats, results
+
+
+def ask_chain(
+    endpoints: list[tuple[str, dict[str, Any]]],
+    db: Path,
+    seeds: tuple[int, ...],
+    messages: list[dict[str, str]] = MESSAGES,
+) -> tuple[RunStats, list[Any], list[LLMClient]]:
+    """The same through a chain of endpoints (primary first); also returns the clients."""
     stats = RunStats(target=1)
     store = Store(db)
-    settings = {"model": "sim-gpt-4o", "name": "sim", "base_url": url, "timeout_s": 5.0, **endpoint}
-    client = LLMClient(Endpoint(**settings), url, store, stats)
+    clients = [
+        LLMClient(
+            Endpoint(**{"model": "sim-gpt-4o", "name": f"sim{i}", "base_url": url, "timeout_s": 5.0, **spec}),
+            url,
+            store,
+            stats,
+        )
+        for i, (url, spec) in enumerate(endpoints)
+    ]
+    chain = EndpointChain(clients)
 
     async def one(seed: int) -> Any:
         try:
-            return await client.complete(
-                MESSAGES, temperature=0.7, max_tokens=2000, seed=seed, stage="script"
-            )
+            return await chain.complete(messages, temperature=0.7, max_tokens=2000, seed=seed, stage="script")
         except (RequestFailed, FatalEndpointError, EndpointDown) as exc:
             return exc
 
@@ -40,10 +67,11 @@ def ask(url: str, db: Path, seeds: tuple[int, ...] = (7,), **endpoint: Any) -> t
         try:
             return list(await asyncio.gather(*(one(seed) for seed in seeds)))
         finally:
-            await client.aclose()
+            for client in clients:
+                await client.aclose()
 
     try:
-        return stats, asyncio.run(go())
+        return stats, asyncio.run(go()), clients
     finally:
         store.close()
 
@@ -67,16 +95,14 @@ def test_each_fault_is_retried_and_classified(tmp_path: Path, fault: str, outcom
 
 
 def test_429_waits_for_retry_after_then_succeeds(tmp_path: Path) -> None:
-    # The first burst (330 at once, before any x-ratelimit header has been read) is larger
-    # than the bucket of 300, so some requests are refused however fast the machine is; the
-    # bucket refills 5/s, so the refused ones wait a few seconds and then succeed.
-    with simulator({**FAST_SIM, "rpm": 300}) as url:
-        stats, results = ask(
-            url, tmp_path / "db", seeds=tuple(range(330)), limits=Limits(max_concurrency=330)
-        )
+    # The endpoint's bucket holds 2 requests (rpm 600 enforced per 0.2 s) and the client's
+    # first requests go out together before any x-ratelimit header has been read, so some
+    # are refused however fast the machine is; they wait for retry-after and succeed.
+    with simulator({**FAST_SIM, "rpm": 600, "burst_s": 0.2}) as url:
+        stats, results = ask(url, tmp_path / "db", seeds=tuple(range(40)))
         by_status = sim_stats(url)["by_status"]
     assert not [r for r in results if isinstance(r, Exception)]
-    assert stats.requests["ok"] == 330
+    assert stats.requests["ok"] == 40
     assert stats.requests["429"] >= 1 and by_status["429"] == stats.requests["429"]
 
 
@@ -88,7 +114,7 @@ def test_refusals_fail_fast_with_one_line(tmp_path: Path) -> None:
     with simulator(FAST_SIM) as url:
         _, [unknown] = ask(url, tmp_path / "b", model="no-such-model")
     assert isinstance(unauthorized, FatalEndpointError)
-    assert str(unauthorized).startswith("endpoint sim (sim-gpt-4o) answered 401")
+    assert str(unauthorized).startswith("endpoint sim0 (sim-gpt-4o) answered 401")
     assert "\n" not in str(unauthorized)
     assert stats.requests == {"401": 1}
     assert isinstance(forbidden, FatalEndpointError) and "answered 403" in str(forbidden)
@@ -134,3 +160,44 @@ def test_stored_answers_are_replayed_not_resent(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "db") as db:
         stored = {key for (key,) in db.execute("SELECT key FROM responses")}
     assert stored == set(answered)  # the key is the hash of the body as sent
+
+
+def test_fallback_answers_when_the_primary_fails_everything(tmp_path: Path) -> None:
+    with simulator({**FAST_SIM, "faults": {"p_5xx": 1.0}}) as broken, simulator(FAST_SIM) as healthy:
+        stats, results, _ = ask_chain(
+            [(broken, {"max_retries": 1}), (healthy, {})], tmp_path / "db", seeds=(1, 2, 3)
+        )
+        broken_before = sim_stats(broken)["requests"]
+        # resumed: the fallback's stored answers are replayed without asking the primary again
+        _, again, _ = ask_chain([(broken, {"max_retries": 1}), (healthy, {})], tmp_path / "db", (1, 2, 3))
+        broken_after = sim_stats(broken)["requests"]
+        answered = sim_stats(healthy)["answered"]
+    assert [r.endpoint for r in results] == ["sim1"] * 3
+    assert stats.requests == {"5xx": 6, "ok": 3}
+    assert [r.cached for r in again] == [True] * 3 and broken_after == broken_before
+    with sqlite3.connect(tmp_path / "db") as db:
+        stored = {key for (key,) in db.execute("SELECT key FROM responses")}
+    assert stored == set(answered)  # keyed by the body the fallback received
+
+
+def test_deepseek_keepalive_blank_lines_before_the_body_are_parsed(tmp_path: Path) -> None:
+    sim = {**FAST_SIM, "latency_median_s": 0.3, "latency_sigma": 0.0, "keepalive_s": 0.05}
+    with simulator({**sim, "usage_style": "deepseek"}) as url:
+        raw = urllib.request.urlopen(
+            urllib.request.Request(
+                f"{url}/chat/completions",
+                data=orjson.dumps({"model": "sim-gpt-4o", "messages": MESSAGES, "seed": 1}),
+                headers={"Content-Type": "application/json"},
+            ),
+            timeout=10,
+        ).read()
+        # a read timeout shorter than the wait: the blank lines keep the request alive
+        stats, results = ask(
+            url, tmp_path / "db", (1, 2), script_messages("A beekeeper", None), timeout_s=0.2
+        )
+    assert raw.startswith(b"\n\n") and orjson.loads(raw)["choices"]
+    assert stats.requests == {"ok": 2}
+    assert all(r.finish_reason == "stop" and orjson.loads(r.content) for r in results)
+    assert all(r.usage.prompt > 0 and r.usage.completion > 0 for r in results)
+    # the second to finish finds the shared system prompt cached: DeepSeek's prompt_cache_hit_tokens
+    assert sorted(r.usage.cached_prompt > 0 for r in results) == [False, True]

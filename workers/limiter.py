@@ -1,9 +1,18 @@
 """Client-side rate limiting for one endpoint: concurrency, requests/min, tokens/min, cooldown.
 
-Requests reserve capacity before they are sent (a token estimate for TPM) and reconcile
-it with the usage the endpoint reports. Limits come from config.yaml or, where it sets
-none, from the provider's `x-ratelimit-limit-*` headers. A 429 puts only this endpoint into a cooldown for
-the time the provider asked for; other endpoints keep going.
+A request first takes a concurrency slot (`AdaptiveConcurrency`: AIMD on 429, latency for
+endpoints that queue), then reserves one request and a token estimate from the RPM/TPM
+buckets, waiting as long as needed, and reconciles the estimate with the usage the endpoint
+reports. The estimate counts the prompt plus `max_tokens`, as OpenAI counts a request
+against TPM when it admits it, so our buckets run no ahead of the provider's.
+
+The buckets start empty and refill at the limit, so a run never bursts above the limit
+(a resumed run would otherwise meet a provider bucket that its previous process emptied).
+Limits come from config.yaml or, where it sets none, from the provider's
+`x-ratelimit-limit-*` headers; `x-ratelimit-remaining-*` pulls our level down whenever the
+provider has less left than we think (another client on the same key, a low estimate).
+A 429 puts only this endpoint into a cooldown for the time the provider asked for; other
+endpoints keep going.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from service.config import Limits
+from workers.concurrency import AdaptiveConcurrency
 
 
 @dataclass(frozen=True)
@@ -31,9 +41,9 @@ class LimiterState:
 class _Bucket:
     """A token bucket refilled continuously at `per_minute`, holding at most one minute's worth."""
 
-    def __init__(self, per_minute: int) -> None:
+    def __init__(self, per_minute: int, level: float = 0.0) -> None:
         self.capacity = float(per_minute)
-        self.level = float(per_minute)
+        self.level = min(level, self.capacity)
         self._rate = per_minute / 60.0
         self._stamp = time.monotonic()
 
@@ -48,45 +58,54 @@ class _Bucket:
         amount = min(amount, self.capacity)
         return 0.0 if self.level >= amount else (amount - self.level) / self._rate
 
-    def remaining(self) -> float:
-        self._refill()
-        return self.level
-
     def take(self, amount: float) -> None:
         self._refill()
         self.level -= min(amount, self.capacity)
 
+    def remaining(self) -> float:
+        self._refill()
+        return self.level
+
     def give_back(self, amount: float) -> None:
         self._refill()
         self.level = min(self.capacity, self.level + amount)
+
+    def sync(self, remaining: int) -> None:
+        """The provider says only `remaining` is left: never assume more than that."""
+        self._refill()
+        self.level = min(self.level, float(remaining))
 
 
 class EndpointLimiter:
     """Admission control for one endpoint."""
 
     def __init__(self, limits: Limits) -> None:
-        self._concurrency = max(1, limits.max_concurrency)
-        self._slots = asyncio.Semaphore(self._concurrency)
+        self.concurrency = AdaptiveConcurrency(limits.max_concurrency)
         self._requests = _Bucket(limits.rpm) if limits.rpm else None
         self._tokens = _Bucket(limits.tpm) if limits.tpm else None
-        self._learn = {"requests": not limits.rpm, "tokens": not limits.tpm}
         self._gate = asyncio.Lock()
         self._cooldown_until = 0.0
-        self.in_flight = 0
 
-    def learn(self, headers: Mapping[str, str]) -> None:
-        """Adopt the provider's limits from `x-ratelimit-*` headers where config sets none."""
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Read the provider's `x-ratelimit-*` headers: adopt limits config does not set, and
+        lower our levels to what the provider says remains."""
         for kind in ("requests", "tokens"):
-            if not self._learn[kind]:
-                continue
-            limit = _header_int(headers, f"x-ratelimit-limit-{kind}")
-            if limit:
-                bucket = _Bucket(limit)
-                remaining = _header_int(headers, f"x-ratelimit-remaining-{kind}")
-                if remaining is not None:
-                    bucket.level = float(min(remaining, limit))
-                setattr(self, f"_{kind}", bucket)
-                self._learn[kind] = False
+            remaining = _header_int(headers, f"x-ratelimit-remaining-{kind}")
+            bucket: _Bucket | None = getattr(self, f"_{kind}")
+            if bucket is None:
+                limit = _header_int(headers, f"x-ratelimit-limit-{kind}")
+                if limit:
+                    level = float(limit if remaining is None else remaining)
+                    setattr(self, f"_{kind}", _Bucket(limit, level))
+            elif remaining is not None:
+                bucket.sync(remaining)
+
+    def rates(self) -> dict[str, int]:
+        """The per-minute limits in force, configured or learned (0 = none known)."""
+        return {
+            "rpm": int(self._requests.capacity) if self._requests else 0,
+            "tpm": int(self._tokens.capacity) if self._tokens else 0,
+        }
 
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
@@ -94,17 +113,22 @@ class EndpointLimiter:
 
     def state(self) -> LimiterState:
         return LimiterState(
-            in_flight=self.in_flight,
-            concurrency=self._concurrency,
+            in_flight=self.concurrency.in_flight,
+            concurrency=int(self.concurrency.limit),
             remaining_requests=self._requests.remaining() if self._requests else None,
             remaining_tokens=self._tokens.remaining() if self._tokens else None,
-            cooldown_s=max(0.0, self._cooldown_until - time.monotonic()),
+            cooldown_s=self.cooldown_left(),
         )
 
+    def cooldown_left(self) -> float:
+        """Seconds this endpoint is still cooling down after a 429 (0 when it is not)."""
+        return max(0.0, self._cooldown_until - time.monotonic())
+
     @asynccontextmanager
-    async def slot(self, estimated_tokens: int) -> AsyncIterator[_Reservation]:
-        """Wait for capacity, hold a concurrency slot while the request runs."""
-        async with self._slots:
+    async def slot(self, estimated_tokens: int) -> AsyncIterator[Ticket]:
+        """Wait for a concurrency slot and bucket capacity; hold the slot while the request runs."""
+        window = await self.concurrency.acquire()
+        try:
             async with self._gate:
                 while True:
                     wait = self._cooldown_until - time.monotonic()
@@ -119,28 +143,40 @@ class EndpointLimiter:
                     self._requests.take(1)
                 if self._tokens:
                     self._tokens.take(estimated_tokens)
-            reservation = _Reservation(self._tokens, estimated_tokens)
-            self.in_flight += 1
-            try:
-                yield reservation
-            finally:
-                self.in_flight -= 1
+            yield Ticket(self, self._tokens, window, estimated_tokens)
+        finally:
+            self.concurrency.release()
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
+    value = headers.get(name)
+    if value is None:
+        return None
     try:
-        return int(headers[name])
-    except (KeyError, ValueError):
+        return int(value)
+    except ValueError:
         return None
 
 
-class _Reservation:
-    """The tokens reserved for one request; `settle` corrects the estimate with real usage."""
+class Ticket:
+    """One admitted request: report how it ended so the limits learn from it."""
 
-    def __init__(self, bucket: _Bucket | None, estimate: int) -> None:
-        self._bucket = bucket
+    def __init__(self, limiter: EndpointLimiter, tokens: _Bucket | None, window: int, estimate: int) -> None:
+        self._limiter = limiter
+        self._tokens = tokens  # the bucket the estimate was taken from, if any
+        self._window = window
         self._estimate = estimate
+        self._sent = time.monotonic()
 
-    def settle(self, actual_tokens: int) -> None:
-        if self._bucket is not None:
-            self._bucket.give_back(self._estimate - actual_tokens)
+    def succeeded(self, actual_tokens: int, headers: Mapping[str, str]) -> None:
+        """Answered: feed the latency to the concurrency limit, correct the token estimate,
+        then read the provider's headers (which already count this request's real usage)."""
+        self._limiter.concurrency.succeeded(self._window, time.monotonic() - self._sent)
+        if self._tokens is not None:
+            self._tokens.give_back(self._estimate - actual_tokens)
+        self._limiter.observe(headers)
+
+    def rate_limited(self, retry_after_s: float) -> None:
+        """Refused with 429: cut the concurrency limit and cool the endpoint down."""
+        self._limiter.concurrency.rate_limited(self._window)
+        self._limiter.cooldown(retry_after_s)

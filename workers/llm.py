@@ -1,21 +1,23 @@
 """The LLM layer: one client per OpenAI-compatible endpoint, with a response cache.
 
-`LLMClient.complete` turns (messages, generation parameters) into a `Completion`. It knows
-nothing about AgentRefine. Every completed answer is stored under the SHA-256 of the
-canonical request body (model, messages, parameters), so asking again — after a crash, or
-in a resumed run — replays the stored answer instead of paying for it. The `seed` is part
-of that body: the stages derive it from the sample and attempt, so a deliberate re-ask
-gets a fresh answer while a replay hits the cache.
+`LLMClient` turns (messages, generation parameters) into a `Completion`: `prepare` the
+body, `replay` a stored answer, or `send` it; the stages reach it through
+`workers/fallback.py`, which chooses between a stage's endpoints. It knows nothing about
+AgentRefine. Every completed answer is stored under the SHA-256 of the request body exactly
+as sent (model, messages, parameters; serialised once, hashed and sent as the same bytes),
+so asking again — after a crash, or in a resumed run — replays the stored answer instead of
+paying for it. The `seed` is part of that body: the stages derive it from the sample and
+attempt, so a deliberate re-ask gets a fresh answer while a replay hits the cache.
 
 Transport faults (5xx, timeouts, resets, unreadable bodies) are retried here with
 backoff, `max_retries` times. A 429 is backpressure, not a failure: it cools down only
-this endpoint for the `retry-after` the provider sent and is retried for up to
-RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is
-wrong: `FatalEndpointError` stops the run with one line. A 400/413/422 fails only its
-request (its sample); the endpoint's `CircuitBreaker` stops the run when such refusals, or
-transport faults, keep coming. Bad *content* (invalid JSON, `finish_reason: length`) is
-not retried here: it goes back to the stage's policy. After `stop_sending()` (a graceful
-stop) stored answers are still replayed but nothing new is sent: `SendingStopped`.
+this endpoint for the `retry-after` the provider sent, cuts its concurrency, and is retried
+for up to RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is wrong:
+`FatalEndpointError` stops the run with one line. A 400/413/422 fails only its request (its
+sample); the endpoint's `CircuitBreaker` stops the run when such refusals, or transport
+faults, keep coming. Bad *content* (invalid JSON, `finish_reason: length`) is not retried
+here: it goes back to the stage's policy. After `stop_sending()` (a graceful stop) stored
+answers are still replayed but nothing new is sent: `SendingStopped`.
 
 Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and each is
 cleared with the run's budget (`Budget.check`) once it holds a limiter slot, right before
@@ -28,11 +30,9 @@ import asyncio
 import hashlib
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-import aiohttp
-import openai
 import orjson
 import structlog
 
@@ -43,12 +43,14 @@ from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
+from workers.http import EndpointHTTP, Reply, TransportError
 from workers.limiter import EndpointLimiter, LimiterState
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
-REQUEST_SPECIFIC = (400, 413, 422)  # statuses caused by one request, not by the configuration
+FATAL_STATUSES = frozenset((401, 403, 404))  # the configuration is wrong: retrying cannot help
+REQUEST_SPECIFIC = frozenset((400, 413, 422))  # statuses caused by one request, not by the configuration
 
 log = structlog.get_logger()
 
@@ -103,67 +105,65 @@ class LLMClient:
         self._stats = stats
         self._metrics = metrics or RunMetrics(stats)
         self._budget = budget or Budget(None, stats)
-        self._limiter = EndpointLimiter(endpoint.limits)
+        self.limiter = EndpointLimiter(endpoint.limits)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=endpoint.api_key(),
-            max_retries=0,
-            timeout=endpoint.timeout_s,
-            http_client=openai.DefaultAioHttpClient(),
+        self._http = EndpointHTTP(
+            base_url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
         )
-        self._completion_avg = 1000.0
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
 
     def stop_sending(self) -> None:
         """Graceful stop: requests already sent finish and are stored; no new one is sent."""
         self._sending = False
 
     def limiter_state(self) -> LimiterState:
-        return self._limiter.state()
+        return self.limiter.state()
 
-    async def complete(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        temperature: float,
-        max_tokens: int,
-        seed: int,
-        stage: str,
-        sample_id: str | None = None,
-        json_mode: bool = True,
-    ) -> Completion:
-        """One answer for `stage` (a metrics label; `sample_id` is kept with the stored answer)."""
+    def prepare(self, messages: list[dict[str, str]], generation: Generation) -> PreparedRequest:
+        """The request body as this endpoint will receive it, and its store key."""
         ep = self.endpoint
-        params: dict[str, Any] = {"temperature": temperature, ep.max_tokens_param: max_tokens}
-        if json_mode and ep.json_mode:
-            params["response_format"] = {"type": "json_object"}
+        body: dict[str, Any] = {
+            "model": ep.model,
+            "messages": messages,
+            "temperature": generation.temperature,
+            ep.max_tokens_param: generation.max_tokens,
+        }
+        if generation.json_mode and ep.json_mode:
+            body["response_format"] = {"type": "json_object"}
         if ep.send_seed:
-            params["seed"] = seed
-        # the key hashes the body as the endpoint receives it, plus the seed when it is not sent
-        key = request_key({"model": ep.model, "messages": messages, **params, **ep.extra_body, "seed": seed})
-        stored = self._store.get_response(key)
-        if stored is not None:
-            self._stats.cache_hits += 1
-            self._metrics.cache_hit(ep.name, ep.model, stage)
-            return self._completion(stored, cached=True)
-        if not self._sending:
-            raise SendingStopped(f"endpoint {ep.name}: stopping, request not sent")
-        stored = await self._send(
-            messages,
-            params,
-            estimate_tokens(messages) + int(min(max_tokens, self._completion_avg)),
-            stage,
-            sample_id,
+            body["seed"] = generation.seed
+        body.update(ep.extra_body)
+        payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        # the key hashes the body as sent, plus the seed when it is not sent
+        key = (
+            hashlib.sha256(payload).hexdigest()
+            if ep.send_seed
+            else request_key({**body, "seed": generation.seed})
         )
-        self._store.put_response(key, stored)
+        return PreparedRequest(key, payload, estimate_tokens(messages) + generation.max_tokens)
+
+    def replay(self, request: PreparedRequest, stage: str) -> Completion | None:
+        """The stored answer to this request, if it was ever answered."""
+        stored = self._store.get_response(request.key)
+        if stored is None:
+            return None
+        self._stats.cache_hits += 1
+        self._metrics.cache_hit(self.endpoint.name, self.endpoint.model, stage)
+        return self._completion(stored, cached=True)
+
+    async def send(self, request: PreparedRequest, stage: str, sample_id: str | None = None) -> Completion:
+        """Ask the endpoint (with retries), store the answer, count what it cost. `stage` is a
+        metrics label; `sample_id` is kept with the stored answer (for the report)."""
+        if not self._sending:
+            raise SendingStopped(f"endpoint {self.endpoint.name}: stopping, request not sent")
+        stored = await self._send(request, stage, sample_id)
+        self._store.put_response(request.key, stored)
         completion = self._completion(stored, cached=False)
         self._stats.usage += completion.usage
         self._stats.cost_usd += completion.cost_usd
-        self._completion_avg = 0.9 * self._completion_avg + 0.1 * completion.usage.completion
         return completion
 
     def _completion(self, stored: StoredResponse, cached: bool) -> Completion:
@@ -178,83 +178,52 @@ class LLMClient:
             cached=cached,
         )
 
-    async def _send(
-        self,
-        messages: list[dict[str, str]],
-        params: dict[str, Any],
-        estimate: int,
-        stage: str,
-        sample_id: str | None,
-    ) -> StoredResponse:
+    async def _send(self, request: PreparedRequest, stage: str, sample_id: str | None) -> StoredResponse:
         ep = self.endpoint
         last_error = ""
         attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
         limited_since: float | None = None
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
-            async with self._limiter.slot(estimate) as reservation:
+            async with self.limiter.slot(request.estimate) as ticket:
                 self._budget.check()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
-                    raw = await self._client.chat.completions.with_raw_response.create(
-                        model=ep.model, messages=messages, extra_body=ep.extra_body or None, **params
-                    )
-                    response = raw.parse()
-                except openai.RateLimitError as exc:
-                    outcome, last_error = "429", _one_line(exc)
-                    self._limiter.learn(exc.response.headers)
-                    delay = _retry_after(exc.response.headers) or delay
-                    self._limiter.cooldown(delay)
-                except (
-                    openai.AuthenticationError,
-                    openai.PermissionDeniedError,
-                    openai.NotFoundError,
-                ) as exc:
-                    self._stats.requests[str(exc.status_code)] += 1
-                    self._report(stage, str(exc.status_code), sent)
-                    raise FatalEndpointError(
-                        f"endpoint {ep.name} ({ep.model}) answered {exc.status_code}: {_one_line(exc)}"
-                    ) from None
-                except openai.APIConnectionError as exc:  # includes APITimeoutError
-                    outcome, last_error = _transport_outcome(exc), _one_line(exc)
-                except openai.APIStatusError as exc:
-                    if exc.status_code in REQUEST_SPECIFIC:
-                        self._stats.requests[str(exc.status_code)] += 1
-                        self._report(stage, str(exc.status_code), sent)
-                        self._breaker.bad_request(f"{exc.status_code}: {_one_line(exc)}")
-                        raise RequestFailed(
-                            f"endpoint {ep.name} answered {exc.status_code}: {_one_line(exc)}"
-                        ) from None
-                    outcome, last_error = (
-                        ("5xx" if exc.status_code >= 500 else str(exc.status_code)),
-                        _one_line(exc),
-                    )
-                except (openai.APIResponseValidationError, ValueError) as exc:
-                    outcome, last_error = "bad_response", _one_line(exc)
+                    reply = await self._http.post_chat(request.payload)
+                except TransportError as exc:
+                    outcome, last_error = exc.kind, str(exc)
                 else:
-                    if not response.choices:
-                        outcome, last_error = "bad_response", "response has no choices"
+                    if reply.status == 200:
+                        try:
+                            stored = parse_answer(reply.body, ep)
+                        except ValueError as exc:  # not a chat completion (cut short, not JSON)
+                            self.limiter.observe(reply.headers)
+                            outcome, last_error = "bad_response", _one_line(exc)
+                        else:
+                            self._stats.requests["ok"] += 1
+                            self._breaker.success()
+                            tokens = parse_usage(stored.usage)
+                            ticket.succeeded(tokens.total, reply.headers)
+                            cost = cost_usd(tokens, ep.price)
+                            latency = self._report(stage, "ok", sent, tokens, cost)
+                            return replace(
+                                stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
+                            )
                     else:
-                        self._stats.requests["ok"] += 1
-                        self._breaker.success()
-                        self._limiter.learn(raw.headers)
-                        usage = response.usage.model_dump(exclude_none=True) if response.usage else {}
-                        tokens = parse_usage(usage)
-                        reservation.settle(tokens.total)
-                        cost = cost_usd(tokens, ep.price)
-                        latency = self._report(stage, "ok", sent, tokens, cost)
-                        choice = response.choices[0]
-                        return StoredResponse(
-                            content=choice.message.content or "",
-                            finish_reason=choice.finish_reason,
-                            usage=usage,
-                            model=response.model or ep.model,
-                            endpoint=ep.name,
-                            cost_usd=cost,
-                            stage=stage,
-                            sample_id=sample_id,
-                            latency_s=latency,
-                        )
+                        self.limiter.observe(reply.headers)
+                        if reply.status in FATAL_STATUSES | REQUEST_SPECIFIC:
+                            self._stats.requests[str(reply.status)] += 1
+                            self._report(stage, str(reply.status), sent)
+                            refusal = f"endpoint {ep.name} ({ep.model}) answered {reply.status}: "
+                            if reply.status in FATAL_STATUSES:
+                                raise FatalEndpointError(refusal + reply.error_message())
+                            self._breaker.bad_request(f"{reply.status}: {reply.error_message()}")
+                            raise RequestFailed(refusal + reply.error_message())
+                        outcome = "5xx" if reply.status >= 500 else str(reply.status)
+                        last_error = f"HTTP {reply.status}: {reply.error_message()}"
+                        if outcome == "429":
+                            delay = _retry_after(reply) or delay
+                            ticket.rate_limited(delay)
             self._stats.requests[outcome] += 1
             self._report(stage, outcome, sent)
             log.info("llm_attempt_failed", endpoint=ep.name, stage=stage, outcome=outcome, error=last_error)
@@ -280,33 +249,62 @@ class LLMClient:
         return latency
 
 
+@dataclass(frozen=True)
+class Generation:
+    """The generation parameters of one request (the seed also tells re-asks from replays)."""
+
+    temperature: float
+    max_tokens: int
+    seed: int
+    json_mode: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One request ready to send: its store key, the exact bytes, the TPM reservation."""
+
+    key: str
+    payload: bytes
+    estimate: int
+
+
+def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
+    """The first choice of a chat completion body; ValueError when it is not one. Whitespace
+    before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed."""
+    data = orjson.loads(body)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("response has no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    usage = data.get("usage")
+    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
+        raise ValueError("response has a malformed message or usage")
+    model = data.get("model")
+    return StoredResponse(
+        content=content or "",
+        finish_reason=choice.get("finish_reason"),
+        usage=usage or {},
+        model=model if isinstance(model, str) and model else endpoint.model,
+        endpoint=endpoint.name,
+    )
+
+
 def _backoff(attempt: int) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def _retry_after(headers: Any) -> float | None:
+def _retry_after(reply: Reply) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = headers.get(name)
+        value = reply.headers.get(name)
         if value:
             try:
                 return float(value) * scale
             except ValueError:
                 continue
     return None
-
-
-def _transport_outcome(exc: BaseException) -> str:
-    """ "timeout" or "reset", from the real cause: the SDK's aiohttp transport reports every
-    aiohttp connection error (a server disconnect included) as a ConnectTimeout."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, TimeoutError):
-            return "timeout"
-        if isinstance(cause, aiohttp.ClientConnectionError | ConnectionError):
-            return "reset"
-        cause = cause.__cause__ or cause.__context__
-    return "timeout" if isinstance(exc, openai.APITimeoutError) else "reset"
 
 
 def _one_line(exc: BaseException) -> str:

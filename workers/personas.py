@@ -2,8 +2,12 @@
 
 Starting from the seed list, each persona is sent with the "who is in close relationship
 with this persona?" prompt and its answer adds `count` new personas to the end of the
-queue (breadth first). Items come out in a fixed order whatever the timing of the
-requests, so a resumed run regenerates the same sequence from cached answers for free.
+queue (breadth first). Every persona is yielded, but only `FRONTIER_CAP` of them wait to be
+expanded at any time: once the frontier is full, a child is kept for expansion only where
+an expansion freed a place (the others are yielded and forgotten), so memory stays flat
+however many personas a run asks for (breadth first over the first levels, then about
+FRONTIER_CAP lineages side by side). Items come out in a fixed order whatever the timing of
+the requests, so a resumed run regenerates the same sequence from cached answers for free.
 """
 
 from __future__ import annotations
@@ -17,19 +21,30 @@ import structlog
 
 from service.config import Stage
 from service.personas import Persona
+from workers.fallback import EndpointChain
 from workers.jsontext import strip_fence
-from workers.llm import LLMClient, RequestFailed
+from workers.llm import RequestFailed
 from workers.prompts import render
 
 log = structlog.get_logger()
 
+FRONTIER_CAP = 4096  # personas waiting to be expanded, at most
+
 
 class PersonaExpander:
-    def __init__(self, llm: LLMClient, settings: Stage, count: int, seeds: list[str]) -> None:
+    def __init__(
+        self,
+        llm: EndpointChain,
+        settings: Stage,
+        count: int,
+        seeds: list[str],
+        frontier_cap: int = FRONTIER_CAP,
+    ) -> None:
         self._llm = llm
         self._settings = settings
         self._count = count
         self._seeds = seeds
+        self._frontier_cap = frontier_cap
 
     async def personas(self, start_after: int = -1) -> AsyncIterator[Persona]:
         """Seeds first, then their expansions, breadth first; positions from 0."""
@@ -46,7 +61,8 @@ class PersonaExpander:
                 while frontier and len(pending) < self._settings.concurrency:
                     pending.append(asyncio.create_task(self._expand(frontier.popleft())))
                 for text in await pending.popleft():
-                    frontier.append(text)
+                    if len(frontier) < self._frontier_cap:
+                        frontier.append(text)
                     if position > start_after:
                         yield Persona(position, f"expansion:{position}", text)
                     position += 1

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from dedup.near import Verdict
 from service.config import Stage
-from workers.llm import LLMClient
+from workers.fallback import EndpointChain
 from workers.prompts import chat, render
 from workers.rules import Failure, check_script
 from workers.sample import SampleJob
@@ -23,7 +23,10 @@ class ScriptStage:
     name = "script"
 
     def __init__(
-        self, llm: LLMClient, settings: Stage, duplicate_of: Callable[[SampleJob], Awaitable[Verdict | None]]
+        self,
+        llm: EndpointChain,
+        settings: Stage,
+        duplicate_of: Callable[[SampleJob], Awaitable[Verdict | None]],
     ) -> None:
         self._llm = llm
         self._settings = settings

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from service.config import Stage
-from workers.llm import LLMClient
+from workers.fallback import EndpointChain
 from workers.prompts import chat, render
 from workers.rules import Failure, check_trajectory
 from workers.sample import SampleJob
@@ -23,7 +23,7 @@ from workers.sample import SampleJob
 class TrajectoryStage:
     name = "trajectory"
 
-    def __init__(self, llm: LLMClient, settings: Stage, script_attempts: int) -> None:
+    def __init__(self, llm: EndpointChain, settings: Stage, script_attempts: int) -> None:
         self._llm = llm
         self._settings = settings
         self._script_attempts = script_attempts
