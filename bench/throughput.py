@@ -85,7 +85,7 @@ SCENARIOS = [
     ),
     Scenario(
         "queueing: no 429s, 16 served at once, the rest queue",
-        600,
+        500,
         {**LATENCY, "queue_knee": 16, "faults": NO_FAULTS},
         {"max_concurrency": 128},
         binding="knee",
