@@ -250,7 +250,9 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
             async def requester(done: list[int] = done, stop: asyncio.Event = stop) -> None:
                 while not stop.is_set():
                     messages = [{"role": "user", "content": "Say hello."}]
-                    await client.complete(messages, temperature=0.0, max_tokens=64, seed=next(counter))
+                    await client.complete(
+                        messages, temperature=0.0, max_tokens=64, seed=next(counter), stage="script"
+                    )
                     done[0] += 1
 
             async def embedding_load(done: list[int] = done, stop: asyncio.Event = stop) -> None:
@@ -267,7 +269,9 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
                 tasks.append(asyncio.create_task(embedding_load()))
             await asyncio.sleep(LAG_PHASE_S)
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    raise outcome  # a broken phase must not print figures
             lag_ms = np.array(lags) * 1000
             print(
                 f"event loop, {label:20s}: lag p50 {np.percentile(lag_ms, 50):5.1f} ms, "
