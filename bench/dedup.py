@@ -29,7 +29,7 @@ import numpy as np
 
 from dedup.calibrate import load_labelled, score
 from dedup.index import FlatIndex, HNSWIndex, IVFIndex, VectorIndex
-from dedup.minilm import MiniLMEmbedder
+from dedup.minilm import MODEL_FOR_KIND, MiniLMEmbedder
 from dedup.near import Candidate, DedupSet
 from metrics.stats import RunStats
 from service.config import Dedup, Endpoint, Limits
@@ -79,14 +79,14 @@ def embedding_throughput(embedder: MiniLMEmbedder) -> None:
         )
 
 
-def labelled_scores(embedder: MiniLMEmbedder) -> None:
+def labelled_scores(embedders: dict[str, MiniLMEmbedder]) -> None:
     defaults = Dedup()
     for kind, path, default in (
-        ("personas", LABELLED, defaults.persona.threshold),
-        ("scripts", LABELLED_SCRIPTS, defaults.script.threshold),
+        ("persona", LABELLED, defaults.persona.threshold),
+        ("script", LABELLED_SCRIPTS, defaults.script.threshold),
     ):
         items = load_labelled(path)
-        vectors = embedder.embed_now([item["text"] for item in items])
+        vectors = embedders[kind].embed_now([item["text"] for item in items])
         for threshold in sorted({0.85, default, 0.95}):
             print(f"labelled {kind} ({len(items)}): {score(items, vectors, threshold).line()}")
 
@@ -271,7 +271,9 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
                 tasks.append(asyncio.create_task(embedding_load()))
             await asyncio.sleep(LAG_PHASE_S)
             stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                if isinstance(outcome, Exception):
+                    raise outcome  # a broken phase must not print figures
             lag_ms = np.array(lags) * 1000
             print(
                 f"event loop, {label:20s}: lag p50 {np.percentile(lag_ms, 50):5.1f} ms, "
@@ -287,12 +289,15 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
 
 def main(argv: list[str]) -> int:
     started = time.perf_counter()
-    embedder = MiniLMEmbedder()
-    print(f"local embedder loaded in {time.perf_counter() - started:.2f} s ({embedder.name})")
-    embedding_throughput(embedder)
-    labelled_scores(embedder)
+    embedders = {kind: MiniLMEmbedder(model) for kind, model in MODEL_FOR_KIND.items()}
+    print(f"local embedders loaded in {time.perf_counter() - started:.2f} s")
+    for kind, embedder in embedders.items():
+        print(f"{kind} embedder: {embedder.name}")
+        embedding_throughput(embedder)
+    labelled_scores(embedders)
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(loop_lag(embedder, Path(workdir)))
+        asyncio.run(loop_lag(embedders["persona"], Path(workdir)))
     index_costs()
-    embedder.close()
+    for embedder in embedders.values():
+        embedder.close()
     return 0

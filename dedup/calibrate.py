@@ -1,8 +1,8 @@
-"""Calibrate a dedup threshold on a labelled set: `python -m dedup.calibrate FILE.jsonl [THRESHOLD ...]`.
+"""Calibrate a dedup threshold: `python -m dedup.calibrate persona|script FILE.jsonl [THRESHOLD ...]`.
 
 FILE holds one item per line, in arrival order: `{"id", "text", "duplicate_of": id or null}`
 (planted duplicates name the item they repeat). The items go through the real decision path
-(`DedupSet` with exact search, in batches) with the local embedder, and for each threshold
+(`DedupSet` with exact search, in batches) with the kind's local embedder; for each threshold
 the table shows recall (planted duplicates caught, naming the right item), the share of
 distinct items kept, and precision (flags that are right).
 """
@@ -92,14 +92,14 @@ def score(items: Sequence[dict[str, Any]], vectors: np.ndarray, threshold: float
 
 
 def main(argv: list[str]) -> int:
-    from dedup.minilm import MiniLMEmbedder
+    from dedup.minilm import MODEL_FOR_KIND, MiniLMEmbedder
 
-    if not argv:
+    if len(argv) < 2 or argv[0] not in MODEL_FOR_KIND:
         print(__doc__.strip().splitlines()[0], file=sys.stderr)
         return 2
-    items = load_labelled(argv[0])
-    thresholds = [float(t) for t in argv[1:]] or [0.8, 0.85, 0.88, 0.9, 0.92, 0.95]
-    vectors = MiniLMEmbedder().embed_now([item["text"] for item in items])
+    items = load_labelled(argv[1])
+    thresholds = [float(t) for t in argv[2:]] or [0.8, 0.85, 0.88, 0.9, 0.92, 0.95]
+    vectors = MiniLMEmbedder(MODEL_FOR_KIND[argv[0]]).embed_now([item["text"] for item in items])
     print(f"{len(items)} labelled items")
     for threshold in thresholds:
         print(score(items, vectors, threshold).line())

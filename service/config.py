@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 ENV_PREFIX = "AGENTREFINE__"
-LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled all-MiniLM-L6-v2
+LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled MiniLM models (dedup/minilm.py)
 
 
 class ConfigError(Exception):
@@ -165,7 +165,7 @@ class Dedup:
 
     embedder: str = LOCAL_EMBEDDER  # the bundled model, or the name of an endpoint with /v1/embeddings
     model: str = "text-embedding-3-small"  # the embedding model, for an endpoint embedder
-    persona: DedupKind = field(default_factory=DedupKind)
+    persona: DedupKind = field(default_factory=lambda: DedupKind(0.88))  # MiniLM-L3 (docs/decisions.md)
     script: DedupKind = field(default_factory=DedupKind)
     index: str = "flat"  # flat (exact), or ivf / hnsw (approximate, for very large runs)
     ivf: Ivf = field(default_factory=Ivf)

@@ -1,4 +1,4 @@
-"""The run's dedup, wired from `config.yaml`'s `dedup:` section: the embedder, one
+"""The run's dedup, wired from `config.yaml`'s `dedup:` section: the embedder of each kind, one
 `DedupSet` per kind rebuilt from the store (the index and the store always agree: every
 kept item is stored in the transaction that keeps it), the persona screen used by admission
 and the script check used by the script stage."""
@@ -10,7 +10,7 @@ import numpy as np
 from dedup.embedder import Embedder
 from dedup.exact import text_hash
 from dedup.index import FlatIndex, HNSWIndex, IVFIndex, VectorIndex
-from dedup.minilm import MiniLMEmbedder
+from dedup.minilm import MODEL_FOR_KIND, MiniLMEmbedder
 from dedup.near import Candidate, DedupSet, Verdict
 from dedup.remote import EndpointEmbedder
 from dedup.screen import CoalescingScreen, Deduplicator
@@ -20,30 +20,36 @@ from service.store import Store
 from workers.sample import SampleJob
 
 
-def build_embedder(config: Config, base_urls: dict[str, str]) -> Embedder:
+def build_embedders(config: Config, base_urls: dict[str, str]) -> dict[str, Embedder]:
+    """The embedder of each dedup kind: locally, each kind's bundled model; an endpoint serves both."""
     settings = config.dedup
     if settings.embedder == LOCAL_EMBEDDER:
-        return MiniLMEmbedder(threads=settings.threads)
-    return EndpointEmbedder(config.endpoints[settings.embedder], base_urls[settings.embedder], settings.model)
+        return {kind: MiniLMEmbedder(model, settings.threads) for kind, model in MODEL_FOR_KIND.items()}
+    endpoint = EndpointEmbedder(
+        config.endpoints[settings.embedder], base_urls[settings.embedder], settings.model
+    )
+    return dict.fromkeys(MODEL_FOR_KIND, endpoint)
 
 
 class RunDedup:
-    def __init__(self, config: Config, store: Store, embedder: Embedder) -> None:
+    def __init__(self, config: Config, store: Store, embedders: dict[str, Embedder]) -> None:
+        names = " + ".join(dict.fromkeys(embedders[kind].name for kind in ("persona", "script")))
         used = store.get_meta("dedup_embedder")
-        if used is not None and used != embedder.name:
+        if used is not None and used != names:
             raise ConfigError(
-                f"dedup.embedder: this run directory was deduplicated with {used}, not {embedder.name}; "
+                f"dedup.embedder: this run directory was deduplicated with {used}, not {names}; "
                 "keep its embedder or start a new run directory"
             )
-        store.set_meta("dedup_embedder", embedder.name)
+        store.set_meta("dedup_embedder", names)
         self._store = store
-        self._embedder = embedder
         settings = config.dedup
-        self.personas = Deduplicator(self._load("persona", settings.persona.threshold, 1, config), embedder)
+        self.personas = Deduplicator(
+            self._load("persona", settings.persona.threshold, 1, config), embedders["persona"]
+        )
         # a sample holds at most one script per attempt: one more neighbour always finds another sample
         scripts = self._load("script", settings.script.threshold, config.stages.script.attempts + 1, config)
         self._scripts = CoalescingScreen(
-            Deduplicator(scripts, embedder), self._keep_script, settings.batch_size
+            Deduplicator(scripts, embedders["script"]), self._keep_script, settings.batch_size
         )
 
     async def script_duplicate(self, job: SampleJob) -> Verdict | None:
@@ -54,7 +60,7 @@ class RunDedup:
         return verdict if verdict.duplicate_of is not None else None
 
     async def aclose(self) -> None:
-        """Stop the script check (the embedder belongs to the caller)."""
+        """Stop the script check (the embedders belong to the caller)."""
         await self._scripts.aclose()
 
     def _keep_script(self, candidate: Candidate, verdict: Verdict) -> None:

@@ -40,7 +40,7 @@ from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
 from service.config import Config, ConfigError, Stage
-from service.dedup import RunDedup, build_embedder
+from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
@@ -75,7 +75,7 @@ class Run:
         self.stop_signal: int | None = None  # the first SIGINT/SIGTERM received
         self._grace_timer: asyncio.TimerHandle | None = None
         self._base_urls: dict[str, str] = {}
-        self._embedder: Embedder | None = None
+        self._embedders: dict[str, Embedder] = {}
         self._dedup: RunDedup | None = None
 
     async def execute(self) -> dict[str, Any]:
@@ -185,8 +185,8 @@ class Run:
         config = self.config
         try:
             await self._connect()
-            self._embedder = build_embedder(config, self._base_urls)
-            dedup = self._dedup = RunDedup(config, self._store, self._embedder)
+            self._embedders = build_embedders(config, self._base_urls)
+            dedup = self._dedup = RunDedup(config, self._store, self._embedders)
             script_client = self._chain(config.stages.script)
             trajectory_client = self._chain(config.stages.trajectory)
             queue = self._queue = JobQueue(
@@ -296,8 +296,8 @@ class Run:
     async def _disconnect(self) -> None:
         if self._dedup is not None:
             await self._dedup.aclose()
-        if self._embedder is not None:
-            await self._embedder.aclose()
+        for embedder in {id(embedder): embedder for embedder in self._embedders.values()}.values():
+            await embedder.aclose()  # an endpoint embedder serves both kinds: closed once
         for client in self._clients.values():
             await client.aclose()
         for embedded in self._embedded:

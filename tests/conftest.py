@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dedup.minilm import MiniLMEmbedder
+from dedup.minilm import MODEL_FOR_KIND, MiniLMEmbedder
 from simulator.process import sim_stats
 from simulator.process import simulator_process as simulator
 
@@ -33,11 +33,12 @@ FAST_SIM: dict[str, Any] = {
 
 
 @pytest.fixture(scope="session")
-def minilm() -> Iterator[MiniLMEmbedder]:
-    """The local embedding model, loaded once for the whole session."""
-    embedder = MiniLMEmbedder()
-    yield embedder
-    embedder.close()
+def local_embedders() -> Iterator[dict[str, MiniLMEmbedder]]:
+    """The local embedding model of each dedup kind, loaded once for the whole session."""
+    embedders = {kind: MiniLMEmbedder(model) for kind, model in MODEL_FOR_KIND.items()}
+    yield embedders
+    for embedder in embedders.values():
+        embedder.close()
 
 
 def write_config(

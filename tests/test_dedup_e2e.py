@@ -60,7 +60,9 @@ def max_pairwise_similarity(embedder: MiniLMEmbedder, texts: list[str]) -> float
     return float(gram.max())
 
 
-def test_planted_near_duplicates_cost_nothing(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+def test_planted_near_duplicates_cost_nothing(
+    tmp_path: Path, local_embedders: dict[str, MiniLMEmbedder]
+) -> None:
     personas = tmp_path / "personas.jsonl"
     planted = persona_file(personas, distinct=80, planted=20, planted_last=False)
     out = tmp_path / "run"
@@ -82,14 +84,16 @@ def test_planted_near_duplicates_cost_nothing(tmp_path: Path, minilm: MiniLMEmbe
     assert f"personas skipped {len(duplicates)}" in result.stdout
 
     samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
-    assert max_pairwise_similarity(minilm, [s["persona"] for s in samples]) < THRESHOLD
+    assert max_pairwise_similarity(local_embedders["persona"], [s["persona"] for s in samples]) < THRESHOLD
     # every request the endpoint saw belongs to an admitted persona's sample: none to a duplicate
     finished = samples + [r for r in rejects if "meta" in r]
     assert len(finished) == 100 - len(duplicates)
     assert requests == sum(r["meta"]["requests"] for r in finished)
 
 
-def test_sigkill_then_resume_admits_no_persona_twice(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+def test_sigkill_then_resume_admits_no_persona_twice(
+    tmp_path: Path, local_embedders: dict[str, MiniLMEmbedder]
+) -> None:
     personas = tmp_path / "personas.jsonl"
     planted = persona_file(personas, distinct=60, planted=15, planted_last=True)  # after the kill point
     out = tmp_path / "run"
@@ -104,7 +108,9 @@ def test_sigkill_then_resume_admits_no_persona_twice(tmp_path: Path, minilm: Min
 
     # the decisions of one uninterrupted pass over the file, with the same model and threshold
     texts = [json.loads(line)["persona"] for line in personas.read_text().splitlines()]
-    verdicts = decide([str(n) for n in range(len(texts))], texts, minilm.embed_now(texts), THRESHOLD)
+    verdicts = decide(
+        [str(n) for n in range(len(texts))], texts, local_embedders["persona"].embed_now(texts), THRESHOLD
+    )
     expected_kept = [n + 1 for n, v in enumerate(verdicts) if v.duplicate_of is None]
     assert len(set(expected_kept) & planted) <= 1 and len(expected_kept) >= 60
 
@@ -117,7 +123,7 @@ def test_sigkill_then_resume_admits_no_persona_twice(tmp_path: Path, minilm: Min
     assert sorted(line_of(r) for r in duplicates) == sorted(
         set(range(1, len(texts) + 1)) - set(expected_kept)
     )
-    assert max_pairwise_similarity(minilm, personas_admitted) < THRESHOLD
+    assert max_pairwise_similarity(local_embedders["persona"], personas_admitted) < THRESHOLD
 
 
 def admitted(out: Path) -> int:

@@ -16,18 +16,23 @@ from tests.conftest import LABELLED_PERSONAS, LABELLED_SCRIPTS
 
 
 @pytest.mark.parametrize(
-    ("path", "threshold", "planted", "distinct"),
+    ("kind", "path", "threshold", "planted", "distinct"),
     [
-        (LABELLED_PERSONAS, Dedup().persona.threshold, 80, 120),
-        (LABELLED_SCRIPTS, Dedup().script.threshold, 20, 120),
+        ("persona", LABELLED_PERSONAS, Dedup().persona.threshold, 80, 120),
+        ("script", LABELLED_SCRIPTS, Dedup().script.threshold, 20, 120),
     ],
     ids=["personas", "scripts"],
 )
 def test_default_threshold_on_the_labelled_set(
-    minilm: MiniLMEmbedder, path: Path, threshold: float, planted: int, distinct: int
+    local_embedders: dict[str, MiniLMEmbedder],
+    kind: str,
+    path: Path,
+    threshold: float,
+    planted: int,
+    distinct: int,
 ) -> None:
     items = load_labelled(path)
-    scores = score(items, minilm.embed_now([item["text"] for item in items]), threshold)
+    scores = score(items, local_embedders[kind].embed_now([item["text"] for item in items]), threshold)
     print(f"\n{path.name}: {scores.line()}")
     assert scores.planted >= planted and scores.distinct >= distinct
     assert scores.recall >= 0.95
@@ -35,7 +40,7 @@ def test_default_threshold_on_the_labelled_set(
     assert scores.precision >= 0.99
 
 
-def test_a_lower_threshold_flags_more(minilm: MiniLMEmbedder) -> None:
+def test_a_lower_threshold_flags_more(local_embedders: dict[str, MiniLMEmbedder]) -> None:
     items = load_labelled(LABELLED_PERSONAS)
     assert {item["variant"] for item in items} == {
         "distinct",
@@ -44,7 +49,7 @@ def test_a_lower_threshold_flags_more(minilm: MiniLMEmbedder) -> None:
         "reordering",
         "case_punct",
     }
-    vectors = minilm.embed_now([item["text"] for item in items])
+    vectors = local_embedders["persona"].embed_now([item["text"] for item in items])
     strict, loose = score(items, vectors, 0.99), score(items, vectors, 0.5)
     assert strict.flagged < loose.flagged
     assert loose.distinct_kept < 1.0  # same-theme personas start to collide

@@ -39,7 +39,9 @@ async def duplicates_of(dedup: RunDedup, jobs: list[SampleJob]) -> list[str | No
     return [v.duplicate_of if v else None for v in verdicts]
 
 
-def test_script_duplicates_across_samples_and_restarts(tmp_path: Path, minilm: MiniLMEmbedder) -> None:
+def test_script_duplicates_across_samples_and_restarts(
+    tmp_path: Path, local_embedders: dict[str, MiniLMEmbedder]
+) -> None:
     config = load_config(ROOT / "config.yaml")
     store = Store(tmp_path / "state.sqlite")
     first = [
@@ -60,14 +62,23 @@ def test_script_duplicates_across_samples_and_restarts(tmp_path: Path, minilm: M
             KITCHEN,
         ),
     ]
-    assert asyncio.run(duplicates_of(RunDedup(config, store, minilm), first)) == [None, None, "s1", "s1"]
+    assert asyncio.run(duplicates_of(RunDedup(config, store, dict(local_embedders)), first)) == [
+        None,
+        None,
+        "s1",
+        "s1",
+    ]
 
     resumed = [
         job("s1", first[0].script["Goal"], KITCHEN),  # replayed after a restart: its own script
         job("s5", "Guide the container ship to berth 7 before the tide turns.", HARBOUR),
         job("s6", "Taste the fish delivery and log it in the HACCP book.", KITCHEN),
     ]
-    assert asyncio.run(duplicates_of(RunDedup(config, store, minilm), resumed)) == [None, "s2", None]
+    assert asyncio.run(duplicates_of(RunDedup(config, store, dict(local_embedders)), resumed)) == [
+        None,
+        "s2",
+        None,
+    ]
     kept = [owner for owner, _, _ in store.dedup_items("script")]
     assert kept == ["s1", "s2", "s6"]
     store.close()
