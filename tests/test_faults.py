@@ -84,10 +84,12 @@ def test_every_fault_at_once_is_survived_and_counted(tmp_path: Path) -> None:
         length_cut = sim_stats(url)["by_status"].get("length", 0)
 
     assert summary["accepted"] == 15 and validate_run(out).ok
-    # every fault the endpoint injected was seen, and classified right; on a loaded machine a
-    # request can also time out before the endpoint has read it (then only the client counts it)
-    assert client - Counter(timeout=client["timeout"]) == endpoint - Counter(timeout=endpoint["timeout"])
-    assert client["timeout"] >= endpoint["timeout"]
+    # every fault the endpoint injected was seen and classified right: complete answers (ok,
+    # 5xx, cut or empty bodies) exactly; connection faults at least as often as injected (on a
+    # loaded machine a connection can also drop or time out before the endpoint has read it)
+    for kind in ("ok", "5xx", "bad_response"):
+        assert client[kind] == endpoint[kind], kind
+    assert client["reset"] + client["timeout"] >= endpoint["reset"] + endpoint["timeout"]
     assert all(client[kind] > 0 for kind in ("5xx", "reset", "bad_response", "timeout"))
     assert length_cut > 0  # cut answers went back to the rules (S1/T1) and were re-asked
     assert re.search(r"requests .*\bok \d+", result.stdout) and "5xx" in result.stdout  # in the summary
