@@ -51,6 +51,7 @@ BACKOFF_CAP_S = 30.0
 RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrupted 429s
 FATAL_STATUSES = frozenset((401, 403, 404))  # the configuration is wrong: retrying cannot help
 REQUEST_SPECIFIC = frozenset((400, 413, 422))  # statuses caused by one request, not by the configuration
+REFUSALS = FATAL_STATUSES | REQUEST_SPECIFIC  # answers that are never retried
 
 log = structlog.get_logger()
 
@@ -211,7 +212,7 @@ class LLMClient:
                             )
                     else:
                         self.limiter.observe(reply.headers)
-                        if reply.status in FATAL_STATUSES | REQUEST_SPECIFIC:
+                        if reply.status in REFUSALS:
                             self._stats.requests[str(reply.status)] += 1
                             self._report(stage, str(reply.status), sent)
                             refusal = f"endpoint {ep.name} ({ep.model}) answered {reply.status}: "
