@@ -4,7 +4,10 @@
 script requests) to `url` with one of two clients and prints one JSON line of results:
 
 - `ours`: the service's request layer (LLMClient behind an EndpointChain, a real SQLite
-  store in a temporary directory, the endpoint's limits from the spec);
+  store in a temporary directory, the endpoint's limits from the spec) on its default
+  transport, aiohttp;
+- `ours-sdk`: the same on the `openai` transport (the openai SDK's AsyncOpenAI on its
+  aiohttp transport), to show what the SDK's request layer costs;
 - `naive`: AsyncOpenAI with the SDK's default transport and retries, 64 requests at once.
 
 CPU is the process's CPU time over the workload only (imports and start-up excluded).
@@ -60,7 +63,12 @@ async def run_ours(
 ) -> dict[str, Any]:
     limits = Limits(**spec["limits"])
     endpoint = Endpoint(
-        model="sim-gpt-4o", name="bench", base_url=spec["url"], timeout_s=spec["timeout_s"], limits=limits
+        model="sim-gpt-4o",
+        name="bench",
+        base_url=spec["url"],
+        timeout_s=spec["timeout_s"],
+        limits=limits,
+        transport="openai" if spec["client"] == "ours-sdk" else "aiohttp",
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "state.sqlite")
@@ -124,7 +132,7 @@ async def run_naive(
 async def measure(spec: dict[str, Any]) -> dict[str, Any]:
     messages = workload(spec["count"])
     rec = Recorder()
-    run = run_ours if spec["client"] == "ours" else run_naive
+    run = run_naive if spec["client"] == "naive" else run_ours
     cpu = time.process_time()
     extra = await run(spec, messages, rec)
     return {

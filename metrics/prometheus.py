@@ -81,6 +81,7 @@ class RunMetrics:
         self._live = _LiveState(stats, budget_usd)
         self.registry.register(self._live)
         llm = ["endpoint", "model", "stage"]
+        self._series: dict[tuple[str, str, str], _RequestSeries] = {}
         self._samples = Counter(
             "agentrefine_samples",
             "Samples finished by outcome; rule: the last failed rule of a dropped sample; "
@@ -141,13 +142,8 @@ class RunMetrics:
     ) -> None:
         """Create the series of an endpoint's stages at zero and watch its limiter."""
         for stage in stages:
-            for outcome in REQUEST_OUTCOMES:
-                self._requests.labels(endpoint, model, stage, outcome)
-            for kind in TOKEN_KINDS:
-                self._tokens.labels(endpoint, model, stage, kind)
-            self._cost.labels(endpoint, model, stage)
+            self._new_series((endpoint, model, stage))
             self._cache_hits.labels(endpoint, model, stage)
-            self._latency.labels(endpoint, model, stage)
         self._live.limiters[(endpoint, model)] = limiter
 
     def watch_queue(self, depths: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]) -> None:
@@ -162,17 +158,30 @@ class RunMetrics:
 
     def request(self, event: RequestEvent) -> None:
         labels = (event.endpoint, event.model, event.stage)
+        series = self._series.get(labels) or self._new_series(labels)
         outcome = outcome_label(event.outcome)
-        self._requests.labels(*labels, outcome).inc()
+        series.requests[outcome].inc()
         if outcome != "ok":
             return
-        self._latency.labels(*labels).observe(event.latency_s)
+        series.latency.observe(event.latency_s)
         usage = event.usage
-        for kind, count in zip(
-            TOKEN_KINDS, (usage.prompt, usage.cached_prompt, usage.completion, usage.reasoning), strict=True
+        for counter, count in zip(
+            series.tokens, (usage.prompt, usage.cached_prompt, usage.completion, usage.reasoning), strict=True
         ):
-            self._tokens.labels(*labels, kind).inc(count)
-        self._cost.labels(*labels).inc(event.cost_usd)
+            counter.inc(count)
+        series.cost.inc(event.cost_usd)
+
+    def _new_series(self, labels: tuple[str, str, str]) -> _RequestSeries:
+        """The children of one (endpoint, model, stage), looked up once: `labels()` costs
+        more than the increment, and this runs for every HTTP attempt."""
+        series = _RequestSeries(
+            requests={outcome: self._requests.labels(*labels, outcome) for outcome in REQUEST_OUTCOMES},
+            latency=self._latency.labels(*labels),
+            tokens=tuple(self._tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
+            cost=self._cost.labels(*labels),
+        )
+        self._series[labels] = series
+        return series
 
     def cache_hit(self, endpoint: str, model: str, stage: str) -> None:
         self._cache_hits.labels(endpoint, model, stage).inc()
@@ -197,6 +206,16 @@ class RunMetrics:
 
     def check_failed(self, stage: str, rule: str) -> None:
         self._checks.labels(stage, rule).inc()
+
+
+@dataclass(frozen=True)
+class _RequestSeries:
+    """The request series of one (endpoint, model, stage)."""
+
+    requests: dict[str, Counter]
+    latency: Histogram
+    tokens: tuple[Counter, ...]  # in TOKEN_KINDS order
+    cost: Counter
 
 
 class _LiveState(Collector):

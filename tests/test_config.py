@@ -140,3 +140,12 @@ def test_bad_endpoint_lists_name_file_line(tmp_path: Path, value: str, error: st
     path = write(tmp_path, MINIMAL + f"stages:\n  script:\n    endpoint: {value}\n")
     with pytest.raises(ConfigError, match=error):
         load_config(path, environ={})
+
+
+def test_transport_is_aiohttp_or_the_openai_sdk(tmp_path: Path) -> None:
+    sdk = load_config(write(tmp_path, MINIMAL + "    transport: openai\n"), environ={"TEST_KEY_VAR": "k"})
+    assert sdk.endpoints["b"].transport == "openai" and sdk.endpoints["a"].transport == "aiohttp"
+    path = write(tmp_path, MINIMAL + "    transport: httpx\n")
+    error = r"config.yaml:10: endpoints.b.transport: expected aiohttp or openai, got 'httpx'"
+    with pytest.raises(ConfigError, match=error):
+        load_config(path, environ={"TEST_KEY_VAR": "k"})

@@ -1,25 +1,33 @@
-"""HTTP to one OpenAI-compatible endpoint: one shared aiohttp connection pool, one POST.
+"""HTTP to one OpenAI-compatible endpoint: one shared connection pool, one POST.
 
-`EndpointHTTP.post_chat(payload)` sends prepared JSON bytes to `{base_url}/chat/completions`
-and returns every HTTP answer as a `Reply` (status, headers, body: the caller classifies
-it); when there is no answer it raises `TransportError` of kind "timeout" or "reset".
+`post_chat(payload)` sends prepared JSON bytes to `{base_url}/chat/completions` and returns
+every HTTP answer as a `Reply` (status, headers, body: the caller classifies it); when there
+is no answer it raises `TransportError` of kind "timeout" or "reset". Two transports do it
+(`endpoints.X.transport`, chosen by `open_transport`):
 
-This replaces the openai SDK's request layer on the hot path: on this machine the SDK
-spent 0.9–1.5 ms of CPU per request on its own (option models, header merging, URL
-parsing, httpx request and response objects over its aiohttp transport) against about
-0.4–0.5 ms for the same POST through aiohttp directly (docs/decisions.md has the numbers).
-The semantics are the SDK's: Bearer auth, JSON body, `timeout_s` as the connect timeout and
-as the longest silence between two reads (so a provider that sends keep-alive blank lines
-while a request waits is not timed out), a pool as large as the endpoint's concurrency.
+- `aiohttp` (the default), `EndpointHTTP`: one aiohttp session per endpoint;
+- `openai`, `SDKHTTP`: the openai SDK's `AsyncOpenAI` on its aiohttp transport
+  (`DefaultAioHttpClient`), with the SDK's retries off (the LLM layer retries).
+
+Both have the SDK's semantics: Bearer auth, JSON body, `timeout_s` as the connect timeout
+and as the longest silence between two reads (so a provider that sends keep-alive blank
+lines while a request waits is not timed out), a pool as large as the endpoint's
+concurrency, built once. The default skips the SDK because its request layer costs CPU on
+every request (option models, header merging, URL parsing, httpx request and response
+objects over the aiohttp transport): `make bench` prints our client's CPU per request on
+both transports (docs/decisions.md has the numbers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
+import httpx2  # the openai SDK's HTTP layer: its limits, timeouts and responses
+import openai
 import orjson
-from multidict import CIMultiDictProxy
 
 
 class TransportError(Exception):
@@ -33,7 +41,7 @@ class TransportError(Exception):
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: CIMultiDictProxy[str]
+    headers: Mapping[str, str]  # case-insensitive (aiohttp's and httpx's headers both are)
     body: bytes
 
     def error_message(self) -> str:
@@ -47,8 +55,21 @@ class Reply:
         return " ".join(text.split())[:300]
 
 
+class Transport(Protocol):
+    async def post_chat(self, payload: bytes) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_transport(kind: str, base_url: str, api_key: str, timeout_s: float, connections: int) -> Transport:
+    """The transport named by `endpoints.X.transport` (one of `service.config.TRANSPORTS`)."""
+    if kind == "openai":
+        return SDKHTTP(base_url, api_key, timeout_s, connections)
+    return EndpointHTTP(base_url, api_key, timeout_s, connections)
+
+
 class EndpointHTTP:
-    """The connection pool of one endpoint, opened in the running event loop on first use."""
+    """The aiohttp connection pool of one endpoint, opened in the running event loop on first use."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -78,3 +99,55 @@ class EndpointHTTP:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+class SDKHTTP:
+    """The same POST through the openai SDK's `AsyncOpenAI` on its aiohttp transport, built
+    once per endpoint in the running event loop on first use."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
+        self._base_url = base_url
+        self._api_key = api_key
+        self._timeout_s = timeout_s
+        self._connections = max(1, connections)
+        self._client: openai.AsyncOpenAI | None = None
+
+    def _open(self) -> openai.AsyncOpenAI:
+        pool = httpx2.Limits(max_connections=self._connections, max_keepalive_connections=self._connections)
+        return openai.AsyncOpenAI(
+            base_url=self._base_url,
+            api_key=self._api_key,
+            max_retries=0,
+            timeout=httpx2.Timeout(None, connect=self._timeout_s, read=self._timeout_s),
+            http_client=openai.DefaultAioHttpClient(limits=pool),
+        )
+
+    async def post_chat(self, payload: bytes) -> Reply:
+        if self._client is None:
+            self._client = self._open()
+        try:
+            response = await self._client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                content=payload,
+                options={"headers": {"Content-Type": "application/json"}},
+            )
+        except openai.APIStatusError as exc:
+            return Reply(exc.status_code, exc.response.headers, exc.response.content)
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            raise self._transport_error(exc) from exc
+        return Reply(response.status_code, response.headers, response.content)
+
+    def _transport_error(self, exc: openai.APIConnectionError) -> TransportError:
+        """Classify by the root cause: the SDK's aiohttp transport reports a dropped
+        connection (aiohttp's ServerDisconnectedError) as a connect timeout."""
+        root: BaseException = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, TimeoutError) or (root is exc and isinstance(exc, openai.APITimeoutError)):
+            return TransportError("timeout", f"no answer within {self._timeout_s} s")
+        return TransportError("reset", f"{type(root).__name__}: {root}")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()

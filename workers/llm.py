@@ -43,7 +43,7 @@ from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
-from workers.http import EndpointHTTP, Reply, TransportError
+from workers.http import Reply, TransportError, open_transport
 from workers.limiter import EndpointLimiter, LimiterState
 
 BACKOFF_BASE_S = 0.5
@@ -109,8 +109,9 @@ class LLMClient:
         self.limiter = EndpointLimiter(endpoint.limits)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        self._http = EndpointHTTP(
-            base_url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
+        ep = endpoint
+        self._http = open_transport(
+            ep.transport, base_url, ep.api_key(), ep.timeout_s, ep.limits.max_concurrency
         )
 
     async def aclose(self) -> None:
@@ -153,33 +154,22 @@ class LLMClient:
             return None
         self._stats.cache_hits += 1
         self._metrics.cache_hit(self.endpoint.name, self.endpoint.model, stage)
-        return self._completion(stored, cached=True)
+        return _completion(stored, parse_usage(stored.usage), cached=True)
 
     async def send(self, request: PreparedRequest, stage: str, sample_id: str | None = None) -> Completion:
         """Ask the endpoint (with retries), store the answer, count what it cost. `stage` is a
         metrics label; `sample_id` is kept with the stored answer (for the report)."""
         if not self._sending:
             raise SendingStopped(f"endpoint {self.endpoint.name}: stopping, request not sent")
-        stored = await self._send(request, stage, sample_id)
+        stored, usage = await self._send(request, stage, sample_id)
         self._store.put_response(request.key, stored)
-        completion = self._completion(stored, cached=False)
-        self._stats.usage += completion.usage
-        self._stats.cost_usd += completion.cost_usd
-        return completion
+        self._stats.usage += usage
+        self._stats.cost_usd += stored.cost_usd
+        return _completion(stored, usage, cached=False)
 
-    def _completion(self, stored: StoredResponse, cached: bool) -> Completion:
-        usage = parse_usage(stored.usage)
-        return Completion(
-            content=stored.content,
-            finish_reason=stored.finish_reason,
-            usage=usage,
-            cost_usd=stored.cost_usd,
-            model=stored.model,
-            endpoint=stored.endpoint,
-            cached=cached,
-        )
-
-    async def _send(self, request: PreparedRequest, stage: str, sample_id: str | None) -> StoredResponse:
+    async def _send(
+        self, request: PreparedRequest, stage: str, sample_id: str | None
+    ) -> tuple[StoredResponse, Usage]:
         ep = self.endpoint
         last_error = ""
         attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
@@ -207,9 +197,10 @@ class LLMClient:
                             ticket.succeeded(tokens.total, reply.headers)
                             cost = cost_usd(tokens, ep.price)
                             latency = self._report(stage, "ok", sent, tokens, cost)
-                            return replace(
+                            stored = replace(
                                 stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
                             )
+                            return stored, tokens
                     else:
                         self.limiter.observe(reply.headers)
                         if reply.status in REFUSALS:
@@ -289,6 +280,18 @@ def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
         usage=usage or {},
         model=model if isinstance(model, str) and model else endpoint.model,
         endpoint=endpoint.name,
+    )
+
+
+def _completion(stored: StoredResponse, usage: Usage, cached: bool) -> Completion:
+    return Completion(
+        content=stored.content,
+        finish_reason=stored.finish_reason,
+        usage=usage,
+        cost_usd=stored.cost_usd,
+        model=stored.model,
+        endpoint=stored.endpoint,
+        cached=cached,
     )
 
 
