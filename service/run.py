@@ -43,6 +43,7 @@ from service.config import Config, ConfigError, Stage
 from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
+from service.heap import HeapTrimmer
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
 from service.queue import JobQueue, StageSpec
@@ -227,12 +228,15 @@ class Run:
                 self.stats, lambda: queue.in_flight, config.run.progress_interval_s, config.run.max_cost_usd
             )
             progress.start()
+            heap = HeapTrimmer()
+            heap.start()
             if self.stop_signal is not None:  # a signal during start-up
                 self._drain()
             try:
                 jobs = self._admitted(admission.jobs(self._source()))
                 exhausted = await queue.run("script", jobs, self._may_admit)
             finally:
+                await heap.stop()
                 await progress.stop()
         finally:
             if self._grace_timer is not None:
