@@ -79,15 +79,17 @@ def cli(
     )
 
 
+def spawn(module: str, *args: str, output: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`python -m module args` from the project root, in the background (text output)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args], cwd=ROOT, stdout=output, stderr=output, text=True
+    )
+
+
 def kill_when(ready: Callable[[], bool], *args: str, timeout: float = 120) -> None:
     """Run the CLI in the background and SIGKILL it as soon as `ready()` holds (or it exits,
     or `timeout` passes)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = spawn("service", *args, output=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import openai
@@ -23,8 +22,8 @@ from multidict import CIMultiDict
 from simulator.limits import format_duration
 from simulator.server import start
 from simulator.settings import SimSettings
+from tests.conftest import ROOT, spawn
 
-ROOT = Path(__file__).resolve().parents[1]
 FAST = {"latency_median_s": 0.0}
 
 
@@ -332,18 +331,8 @@ def test_max_tokens_length_and_determinism() -> None:
     asyncio.run(main())
 
 
-def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "simulator", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_main_ready_line_and_sigterm() -> None:
-    proc = _spawn(["--host", "127.0.0.1", "--port", "0", "--settings-json", '{"models": ["x-1"]}'])
+    proc = spawn("simulator", "--host", "127.0.0.1", "--port", "0", "--settings-json", '{"models": ["x-1"]}')
     try:
         line = proc.stdout.readline()
         assert line.startswith("READY http://127.0.0.1:") and line.rstrip().endswith("/v1")

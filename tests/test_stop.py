@@ -15,20 +15,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.validate import validate_run
-from tests.conftest import FAST_SIM, ROOT, cli, read_jsonl, sim_stats, simulator, write_config, write_personas
+from tests.conftest import (
+    FAST_SIM,
+    ROOT,
+    cli,
+    read_jsonl,
+    sim_stats,
+    simulator,
+    spawn,
+    write_config,
+    write_personas,
+)
 
 N = 30
 HANG = {**FAST_SIM, "faults": {"p_hang": 1.0, "hang_s": 300.0}}
 
 
 def start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn("service", *args)
 
 
 def wait_until(condition: Callable[[], bool], proc: subprocess.Popen[str]) -> None:
