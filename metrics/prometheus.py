@@ -143,7 +143,6 @@ class RunMetrics:
         """Create the series of an endpoint's stages at zero and watch its limiter."""
         for stage in stages:
             self._new_series((endpoint, model, stage))
-            self._cache_hits.labels(endpoint, model, stage)
         self._live.limiters[(endpoint, model)] = limiter
 
     def watch_queue(self, depths: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]) -> None:
@@ -158,7 +157,7 @@ class RunMetrics:
 
     def request(self, event: RequestEvent) -> None:
         labels = (event.endpoint, event.model, event.stage)
-        series = self._series.get(labels) or self._new_series(labels)
+        series = self._series_of(labels)
         outcome = outcome_label(event.outcome)
         series.requests[outcome].inc()
         if outcome != "ok":
@@ -171,6 +170,9 @@ class RunMetrics:
             counter.inc(count)
         series.cost.inc(event.cost_usd)
 
+    def _series_of(self, labels: tuple[str, str, str]) -> _RequestSeries:
+        return self._series.get(labels) or self._new_series(labels)
+
     def _new_series(self, labels: tuple[str, str, str]) -> _RequestSeries:
         """The children of one (endpoint, model, stage), looked up once: `labels()` costs
         more than the increment, and this runs for every HTTP attempt."""
@@ -179,12 +181,14 @@ class RunMetrics:
             latency=self._latency.labels(*labels),
             tokens=tuple(self._tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
             cost=self._cost.labels(*labels),
+            cache_hits=self._cache_hits.labels(*labels),
         )
         self._series[labels] = series
         return series
 
     def cache_hit(self, endpoint: str, model: str, stage: str) -> None:
-        self._cache_hits.labels(endpoint, model, stage).inc()
+        labels = (endpoint, model, stage)
+        self._series_of(labels).cache_hits.inc()
 
     def sample_admitted(self) -> None:
         self._admitted.inc()
@@ -216,6 +220,7 @@ class _RequestSeries:
     latency: Histogram
     tokens: tuple[Counter, ...]  # in TOKEN_KINDS order
     cost: Counter
+    cache_hits: Counter
 
 
 class _LiveState(Collector):

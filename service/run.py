@@ -294,7 +294,7 @@ class Run:
             if name in stage_names:  # not the endpoint that only serves dedup embeddings
                 client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
                 self._clients[name] = client
-                self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter_state)
+                self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
 
     async def _disconnect(self) -> None:
@@ -320,9 +320,9 @@ class Run:
 
     def _finished(self, job: SampleJob) -> None:
         assert self._store is not None and self._writer is not None and self._queue is not None
-        self.stats.check_failures.update(check.split(">")[0] for check in job.failed_checks)
         for attempt in job.history:
             if attempt["rule"]:
+                self.stats.check_failures[attempt["rule"]] += 1
                 self.metrics.check_failed(attempt["stage"], attempt["rule"])
         self._stop_when_drained()
         if job.duplicate is not None:

@@ -51,8 +51,12 @@ class Reply:
             message = error.get("message") if isinstance(error, dict) else error
         except (orjson.JSONDecodeError, AttributeError):
             message = None
-        text = message if isinstance(message, str) else self.body.decode("utf-8", "replace")
-        return " ".join(text.split())[:300]
+        return one_line(message if isinstance(message, str) else self.body.decode("utf-8", "replace"))
+
+
+def one_line(text: str) -> str:
+    """`text` on one line (whitespace runs become one space), at most 300 characters."""
+    return " ".join(text.split())[:300]
 
 
 class Transport(Protocol):

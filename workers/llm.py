@@ -43,8 +43,8 @@ from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
-from workers.http import Reply, TransportError, open_transport
-from workers.limiter import EndpointLimiter, LimiterState
+from workers.http import Reply, TransportError, one_line, open_transport
+from workers.limiter import EndpointLimiter
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -121,9 +121,6 @@ class LLMClient:
         """Graceful stop: requests already sent finish and are stored; no new one is sent."""
         self._sending = False
 
-    def limiter_state(self) -> LimiterState:
-        return self.limiter.state()
-
     def prepare(self, messages: list[dict[str, str]], generation: Generation) -> PreparedRequest:
         """The request body as this endpoint will receive it, and its store key."""
         ep = self.endpoint
@@ -189,7 +186,7 @@ class LLMClient:
                             stored = parse_answer(reply.body, ep)
                         except ValueError as exc:  # not a chat completion (cut short, not JSON)
                             self.limiter.observe(reply.headers)
-                            outcome, last_error = "bad_response", _one_line(exc)
+                            outcome, last_error = "bad_response", one_line(str(exc))
                         else:
                             self._stats.requests["ok"] += 1
                             self._breaker.success()
@@ -206,11 +203,12 @@ class LLMClient:
                         if reply.status in REFUSALS:
                             self._stats.requests[str(reply.status)] += 1
                             self._report(stage, str(reply.status), sent)
-                            refusal = f"endpoint {ep.name} ({ep.model}) answered {reply.status}: "
+                            message = reply.error_message()
+                            refusal = f"endpoint {ep.name} ({ep.model}) answered {reply.status}: {message}"
                             if reply.status in FATAL_STATUSES:
-                                raise FatalEndpointError(refusal + reply.error_message())
-                            self._breaker.bad_request(f"{reply.status}: {reply.error_message()}")
-                            raise RequestFailed(refusal + reply.error_message())
+                                raise FatalEndpointError(refusal)
+                            self._breaker.bad_request(f"{reply.status}: {message}")
+                            raise RequestFailed(refusal)
                         outcome = "5xx" if reply.status >= 500 else str(reply.status)
                         last_error = f"HTTP {reply.status}: {reply.error_message()}"
                         if outcome == "429":
@@ -309,8 +307,3 @@ def _retry_after(reply: Reply) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300]
