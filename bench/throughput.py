@@ -1,7 +1,7 @@
 """`make bench` section "throughput": our request layer against a naive client at a rate limit.
 
-Each scenario runs our request layer (the first one also on the openai SDK transport,
-`ours-sdk`), then the naive baseline (AsyncOpenAI, the SDK's
+Each scenario runs our request layer (the first one also on the aiohttp and openai SDK
+transports, `ours-aiohttp` and `ours-sdk`), then the naive baseline (AsyncOpenAI, the SDK's
 default transport and retries, 64 requests at once), on the same workload, each in its own
 process (`bench/throughput_client.py`, so the CPU time is the client's alone) against a
 fresh embedded endpoint (its own process) with the same settings: lognormal latency with a
@@ -64,7 +64,7 @@ SCENARIOS = [
         1800,
         {**LATENCY, "rpm": 2400, "burst_s": 1.0, "start_full": False, "faults": NO_FAULTS},
         {"rpm": 2400, "max_concurrency": 128},
-        clients=("ours", "ours-sdk", "naive"),  # once: what the SDK's request layer would cost
+        clients=("ours", "ours-aiohttp", "ours-sdk", "naive"),  # once: what the other transports cost
     ),
     Scenario(
         "tokens-bound: 3M TPM (3 s bucket), max_tokens 4096",
@@ -157,13 +157,13 @@ def figures(scenario: Scenario, result: dict[str, Any]) -> dict[str, Any]:
 
 def report(scenario: Scenario, rows: dict[str, dict[str, Any]]) -> str:
     lines = [f"\n{scenario.name}  ({scenario.count} requests)"]
-    lines.append(f"  {'client':<8} {'goodput':>8} {'429s':>7} {'CPU ms/req':>11} {'wall s':>7}  outcome")
+    lines.append(f"  {'client':<12} {'goodput':>8} {'429s':>7} {'CPU ms/req':>11} {'wall s':>7}  outcome")
     for client, f in rows.items():
         outcome = f"{f['ok']} ok, {f['failed']} failed" + (f" {f['failed_by']}" if f["failed"] else "")
         if not f["accounted"]:
             outcome += f"  (UNACCOUNTED: {scenario.count - f['ok'] - f['failed']})"
         lines.append(
-            f"  {client:<8} {f['goodput']:>8.3f} {f['share_429']:>7.2%} {f['cpu_ms']:>11.2f} "
+            f"  {client:<12} {f['goodput']:>8.3f} {f['share_429']:>7.2%} {f['cpu_ms']:>11.2f} "
             f"{f['wall_s']:>7.1f}  {outcome}"
         )
     if scenario.binding == "knee":
@@ -188,8 +188,8 @@ async def run_all(names: list[str]) -> None:
 def main(argv: list[str]) -> None:
     """Run every scenario (or those whose name contains one of `argv`) and print the table."""
     print(
-        "ours = LLMClient + SQLite store + adaptive limiter on aiohttp (ours-sdk: the same on the "
-        "openai SDK transport); naive = AsyncOpenAI, SDK defaults, "
+        "ours = LLMClient + SQLite store + adaptive limiter on our HTTP/1.1 client (ours-aiohttp, "
+        "ours-sdk: the same on aiohttp, and on the openai SDK); naive = AsyncOpenAI, SDK defaults, "
         f"semaphore 64. Endpoint latency lognormal, median {LATENCY['latency_median_s']} s, "
         f"sigma {LATENCY['latency_sigma']}; rate buckets start empty.",
         flush=True,

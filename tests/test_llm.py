@@ -1,7 +1,7 @@
 """The LLM layer against the real embedded endpoint over HTTP: faults are classified and
 survived, refusals fail fast with one line, stored answers are never requested again, and
 the store's request key is the hash of exactly the body the endpoint received. The tests
-of the HTTP exchange run on both transports (aiohttp, and the openai SDK's)."""
+of the HTTP exchange run on every transport (ours, aiohttp, and the openai SDK's)."""
 
 from __future__ import annotations
 

@@ -1,21 +1,20 @@
-"""HTTP to one OpenAI-compatible endpoint: one shared connection pool, one POST.
+"""HTTP to one OpenAI-compatible endpoint: what every transport answers, and two of them.
 
-`post_chat(payload)` sends prepared JSON bytes to `{base_url}/chat/completions` and returns
-every HTTP answer as a `Reply` (status, headers, body: the caller classifies it); when there
-is no answer it raises `TransportError` of kind "timeout" or "reset". Two transports do it
-(`endpoints.X.transport`, chosen by `open_transport`):
+A transport's `post_chat(payload)` sends prepared JSON bytes to `{base_url}/chat/completions`
+and returns every HTTP answer as a `Reply` (status, headers with lower-case names, body: the
+caller classifies it); when there is no answer it raises `TransportError` of kind "timeout"
+or "reset". `workers/transports.py` opens the one named by `endpoints.X.transport`:
 
-- `aiohttp` (the default), `EndpointHTTP`: one aiohttp session per endpoint;
-- `openai`, `SDKHTTP`: the openai SDK's `AsyncOpenAI` on its aiohttp transport
+- `http1` (the default): our lean HTTP/1.1 client, `workers/http1.py`;
+- `aiohttp`, `EndpointHTTP` here: one aiohttp session per endpoint;
+- `openai`, `SDKHTTP` here: the openai SDK's `AsyncOpenAI` on its aiohttp transport
   (`DefaultAioHttpClient`), with the SDK's retries off (the LLM layer retries).
 
-Both have the SDK's semantics: Bearer auth, JSON body, `timeout_s` as the connect timeout
+All have the SDK's semantics: Bearer auth, JSON body, `timeout_s` as the connect timeout
 and as the longest silence between two reads (so a provider that sends keep-alive blank
 lines while a request waits is not timed out), a pool as large as the endpoint's
-concurrency, built once. The default skips the SDK because its request layer costs CPU on
-every request (option models, header merging, URL parsing, httpx request and response
-objects over the aiohttp transport): `make bench` prints our client's CPU per request on
-both transports (docs/decisions.md has the numbers).
+concurrency, built once. They differ in CPU per request: `make bench` prints our request
+layer on each of them in one run (docs/decisions.md has the numbers).
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ class TransportError(Exception):
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's and httpx's headers both are)
+    headers: Mapping[str, str]  # read with lower-case names (aiohttp's and httpx's are case-insensitive)
     body: bytes
 
     def error_message(self) -> str:
@@ -63,13 +62,6 @@ class Transport(Protocol):
     async def post_chat(self, payload: bytes) -> Reply: ...
 
     async def aclose(self) -> None: ...
-
-
-def open_transport(kind: str, base_url: str, api_key: str, timeout_s: float, connections: int) -> Transport:
-    """The transport named by `endpoints.X.transport` (one of `service.config.TRANSPORTS`)."""
-    if kind == "openai":
-        return SDKHTTP(base_url, api_key, timeout_s, connections)
-    return EndpointHTTP(base_url, api_key, timeout_s, connections)
 
 
 class EndpointHTTP:

@@ -43,8 +43,9 @@ from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
-from workers.http import Reply, TransportError, one_line, open_transport
+from workers.http import Reply, TransportError, one_line
 from workers.limiter import EndpointLimiter
+from workers.transports import open_transport
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
