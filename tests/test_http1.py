@@ -8,6 +8,7 @@ connection cut mid-answer is a reset, and https verifies the server against the 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -133,6 +134,14 @@ def test_chunked_close_delimited_and_informational_answers_are_read_whole() -> N
     assert reply.body == JSON
     _, [reply] = serve_and_post(fixed(b"HTTP/1.1 100 Continue\r\n\r\n", ok(b"{}")))
     assert (reply.status, reply.body) == (200, b"{}")
+
+
+def test_an_answer_compressed_unasked_is_decoded() -> None:
+    gzipped = gzip.compress(JSON)
+    _, [reply] = serve_and_post(fixed(ok(gzipped, b"Content-Encoding: gzip\r\n")))
+    assert reply.body == JSON
+    _, error = serve_and_post(fixed(ok(gzipped[:-9], b"Content-Encoding: gzip\r\n")))
+    assert isinstance(error, TransportError) and "unreadable compressed answer" in str(error)
 
 
 def test_only_silence_times_out() -> None:

@@ -7,27 +7,30 @@ The connections are asyncio protocols; responses are parsed by httptools (llhttp
 of Node.js, used by uvicorn), so no HTTP parsing is ours.
 
 Why it exists: at a provider's rate limit the client spends its CPU on per-request overhead,
-not on bytes, and aiohttp's request/response machinery alone costs about twice what the rest
-of our request layer does (`make bench` prints our layer on all three transports in one run;
-docs/decisions.md has the figures). It does only what POSTing JSON to an OpenAI-compatible
-endpoint needs: http and https (the system's CA store, as aiohttp), responses delimited by
-Content-Length, chunked encoding or the end of the connection, keep-alive (a connection is
-reused unless the server says otherwise, and dropped after IDLE_S unused), `timeout_s` to
-connect and as the longest silence between two reads (so DeepSeek's keep-alive blank lines
-keep a long request alive). No proxies, redirects, compression or cookies: the OpenAI API
-needs none of them, and the aiohttp transport remains one line of config away.
+not on bytes, and aiohttp's request/response machinery alone costs more than twice what the
+rest of our request layer does (`make bench` prints our layer on all three transports in one
+run; docs/decisions.md has the figures). It does only what POSTing JSON to an
+OpenAI-compatible endpoint needs: http and https (the system's CA store, as aiohttp),
+responses delimited by Content-Length, chunked encoding or the end of the connection (gzip
+or deflate decoded if a server compresses unasked), keep-alive (a connection is reused
+unless the server says otherwise, and dropped after IDLE_S unused), `timeout_s` to connect
+and as the longest silence between two reads (so DeepSeek's keep-alive blank lines keep a
+long request alive). No proxies, redirects or cookies: the OpenAI API needs none of them,
+and the aiohttp transport remains one line of config away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
+import zlib
 from urllib.parse import urlsplit
 
 import httptools
 
 from workers.http import Reply, TransportError
 
+COMPRESSED = frozenset(("gzip", "x-gzip", "deflate"))  # never asked for, decoded if sent anyway
 IDLE_S = 15.0  # an idle connection older than this is closed rather than reused (as aiohttp does)
 USER_AGENT = "agentrefine-synth"
 
@@ -167,7 +170,7 @@ class _Connection(asyncio.Protocol):
         self._registry.discard(self)
         if self._waiter is not None and not self._waiter.done():
             if self._status and not self._delimited:  # the body ran to the close: it is complete
-                self._waiter.set_result(Reply(self._status, self._headers, b"".join(self._body)))
+                self._answer()
             else:
                 self._waiter.set_exception(TransportError("reset", f"connection closed: {exc or 'by peer'}"))
 
@@ -195,9 +198,21 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         self.reusable = self._parser.should_keep_alive() and not self._transport.is_closing()
-        self._waiter.set_result(Reply(self._status, self._headers, b"".join(self._body)))
+        self._answer()
 
     # -- internals ---------------------------------------------------------------------
+
+    def _answer(self) -> None:
+        """Hand the whole answer to the waiting request."""
+        assert self._waiter is not None
+        body = b"".join(self._body)
+        if self._headers.get("content-encoding", "identity").lower() in COMPRESSED:
+            try:
+                body = zlib.decompress(body, wbits=47)  # 32 + 15: a gzip or zlib header, told apart
+            except zlib.error as exc:
+                self._fail(TransportError("reset", f"unreadable compressed answer: {exc}"))
+                return
+        self._waiter.set_result(Reply(self._status, self._headers, body))
 
     def _check_silence(self) -> None:
         """The read timer: time out after `timeout_s` without a byte, else look again later."""
