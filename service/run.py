@@ -310,8 +310,9 @@ class Run:
     def _may_admit(self, in_flight: int) -> bool:
         """Admit only as many samples as the remaining target needs at the observed accept rate,
         and none once the budget is reached."""
-        if self._budget.exhausted:
-            self._stop_when_drained()  # e.g. a persona expansion reached it with no sample in flight
+        if self._budget.exhausted:  # the samples in flight finish or pause; then the run ends
+            assert self._queue is not None
+            self._queue.close()
             return False
         stats = self.stats
         finished = stats.accepted + stats.dropped + stats.failed + stats.duplicates["script"]
@@ -324,7 +325,6 @@ class Run:
             if attempt["rule"]:
                 self.stats.check_failures[attempt["rule"]] += 1
                 self.metrics.check_failed(attempt["stage"], attempt["rule"])
-        self._stop_when_drained()
         if job.duplicate is not None:
             self._reject(job, "duplicate", "script_duplicate")
             self.stats.duplicates["script"] += 1
@@ -354,7 +354,8 @@ class Run:
             return
         if isinstance(exc, BudgetExhausted):
             log.info("sample_paused_by_budget", sample_id=job.id)
-            self._stop_when_drained()
+            assert self._queue is not None
+            self._queue.close()  # the run ends when the last sample in flight is done
             return
         if isinstance(exc, FatalEndpointError | EndpointDown | sqlite3.Error | OSError):
             log.info("run_stopped", sample_id=job.id, error=str(exc))  # the CLI prints the line
@@ -379,12 +380,6 @@ class Run:
         assert self._writer is not None
         self._writer.rejects.append(orjson.dumps(record))
         self.metrics.sample_rejected(record)
-
-    def _stop_when_drained(self) -> None:
-        """Once the budget is reached, end the run when the last sample in flight is done."""
-        assert self._queue is not None
-        if self._budget.exhausted and self._queue.in_flight == 0:
-            self._queue.stop()
 
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
