@@ -172,12 +172,11 @@ class Ticket:
         self._tokens = tokens  # the bucket the estimate was taken from, if any
         self._window = window
         self._estimate = estimate
-        self._sent = time.monotonic()
 
-    def succeeded(self, actual_tokens: int, headers: Mapping[str, str]) -> None:
-        """Answered: feed the latency to the concurrency limit, correct the token estimate,
-        then read the provider's headers (which already count this request's real usage)."""
-        self._limiter.concurrency.succeeded(self._window, time.monotonic() - self._sent)
+    def succeeded(self, actual_tokens: int, headers: Mapping[str, str], latency_s: float) -> None:
+        """Answered after `latency_s`: feed it to the concurrency limit, correct the token
+        estimate, then read the provider's headers (which already count this request's real usage)."""
+        self._limiter.concurrency.succeeded(self._window, latency_s)
         if self._tokens is not None:
             self._tokens.give_back(self._estimate - actual_tokens)
         self._limiter.observe(headers)

@@ -192,9 +192,9 @@ class LLMClient:
                             self._stats.requests["ok"] += 1
                             self._breaker.success()
                             tokens = parse_usage(stored.usage)
-                            ticket.succeeded(tokens.total, reply.headers)
                             cost = cost_usd(tokens, ep.price)
                             latency = self._report(stage, "ok", sent, tokens, cost)
+                            ticket.succeeded(tokens.total, reply.headers, latency)
                             stored = replace(
                                 stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
                             )
