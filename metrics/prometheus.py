@@ -308,6 +308,16 @@ class _LiveState(Collector):
                 "Tokens left in the client-side tokens-per-minute bucket.",
                 labels=labels,
             ),
+            "rpm": GaugeMetricFamily(
+                "agentrefine_limiter_requests_per_minute",
+                "Requests-per-minute limit the limiter enforces (configured, or learned from headers).",
+                labels=labels,
+            ),
+            "tpm": GaugeMetricFamily(
+                "agentrefine_limiter_tokens_per_minute",
+                "Tokens-per-minute limit the limiter enforces (configured, or learned from headers).",
+                labels=labels,
+            ),
             "cooldown_s": GaugeMetricFamily(
                 "agentrefine_limiter_cooldown_seconds",
                 "Seconds until the endpoint's 429 cooldown ends (0: none).",

@@ -80,7 +80,7 @@ def test_request_outcomes_map_to_bounded_labels() -> None:
 def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     metrics = RunMetrics(RunStats(target=10))
     state = LimiterState(
-        in_flight=3, concurrency=8, remaining_requests=42.0, remaining_tokens=None, cooldown_s=0.0
+        in_flight=3, concurrency=8, remaining_requests=42.0, remaining_tokens=None, cooldown_s=0.0, rpm=500
     )
     metrics.add_endpoint("openai", "gpt-4o", ["script"], lambda: state)
     usage = Usage(prompt=1000, cached_prompt=400, completion=500, reasoning=200)
@@ -100,6 +100,8 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     assert value(metrics, "agentrefine_llm_requests_in_flight", **limiter) == 3
     assert value(metrics, "agentrefine_limiter_remaining_requests", **limiter) == 42
     assert value(metrics, "agentrefine_limiter_remaining_tokens", **limiter) is None  # no TPM bucket
+    assert value(metrics, "agentrefine_limiter_requests_per_minute", **limiter) == 500
+    assert value(metrics, "agentrefine_limiter_tokens_per_minute", **limiter) is None
 
 
 def test_sample_outcomes_and_whole_run_gauges() -> None:

@@ -42,6 +42,8 @@ class LimiterState:
     remaining_requests: float | None
     remaining_tokens: float | None
     cooldown_s: float
+    rpm: int | None = None  # the per-minute limits in force, configured or learned from headers
+    tpm: int | None = None
 
 
 class _Bucket:
@@ -106,13 +108,6 @@ class EndpointLimiter:
             elif remaining is not None:
                 bucket.sync(remaining)
 
-    def rates(self) -> dict[str, int]:
-        """The per-minute limits in force, configured or learned (0 = none known)."""
-        return {
-            "rpm": int(self._requests.capacity) if self._requests else 0,
-            "tpm": int(self._tokens.capacity) if self._tokens else 0,
-        }
-
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
         self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
@@ -124,6 +119,8 @@ class EndpointLimiter:
             remaining_requests=self._requests.remaining() if self._requests else None,
             remaining_tokens=self._tokens.remaining() if self._tokens else None,
             cooldown_s=self.cooldown_left(),
+            rpm=int(self._requests.capacity) if self._requests else None,
+            tpm=int(self._tokens.capacity) if self._tokens else None,
         )
 
     def cooldown_left(self) -> float:
