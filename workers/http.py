@@ -58,6 +58,16 @@ def one_line(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
+def request_headers(api_key: str) -> dict[str, str]:
+    """The headers every transport sends with a chat completion (the SDK's add its own)."""
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "User-Agent": "agentrefine-synth",
+    }
+
+
 class Transport(Protocol):
     async def post_chat(self, payload: bytes) -> Reply: ...
 
@@ -69,12 +79,7 @@ class EndpointHTTP:
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "application/json",
-            "User-Agent": "agentrefine-synth",
-        }
+        self._headers = request_headers(api_key)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._connections = max(1, connections)
         self._session: aiohttp.ClientSession | None = None

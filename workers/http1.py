@@ -28,11 +28,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from workers.http import Reply, TransportError
+from workers.http import Reply, TransportError, request_headers
 
 COMPRESSED = frozenset(("gzip", "x-gzip", "deflate"))  # never asked for, decoded if sent anyway
 IDLE_S = 15.0  # an idle connection older than this is closed rather than reused (as aiohttp does)
-USER_AGENT = "agentrefine-synth"
 
 
 class HTTP1Endpoint:
@@ -46,10 +45,11 @@ class HTTP1Endpoint:
         self._port = url.port or (443 if url.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if url.scheme == "https" else None
         target = url.path + (f"?{url.query}" if url.query else "")
+        headers = {"Host": url.netloc.rpartition("@")[2], **request_headers(api_key)}
         self._head = (
-            f"POST {target} HTTP/1.1\r\nHost: {url.netloc.rpartition('@')[2]}\r\n"
-            f"Authorization: Bearer {api_key}\r\nContent-Type: application/json\r\n"
-            f"Accept: application/json\r\nUser-Agent: {USER_AGENT}\r\nContent-Length: "
+            f"POST {target} HTTP/1.1\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            + "Content-Length: "
         ).encode("latin-1")
         self._timeout_s = timeout_s
         self._max_idle = max(1, connections)

@@ -110,9 +110,12 @@ class LLMClient:
         self.limiter = EndpointLimiter(endpoint.limits)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        ep = endpoint
         self._http = open_transport(
-            ep.transport, base_url, ep.api_key(), ep.timeout_s, ep.limits.max_concurrency
+            endpoint.transport,
+            base_url,
+            endpoint.api_key(),
+            endpoint.timeout_s,
+            endpoint.limits.max_concurrency,
         )
 
     async def aclose(self) -> None:
