@@ -87,16 +87,16 @@ class HTTP1Endpoint:
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the connection completes, and a cancelled worker would go on
+            async with asyncio.timeout(self._timeout_s):
+                _, connection = await loop.create_connection(
                     lambda: _Connection(loop, self._open),
                     self._host,
                     self._port,
                     ssl=self._ssl,
                     server_hostname=self._host if self._ssl else None,
-                ),
-                self._timeout_s,
-            )
+                )
         except TimeoutError as exc:
             raise TransportError("timeout", f"could not connect within {self._timeout_s} s") from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
