@@ -1,6 +1,7 @@
 """Command line: `agentrefine run` (also `python -m service run`).
 
-`agentrefine report OUT` writes a run's report (also written at the end of every run).
+`agentrefine report OUT` writes a run's report (also written at the end of every run);
+`agentrefine export OUT --format F [--mask M]` writes its samples for a trainer.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
 error (configuration, input, endpoint refusal or outage, run directory) is one line on
@@ -19,6 +20,8 @@ import uvloop
 
 from metrics.report import write_report
 from service.config import ConfigError, load_config
+from service.export import MASKS
+from service.formats import FORMATS, main_export
 from service.personas import PersonaInputError
 from service.run import INTERRUPTED, Run, install_signal_handlers
 from service.rundir import RunDirectoryBusy, RunDirectoryError
@@ -44,6 +47,10 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("out", help="run directory")
     report = sub.add_parser("report", help="write OUT/report.md and OUT/report/*.png from a run's store")
     report.add_argument("out", help="run directory")
+    export = sub.add_parser("export", help="write a run's samples for a trainer (OUT/export/FORMAT[-MASK])")
+    export.add_argument("out", help="run directory")
+    export.add_argument("--format", required=True, choices=FORMATS, help="the trainer's form (README)")
+    export.add_argument("--mask", default="paper", choices=MASKS, help="loss mask (paper Table 2 ablations)")
     return p
 
 
@@ -53,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.out)
     if args.command == "report":
         return _report(args.out)
+    if args.command == "export":
+        return main_export(args.out, args.format, args.mask)
     overrides = list(args.set)
     for key, value in (
         ("run.n", args.n),

@@ -338,7 +338,7 @@ class Run:
             self.metrics.sample_finished("surplus")
             return
         self.metrics.sample_finished("accepted")
-        self._writer.samples.append(orjson.dumps(record))
+        self._writer.append(record)
         log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
         self.stats.accepted += 1
         self.stats.accepted_this_run += 1
