@@ -18,7 +18,7 @@ CHAOS_ARGS ?=
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
 
-.PHONY: run test bench chaos lint format clean
+.PHONY: run test bench chaos lint format clean check-trainers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# Each trainer from pip in its own throw-away venv (.trainer-venvs/), its own data code on 50
+# exported samples (or OUT=run_dir): trained tokens = the train:true assistant turns (README).
+check-trainers: $(STAMP)
+	$(PY) -m trainers.check $(if $(OUT),--out $(OUT)) $(CHECK_TRAINERS_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
