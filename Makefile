@@ -18,7 +18,7 @@ CHAOS_ARGS ?=
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
 
-.PHONY: run test bench chaos lint format clean check-trainers
+.PHONY: run test bench chaos lint format clean check-trainers check-datasets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ chaos: $(STAMP)
 # exported samples (or OUT=run_dir): trained tokens = the train:true assistant turns (README).
 check-trainers: $(STAMP)
 	$(PY) -m trainers.check $(if $(OUT),--out $(OUT)) $(CHECK_TRAINERS_ARGS)
+
+# The training shards of OUT=run_dir loaded by datasets 2.21, 3.2 and the current release.
+check-datasets: $(STAMP)
+	$(PY) -m trainers.datasets_versions $(or $(OUT),runs/default)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

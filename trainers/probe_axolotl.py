@@ -16,8 +16,8 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from expect import compare, decode_spans, trained_turns  # noqa: E402
-from tokenizer import build, tiny_model  # noqa: E402
+from expect import compare, decode_spans, trained_turns
+from tokenizer import build, tiny_model
 
 DATASET = {
     "type": "chat_template",

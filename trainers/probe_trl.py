@@ -14,8 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from expect import compare, decode_spans, trained_turns  # noqa: E402
-from tokenizer import build, tiny_model  # noqa: E402
+from expect import compare, decode_spans, trained_turns
+from tokenizer import build, tiny_model
 
 
 class Collect(logging.Handler):
