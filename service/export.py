@@ -35,7 +35,7 @@ import orjson
 
 from service.rundir import storage_error
 from service.store import Store
-from workers.prompts import render
+from workers.prompts import agent_view, render
 from workers.sample import SampleJob
 
 FLAGS = ("parameter_error", "place_error", "logic_error")
@@ -66,22 +66,8 @@ def to_messages(
     """SPEC §5 chat messages, every one with its `train` flag (true only on trained assistant
     messages). They end on the final assistant message (the successful action): the final
     observation is in the trajectory of the audit record, not in the training messages."""
-    environment = {k: v for k, v in script["Environment"].items() if "hidden" not in k.lower()}
-    actions = "\n".join(
-        f"- {template}: {spec.get('description', '')}"
-        for template, spec in script["Available Actions"].items()
-    )
     messages: list[dict[str, Any]] = [
-        {
-            "role": "system",
-            "content": render(
-                "sample_system",
-                environment=orjson.dumps(environment, option=orjson.OPT_INDENT_2).decode(),
-                goal=script["Goal"],
-                actions=actions,
-            ),
-            "train": False,
-        },
+        {"role": "system", "content": agent_view(script), "train": False},
         {"role": "user", "content": render("sample_user", goal=script["Goal"]), "train": False},
     ]
     for player, dm, train in zip(turns[0::2], turns[1::2], train_flags(turns, mask), strict=True):
@@ -114,7 +100,7 @@ def to_sharegpt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"from": names[m["role"]], "value": m["content"], "loss": m["train"]} for m in messages]
 
 
-def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
+def accepted_record(job: SampleJob, sharegpt: bool, refinement_data: bool = True) -> dict[str, Any]:
     assert job.script is not None and job.trajectory is not None
     messages = to_messages(job.script, job.trajectory)
     record: dict[str, Any] = {
@@ -127,6 +113,8 @@ def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
     if sharegpt:
         record["conversations"] = to_sharegpt(messages)
     record["meta"] = {**_meta(job), "error_refine_turns": job.error_refine_turns}
+    if not refinement_data:
+        record["meta"]["refinement_data"] = False  # the "w/o refinement data" ablation
     return record
 
 

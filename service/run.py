@@ -204,7 +204,10 @@ class Run:
                         _in_log_context(
                             "trajectory",
                             TrajectoryStage(
-                                trajectory_client, config.stages.trajectory, config.stages.script.attempts
+                                trajectory_client,
+                                config.stages.trajectory,
+                                config.stages.script.attempts,
+                                config.run.refinement_data,
                             ),
                         ),
                         config.stages.trajectory.concurrency,
@@ -333,7 +336,7 @@ class Run:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
             return
-        record = accepted_record(job, self.config.run.sharegpt)
+        record = accepted_record(job, self.config.run.sharegpt, self.config.run.refinement_data)
         if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
             self.metrics.sample_finished("surplus")
             return

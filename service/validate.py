@@ -38,7 +38,10 @@ def validate_record(record: dict[str, Any]) -> list[str]:
     script = check_script(orjson.dumps(record.get("script")).decode())
     if not script.ok:
         return [f"{sid}: script fails {script.failure.rule}: {script.failure.message}"]
-    trajectory = check_trajectory(orjson.dumps(record.get("trajectory")).decode(), script.actions)
+    refinement = record.get("meta", {}).get("refinement_data", True)
+    trajectory = check_trajectory(
+        orjson.dumps(record.get("trajectory")).decode(), script.actions, refinement=refinement
+    )
     if not trajectory.ok:
         return [f"{sid}: trajectory fails {trajectory.failure.rule}: {trajectory.failure.message}"]
     problems = []

@@ -24,6 +24,9 @@ from simulator.content.scriptmodel import parse_script
 from simulator.content.trajectories import build
 from simulator.server import start
 from simulator.settings import SimSettings
+from workers.rules import Failure
+from workers.script import script_messages
+from workers.trajectory import Game, continue_messages, fresh_messages
 
 PROMPTS = Path(__file__).resolve().parents[1] / "workers" / "prompts"
 FLAGS = ("parameter_error", "place_error", "logic_error")
@@ -60,23 +63,16 @@ def script_request(persona: str, seed: int = 1) -> dict[str, Any]:
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("script_system.md")},
-            {"role": "user", "content": prompt("script_user.md", persona=persona)},
-        ],
+        "messages": script_messages(persona, None),
     }
 
 
-def trajectory_request(script: dict[str, Any], seed: int = 1) -> dict[str, Any]:
-    text = orjson.dumps(script, option=orjson.OPT_INDENT_2).decode()
+def trajectory_request(script: dict[str, Any], seed: int = 1, refinement: bool = True) -> dict[str, Any]:
     return {
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("trajectory_system.md")},
-            {"role": "user", "content": prompt("trajectory_user.md", script=text)},
-        ],
+        "messages": fresh_messages(Game(script, refinement), None),
     }
 
 
@@ -84,23 +80,12 @@ def continuation_request(
     script: dict[str, Any], prefix: list[dict[str, Any]], seed: int = 1
 ) -> dict[str, Any]:
     last = prefix[-1]["turn"]
-    user = prompt(
-        "trajectory_continue.md",
-        script=orjson.dumps(script).decode(),
-        last_turn=last,
-        prefix=orjson.dumps(prefix, option=orjson.OPT_INDENT_2).decode(),
-        next_turn=last + 1,
-        rule="T5",
-        message=f"turn {last + 1}: the DM flagged a valid action",
-    )
+    failure = Failure("T5", f"turn {last + 1}: the DM flagged a valid action", last + 1)
     return {
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("trajectory_system.md")},
-            {"role": "user", "content": user},
-        ],
+        "messages": continue_messages(Game(script, True), prefix, [failure]),
     }
 
 
@@ -165,7 +150,7 @@ def script_failures(text: str) -> set[str]:
             continue
         try:
             pattern = re2.compile(spec["verification code"], _RE2_OPTIONS)
-        except re2.error:
+        except (re2.error, KeyError):
             fails.add("S5")
             continue
         if pattern.groups != len(names):
@@ -451,7 +436,7 @@ def test_flaw_rates_and_retry_factor() -> None:
         "messages": [
             *body["messages"],
             {"role": "assistant", "content": "{}"},
-            {"role": "user", "content": prompt("script_feedback.md", rule="S2", message="x")},
+            {"role": "user", "content": prompt("script_feedback.md", problems="- S2: x")},
         ],
     }
     assert generate(retry, SimSettings.from_dict(CLEAN)).task == "script"

@@ -478,6 +478,9 @@ def is_valid_action(command: str, actions: Sequence[Action]) -> bool:
 
 def _invalid_reason(command: str, actions: Sequence[Action]) -> str:
     """Why an invalid command is invalid, for feedback."""
+    parts = [part.strip() for part in _COMMAND_SPLIT.split(command) if part.strip()]
+    if len(parts) > 1 and any(is_valid_action(part, actions) for part in parts):
+        return f"it is {len(parts)} actions in one ({_show_all(parts)}); one action per Player turn"
     for action in actions:
         match = action.pattern.fullmatch(command)
         if match is None:
@@ -490,14 +493,12 @@ def _invalid_reason(command: str, actions: Sequence[Action]) -> str:
                     f"it matches {_show(action.template)} but {_show(value)} is not an allowed value "
                     f"of {_show(placeholder)}"
                 )
-    parts = [part for part in _COMMAND_SPLIT.split(command) if part.strip()]
-    if len(parts) > 1 and sum(is_valid_action(part.strip(), actions) for part in parts) >= 1:
-        shown = _show_all([part.strip() for part in parts])
-        return f"it is {len(parts)} actions in one ({shown}); one action per Player turn"
     return "it matches no available action"
 
 
-def check_trajectory(text: str, actions: Sequence[Action], prefix: Sequence[dict] = ()) -> TrajectoryVerdict:
+def check_trajectory(
+    text: str, actions: Sequence[Action], prefix: Sequence[dict] = (), refinement: bool = True
+) -> TrajectoryVerdict:
     """Check a raw trajectory reply against T1-T8 (SPEC §4).
 
     With ``prefix`` (a continuation), the new turns are joined to it: appended when they are
@@ -507,6 +508,8 @@ def check_trajectory(text: str, actions: Sequence[Action], prefix: Sequence[dict
     problem is reported, the earliest first: each turn's own problem (turn checks stop at a
     T3 problem, after which roles and numbers no longer line up), a T1 parse problem, then the
     whole-trajectory rules T3 (last turn), T6 and T7 unless the turns are out of order or cut.
+    ``refinement=False`` is the paper's "w/o refinement data" ablation: T6 inverted, no turn
+    may carry an error flag.
     """
     new, parse_problem = _parse_turns(text)
     turns = _join(list(prefix), new)
@@ -514,7 +517,7 @@ def check_trajectory(text: str, actions: Sequence[Action], prefix: Sequence[dict
     if parse_problem is not None:
         failures.append(Failure("T1", parse_problem, len(turns) + 1))
     if not any(f.rule in {"T1", "T3"} for f in failures):
-        failures += _whole_failures(turns, actions, {f.turn for f in failures if f.rule == "T2"})
+        failures += _whole_failures(turns, actions, {f.turn for f in failures if f.rule == "T2"}, refinement)
     failures = failures[:MAX_FAILURES]
     failure = failures[0] if failures else None
     if failure is not None and failure.rule not in {"T6", "T7"}:
@@ -653,14 +656,17 @@ def _flag_failure(position: int, player: dict, dm: dict, actions: Sequence[Actio
     return None
 
 
-def _whole_failures(turns: list[dict], actions: Sequence[Action], broken: set[int | None]) -> list[Failure]:
+def _whole_failures(
+    turns: list[dict], actions: Sequence[Action], broken: set[int | None], refinement: bool = True
+) -> list[Failure]:
     """T3 (ends with a DM turn), T6 (error-refine turns), T7 (ends in success), over turns in order."""
     if not turns:
         return [
             Failure("T3", "trajectory has no turns; it starts with a Player turn and ends with a DM turn", 1)
         ]
     failures = []
-    if turns[-1]["role"] != "DM":
+    ends_on_player = len(turns) not in broken and turns[-1]["role"] != "DM"
+    if ends_on_player:
         failures.append(
             Failure(
                 "T3",
@@ -670,9 +676,18 @@ def _whole_failures(turns: list[dict], actions: Sequence[Action], broken: set[in
             )
         )
     refined = _error_refine_positions(turns)
-    if len(refined) < MIN_ERROR_REFINE_TURNS:
+    if refinement and len(refined) < MIN_ERROR_REFINE_TURNS:
         failures.append(Failure("T6", _t6_message(refined)))
-    if failures or len(turns) - 1 in broken or len(turns) in broken:
+    errors = [n for n, turn in enumerate(turns, 1) if _is_error_turn(turn)]
+    if not refinement and errors:
+        failures.append(
+            Failure(
+                "T6",
+                f"DM turn(s) {errors} set an error flag; in this mode the Player makes no mistakes: "
+                "every action is correct and no DM turn sets a flag",
+            )
+        )
+    if ends_on_player or len(turns) < 2 or {len(turns) - 1, len(turns)} & broken:
         return failures
     last_player, last_dm = turns[-2], turns[-1]
     if not is_valid_action(last_player["Action"], actions):
@@ -705,6 +720,11 @@ def _t6_message(refined: list[int]) -> str:
     )
 
 
+def _is_error_turn(turn: object) -> bool:
+    """A DM turn with any flag true."""
+    return isinstance(turn, dict) and turn.get("role") == "DM" and any(turn.get(f) is True for f in FLAGS)
+
+
 def _error_refine_positions(turns: list) -> list[int]:
     """Positions of error turns (DM, any flag true) that a later DM turn without flags follows."""
     refined: list[int] = []
@@ -712,7 +732,7 @@ def _error_refine_positions(turns: list) -> list[int]:
     for position, turn in enumerate(turns, start=1):
         if not (isinstance(turn, dict) and turn.get("role") == "DM"):
             continue
-        if any(turn.get(flag) is True for flag in FLAGS):
+        if _is_error_turn(turn):
             pending.append(position)
         else:
             refined.extend(pending)
