@@ -19,6 +19,7 @@ from pathlib import Path
 import uvloop
 
 from metrics.report import write_report
+from service.card import write_card
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     check = sub.add_parser("validate", help="check a run directory's samples against the data contract")
     check.add_argument("out", help="run directory")
-    report = sub.add_parser("report", help="write OUT/report.md and OUT/report/*.png from a run's store")
+    report = sub.add_parser("report", help="write OUT/report.md, OUT/report/*.png and the card OUT/README.md")
     report.add_argument("out", help="run directory")
     export = sub.add_parser("export", help="write a run's samples for a trainer (OUT/export/FORMAT[-MASK])")
     export.add_argument("out", help="run directory")
@@ -114,6 +115,7 @@ def _report(out: str) -> int:
     store = Store(database)
     try:
         print(write_report(store, Path(out)))
+        print(write_card(store, Path(out), store.get_meta("license") or "apache-2.0"))
     finally:
         store.close()
     return 0

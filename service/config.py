@@ -127,6 +127,7 @@ class Run:
     shard_size: int = 10000
     sharegpt: bool = False
     refinement_data: bool = True  # false: the paper's "w/o refinement data" ablation (no mistakes)
+    license: str = "apache-2.0"  # the dataset card's license id (what your generator's terms allow)
     progress_interval_s: float = 0.5
     stop_grace_s: float = 30.0  # after SIGINT/SIGTERM, wait this long for requests in flight
     max_cost_usd: float | None = None  # stop cleanly once the whole run has spent this much

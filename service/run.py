@@ -39,6 +39,7 @@ from metrics.stats import RunStats
 from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
+from service.card import write_card
 from service.config import Config, ConfigError, Stage
 from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
@@ -113,6 +114,8 @@ class Run:
             summary = build_summary(store, self.stats, self.config, reason)
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             self.metrics.write(self.out / "metrics.prom")
+            store.set_meta("license", self.config.run.license)
+            write_card(store, self.out, self.config.run.license)
             if self.config.run.report:
                 write_report(store, self.out)
             log.info("run_finished", **{k: v for k, v in summary.items() if not isinstance(v, dict)})

@@ -24,7 +24,8 @@ from simulator.content.scriptmodel import parse_script
 from simulator.content.trajectories import build
 from simulator.server import start
 from simulator.settings import SimSettings
-from workers.rules import Failure
+from workers.prompts import example
+from workers.rules import Failure, check_script, check_trajectory
 from workers.script import script_messages
 from workers.trajectory import Game, continue_messages, fresh_messages
 
@@ -485,3 +486,21 @@ def test_persona_expansion_is_diverse() -> None:
         frontier = nxt
     assert len(pool) == 12 * 5 + 60 * 5 + 300 * 5
     assert len(set(pool)) >= 0.99 * len(pool)
+
+
+def test_no_mistakes_mode_answers_without_mistakes_and_its_t6_flaw_adds_some() -> None:
+    """The "w/o refinement data" prompt: correct answers have no flagged turn (inverted T6
+    passes); the T6 flaw of this mode is a mistake, which the inverted T6 refuses."""
+    script = parse_script(example("script"))
+    actions = check_script(example("script")).actions
+    clean, flawed = SimSettings.from_dict(CLEAN), SimSettings.from_dict(FLAWED)
+    kinds: Counter[str] = Counter()
+    for seed in range(60):
+        request = trajectory_request(orjson.loads(example("script")), seed, refinement=False)
+        good = generate(request, clean)
+        assert check_trajectory(good.content, actions, refinement=False).ok
+        bad = generate(request, flawed)
+        verdict = check_trajectory(bad.content, actions, refinement=False)
+        assert not verdict.ok and bad.flaw in {f.rule for f in verdict.failures}
+        kinds[bad.flaw] += 1
+    assert "T6" in kinds and "T7" not in kinds and script is not None
