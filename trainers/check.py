@@ -6,7 +6,9 @@ requirements are unchanged) with the trainer from pip and `torch==2.13.0` (the C
 disk); a small byte-level BPE tokenizer trained here on the exported text (no hub); then the
 trainer's OWN data loading and tokenization (`probe_NAME.py`) on the samples of a run, in the
 form `agentrefine export --format NAME` writes. The probe compares every trained label span
-with the trained assistant messages of the training shards and reports drops and warnings.
+with the trained assistant messages of the training shards and reports drops and warnings. A
+control run feeds the same probe the `erroneous-loss` export (every assistant turn trained):
+the comparison must then fail for every sample, or the check itself proves nothing.
 
 Usage: python -m trainers.check [--out RUN_DIR] [--n 50] [--trainers axolotl,trl,llamafactory]
 Without --out it makes a run of N samples on the embedded endpoint first.
@@ -176,12 +178,23 @@ def main(argv: list[str] | None = None) -> int:
                 failed = True
                 continue
             problems = verdict(report, exported.samples, exported.rows)
+            # control: the same check on the every-turn-trained export must flag every sample
+            control_dir = Path(tmp) / f"{name}-control"
+            control_export = export_run(out, trainer.export, "erroneous-loss", dest=control_dir)
+            (control_dir / "work").mkdir()
+            control = probe(trainer, venv, control_export.directory, out, control_dir / "work")
+            if len(control["problems"]) != exported.samples:
+                problems.append(
+                    f"control: the erroneous-loss export should mismatch in all {exported.samples} samples, "
+                    f"the check flagged {len(control['problems'])}"
+                )
             failed |= bool(problems)
             print(
                 f"{name}: {report['trainer']} (datasets {report['datasets']}): {exported.samples} samples in "
                 f"{exported.rows} rows, {report['rows_out']} rows tokenized, trained tokens = the "
                 f"train:true assistant turns in {report['samples'] - len(report['problems'])} of "
-                f"{exported.samples} samples; " + ("OK" if not problems else f"{len(problems)} PROBLEMS")
+                f"{exported.samples} samples (control: masked turns caught in {len(control['problems'])}); "
+                + ("OK" if not problems else f"{len(problems)} PROBLEMS")
             )
             for line in problems[:10]:
                 print(f"  - {line}")

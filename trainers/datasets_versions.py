@@ -1,7 +1,8 @@
 """`make check-datasets OUT=run_dir`: do the run's training shards load in `datasets` 2.21,
 3.2 and the current release? Each version goes into its own throw-away venv
 (`.trainer-venvs/datasets-VERSION`) and loads `train-*.jsonl` with `load_dataset("json")`, as
-a trainer does; the audit records (`samples-*.jsonl`) are loaded too, for comparison: their
+a trainer does, and the run directory itself (`load_dataset(OUT)`, which reads the dataset
+card's `configs`); the audit records (`samples-*.jsonl`) are loaded too, for comparison: their
 script and meta objects have keys that differ per sample.
 
 Usage: python -m trainers.datasets_versions OUT [--versions 2.21.0,3.2.0,current]
@@ -29,7 +30,12 @@ for name, pattern in (("train", "train-[0-9]*.jsonl"), ("audit", "samples-[0-9]*
         ds = datasets.load_dataset("json", data_files=files, split="train")
         out[name] = {"rows": len(ds), "features": str(ds.features)[:300]}
     except Exception as exc:
-        out[name] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        cause = exc.__cause__ or exc
+        out[name] = {"error": f"{type(cause).__name__}: {str(cause).splitlines()[0][:200]}"}
+try:  # the run directory itself: its README.md names train-* as the default config
+    out["directory"] = {"rows": len(datasets.load_dataset(sys.argv[1], split="train"))}
+except Exception as exc:
+    out["directory"] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
 print(json.dumps(out))
 """
 
@@ -73,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             failed = True
             continue
         result = json.loads(run.stdout.strip().splitlines()[-1])
-        train, audit = result["train"], result["audit"]
-        ok = train.get("rows") == lines
+        train, audit, directory = result["train"], result["audit"], result["directory"]
+        ok = train.get("rows") == lines and directory.get("rows") == lines
         failed |= not ok
         print(
             f"datasets {result['datasets']}: training shards "
@@ -84,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 else train["error"]
             )
             + ("" if ok else "  <-- FAILED")
+        )
+        print(
+            f"    load_dataset({str(args.out)!r}) (the card's default config): "
+            + (f"{directory['rows']} rows" if "rows" in directory else directory["error"])
         )
         print(
             "    audit records (samples-*, not for training): "

@@ -4,6 +4,10 @@ nothing else. Compares the label spans a trainer produced with the training shar
 from __future__ import annotations
 
 import json
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 IGNORE = -100
@@ -50,3 +54,42 @@ def compare(tokenizer, got: dict[str, list[str]], want: dict[str, list[str]], su
 
 def decode_spans(tokenizer, labels: list[int]) -> list[str]:
     return [tokenizer.decode(span) for span in spans(labels)]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, into: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append(f"{record.name}: {record.getMessage()[:300]}")
+
+
+@contextmanager
+def warnings_logged(*loggers: str) -> Iterator[list[str]]:
+    """Every warning logged (root and `loggers`) or raised with `warnings` inside the block."""
+    messages: list[str] = []
+    handler = _Collect(messages)
+    for name in ("", *loggers):
+        logging.getLogger(name).addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield messages
+    messages += [str(w.message)[:300] for w in caught]
+
+
+def report(
+    trainer: str, tokenizer, shards: Path, rows_in: int, rows_out: int, got: dict, suffix: str, warned: list
+) -> dict:
+    """The probe's one-line result: rows, samples, mask problems and warnings."""
+    import datasets
+
+    return {
+        "trainer": trainer,
+        "datasets": datasets.__version__,
+        "rows_in": rows_in,
+        "rows_out": rows_out,
+        "samples": len(got),
+        "problems": compare(tokenizer, got, trained_turns(shards), suffix),
+        "warnings": warned,
+    }

@@ -8,15 +8,13 @@ Prints one JSON line: rows, samples, problems (mask mismatches, drops), warnings
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import warnings
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
-from expect import compare, decode_spans, trained_turns
+from expect import decode_spans, report, warnings_logged
 from tokenizer import build, tiny_model
 
 DATASET = {
@@ -28,18 +26,8 @@ DATASET = {
 }
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()[:300]}")
-
-
 def main(export: Path, shards: Path, work: Path) -> dict:
     import axolotl
-    import datasets
     from axolotl.cli.config import load_cfg
     from axolotl.common.datasets import load_datasets
 
@@ -70,25 +58,21 @@ def main(export: Path, shards: Path, work: Path) -> dict:
     }
     path = work / "axolotl.yml"
     path.write_text(yaml.safe_dump(config))
-    collect = Collect()
-    logging.getLogger().addHandler(collect)
-    for name in ("axolotl", "transformers", "datasets"):
-        logging.getLogger(name).addHandler(collect)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_logged("axolotl", "transformers", "datasets") as warned:
         cfg = load_cfg(str(path))
         prepared = load_datasets(cfg=cfg).train_dataset
     ids = [json.loads(line)["id"] for f in files for line in Path(f).read_text().splitlines()]
     got = {sid: decode_spans(tokenizer, labels) for sid, labels in zip(ids, prepared["labels"], strict=False)}
-    return {
-        "trainer": f"axolotl {axolotl.__version__}",
-        "datasets": datasets.__version__,
-        "rows_in": len(ids),
-        "rows_out": len(prepared),
-        "samples": len(got),
-        "problems": compare(tokenizer, got, trained_turns(shards), suffix="<|im_end|>"),
-        "warnings": collect.messages + [str(w.message)[:300] for w in caught],
-    }
+    return report(
+        f"axolotl {axolotl.__version__}",
+        tokenizer,
+        shards,
+        len(ids),
+        len(prepared),
+        got,
+        "<|im_end|>",
+        warned,
+    )
 
 
 if __name__ == "__main__":

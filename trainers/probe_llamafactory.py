@@ -9,28 +9,16 @@ Prints one JSON line: rows, samples, problems (mask mismatches, drops), warnings
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from expect import compare, decode_spans, trained_turns
+from expect import decode_spans, report, warnings_logged
 from tokenizer import build, tiny_model
 
 
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()[:300]}")
-
-
 def main(export: Path, shards: Path, work: Path) -> dict:
-    import datasets
     import llamafactory
     from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
     from llamafactory.hparams import get_train_args
@@ -38,12 +26,7 @@ def main(export: Path, shards: Path, work: Path) -> dict:
 
     tokenizer = build(shards, work / "model")
     tiny_model(tokenizer, work / "model")
-    collect = Collect()
-    logging.getLogger().addHandler(collect)
-    for name in ("llamafactory", "transformers", "datasets"):
-        logging.getLogger(name).addHandler(collect)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_logged("llamafactory", "transformers", "datasets") as warned:
         model_args, data_args, training_args, _, _ = get_train_args(
             {
                 "stage": "sft",
@@ -73,15 +56,8 @@ def main(export: Path, shards: Path, work: Path) -> dict:
     got: dict[str, list[str]] = defaultdict(list)
     for row_id, labels in zip(ids, prepared["labels"], strict=False):
         got[row_id.split(":")[0]] += decode_spans(tokenizer, labels)
-    return {
-        "trainer": f"llamafactory {llamafactory.__version__}",
-        "datasets": datasets.__version__,
-        "rows_in": len(ids),
-        "rows_out": len(prepared),
-        "samples": len(got),
-        "problems": compare(tokenizer, got, trained_turns(shards), suffix="<|im_end|>\n"),
-        "warnings": collect.messages + [str(w.message)[:300] for w in caught],
-    }
+    version = f"llamafactory {llamafactory.__version__}"
+    return report(version, tokenizer, shards, len(ids), len(prepared), got, "<|im_end|>\n", warned)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,13 @@ Prints one JSON line: rows, samples, problems (mask mismatches, drops), warnings
 from __future__ import annotations
 
 import json
-import logging
 import sys
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from expect import compare, decode_spans, trained_turns
+from expect import decode_spans, report, warnings_logged
 from tokenizer import build, tiny_model
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(f"{record.name}: {record.getMessage()[:300]}")
 
 
 def main(export: Path, shards: Path, work: Path) -> dict:
@@ -37,12 +26,7 @@ def main(export: Path, shards: Path, work: Path) -> dict:
     rows = datasets.load_dataset("json", data_files=sorted(str(p) for p in export.glob("train-*.jsonl")))[
         "train"
     ]
-    collect = Collect()
-    logging.getLogger().addHandler(collect)
-    for name in ("trl", "transformers", "datasets"):
-        logging.getLogger(name).addHandler(collect)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with warnings_logged("trl", "transformers", "datasets") as warned:
         args = SFTConfig(
             output_dir=str(work / "out"), max_length=None, report_to=[], use_cpu=True, bf16=False
         )
@@ -51,16 +35,9 @@ def main(export: Path, shards: Path, work: Path) -> dict:
     got: dict[str, list[str]] = defaultdict(list)
     for row_id, labels in zip(rows["id"], prepared["labels"], strict=True):
         got[row_id.split(":")[0]] += decode_spans(tokenizer, labels)
-    want = trained_turns(shards)
-    return {
-        "trainer": f"trl {trl.__version__}",
-        "datasets": datasets.__version__,
-        "rows_in": len(rows),
-        "rows_out": len(prepared),
-        "samples": len(got),
-        "problems": compare(tokenizer, got, want, suffix="<|im_end|>\n"),
-        "warnings": collect.messages + [str(w.message)[:300] for w in caught],
-    }
+    return report(
+        f"trl {trl.__version__}", tokenizer, shards, len(rows), len(prepared), got, "<|im_end|>\n", warned
+    )
 
 
 if __name__ == "__main__":
