@@ -2,7 +2,9 @@
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
 # and `make bench` prints the benchmark figures (SECTIONS="..." to pick some);
-# `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm.
+# `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm;
+# `make check-trainers` / `make check-datasets OUT=dir`: the export against real trainers and
+# datasets versions (each installed into its own throw-away venv; not part of `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
