@@ -56,6 +56,12 @@ def test_type_specs_instead_of_value_lists() -> None:
         for name in spec["parameters"]:
             assert f'action "{template}": "{name}" must be a non-empty list of the allowed values' in text
     assert text.count('got ["string", 1] (a type description, not values') == 5
+    # numbers are not a type spec: the message asks for strings without the type hint
+    numbers = script_with(
+        lambda s: s["Available Actions"]["go to {place}"]["parameters"].update(place=[1, 2])
+    )
+    rules, text = problems(numbers)
+    assert rules == ["S4"] and "got [1, 2]" in text and "type description" not in text
 
 
 def test_several_problems_of_one_script_are_all_named() -> None:

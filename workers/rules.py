@@ -395,9 +395,7 @@ _TYPE_NAMES = frozenset(
 def _type_spec_hint(values: object) -> str:
     """A hint when a value list describes a type (``["string", 1]``) instead of listing values."""
     items = values if isinstance(values, list) else [values]
-    if any(isinstance(v, str) and v.lower() in _TYPE_NAMES for v in items) or any(
-        isinstance(v, int | float) for v in items
-    ):
+    if any(isinstance(v, str) and v.lower() in _TYPE_NAMES for v in items):
         return (
             " (a type description, not values: list the exact values a player may type, "
             'e.g. ["kitchen", "hall"])'
