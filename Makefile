@@ -2,7 +2,9 @@
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
 # and `make bench` prints the benchmark figures (SECTIONS="..." to pick some);
-# `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm.
+# `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm;
+# `make check-trainers` / `make check-datasets OUT=dir`: the export against real trainers and
+# datasets versions (each installed into its own throw-away venv; not part of `make test`).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,7 +20,7 @@ CHAOS_ARGS ?=
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
 
-.PHONY: run test bench chaos lint format clean
+.PHONY: run test bench chaos lint format clean check-trainers check-datasets
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +39,15 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(CHAOS_ARGS)
+
+# Each trainer from pip in its own throw-away venv (.trainer-venvs/), its own data code on 50
+# exported samples (or OUT=run_dir): trained tokens = the train:true assistant turns (README).
+check-trainers: $(STAMP)
+	$(PY) -m trainers.check $(if $(OUT),--out $(OUT)) $(CHECK_TRAINERS_ARGS)
+
+# The training shards of OUT=run_dir loaded by datasets 2.21, 3.2 and the current release.
+check-datasets: $(STAMP)
+	$(PY) -m trainers.datasets_versions $(or $(OUT),runs/default)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,7 @@
 """Command line: `agentrefine run` (also `python -m service run`).
 
-`agentrefine report OUT` writes a run's report (also written at the end of every run).
+`agentrefine report OUT` writes a run's report (also written at the end of every run);
+`agentrefine export OUT --format F [--mask M]` writes its samples for a trainer.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
 error (configuration, input, endpoint refusal or outage, run directory) is one line on
@@ -18,7 +19,10 @@ from pathlib import Path
 import uvloop
 
 from metrics.report import write_report
+from service.card import write_card
 from service.config import ConfigError, load_config
+from service.export import MASKS
+from service.formats import FORMATS, main_export
 from service.personas import PersonaInputError
 from service.run import INTERRUPTED, Run, install_signal_handlers
 from service.rundir import RunDirectoryBusy, RunDirectoryError
@@ -42,8 +46,12 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     check = sub.add_parser("validate", help="check a run directory's samples against the data contract")
     check.add_argument("out", help="run directory")
-    report = sub.add_parser("report", help="write OUT/report.md and OUT/report/*.png from a run's store")
+    report = sub.add_parser("report", help="write OUT/report.md, OUT/report/*.png and the card OUT/README.md")
     report.add_argument("out", help="run directory")
+    export = sub.add_parser("export", help="write a run's samples for a trainer (OUT/export/FORMAT[-MASK])")
+    export.add_argument("out", help="run directory")
+    export.add_argument("--format", required=True, choices=FORMATS, help="the trainer's form (README)")
+    export.add_argument("--mask", default="paper", choices=MASKS, help="loss mask (paper Table 2 ablations)")
     return p
 
 
@@ -53,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.out)
     if args.command == "report":
         return _report(args.out)
+    if args.command == "export":
+        return main_export(args.out, args.format, args.mask)
     overrides = list(args.set)
     for key, value in (
         ("run.n", args.n),
@@ -105,6 +115,7 @@ def _report(out: str) -> int:
     store = Store(database)
     try:
         print(write_report(store, Path(out)))
+        print(write_card(store, Path(out), store.get_meta("license") or "apache-2.0"))
     finally:
         store.close()
     return 0

@@ -105,8 +105,8 @@ class Stage:
 @dataclass(frozen=True)
 class Stages:
     personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024, concurrency=4))
-    script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=4096, attempts=2))
-    trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=8192, attempts=3))
+    script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=12288, attempts=2))
+    trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=12288, attempts=3))
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,8 @@ class Run:
     max_in_flight: int = 96
     shard_size: int = 10000
     sharegpt: bool = False
+    refinement_data: bool = True  # false: the paper's "w/o refinement data" ablation (no mistakes)
+    license: str = "apache-2.0"  # the dataset card's license id (what your generator's terms allow)
     progress_interval_s: float = 0.5
     stop_grace_s: float = 30.0  # after SIGINT/SIGTERM, wait this long for requests in flight
     max_cost_usd: float | None = None  # stop cleanly once the whole run has spent this much

@@ -6,10 +6,17 @@ hidden information), the Goal and the action templates with their descriptions (
 patterns); the user message states the task; each Player turn becomes an assistant
 message "Thought: ...\\nAction: ..." and each DM observation a user message
 "Observation: ...". An assistant message whose DM reply carries any error flag gets
-`"train": false` (erroneous loss masking); every other assistant message `"train": true`.
+`"train": false` (erroneous loss masking); every other assistant message `"train": true`,
+and system and user messages `"train": false`. The messages end on the final assistant
+message (the successful action), so no trainer sees an untrainable last turn.
 
 Files (all derived from the store, so they can always be repaired or rebuilt):
-- `samples-00000.jsonl`, ... accepted records in acceptance order, `shard_size` per file;
+- `samples-00000.jsonl`, ... the accepted (audit) records in acceptance order, `shard_size`
+  per file: persona, script, trajectory, messages and meta (usage, cost, every attempt);
+- `train-00000.jsonl`, ... the training shards, line for line the same samples in one fixed
+  schema (`id`, `persona`, `messages` with `train` flags) that every `datasets` version from
+  2.21 on loads; the trainer-specific forms and the ablation masks are written on demand by
+  `agentrefine export` (`service/formats.py`);
 - `rejects.jsonl`: dropped samples and rejected personas with their rule id / reason.
 The store commits first and the files are appended second, so on start
 `OutputWriter.sync()` reconciles both directions: it drops a torn last line (a kill
@@ -20,6 +27,7 @@ write raises `RunDirectoryError` naming the file.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,53 +35,72 @@ import orjson
 
 from service.rundir import storage_error
 from service.store import Store
-from workers.prompts import render
+from workers.prompts import agent_view, render
 from workers.sample import SampleJob
 
 FLAGS = ("parameter_error", "place_error", "logic_error")
+MASKS = ("paper", "no-refinement-loss", "erroneous-loss")
+"""Loss masks (SPEC §5, paper Table 2): `paper` masks the erroneous assistant turns;
+`no-refinement-loss` also masks the refinement turns (the correction right after an error);
+`erroneous-loss` trains every assistant turn."""
 
 
-def to_messages(script: dict[str, Any], turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """SPEC §5 chat messages with per-assistant-message `train` flags."""
-    environment = {k: v for k, v in script["Environment"].items() if "hidden" not in k.lower()}
-    actions = "\n".join(
-        f"- {template}: {spec.get('description', '')}"
-        for template, spec in script["Available Actions"].items()
-    )
+def train_flags(turns: list[dict[str, Any]], mask: str = "paper") -> list[bool]:
+    """The `train` flag of each Player turn's assistant message under `mask`."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; one of {', '.join(MASKS)}")
+    erroneous = [any(dm[flag] for flag in FLAGS) for dm in turns[1::2]]
+    if mask == "erroneous-loss":
+        return [True] * len(erroneous)
+    flags = [not wrong for wrong in erroneous]
+    if mask == "no-refinement-loss":
+        for i in range(1, len(flags)):
+            if erroneous[i - 1]:
+                flags[i] = False
+    return flags
+
+
+def to_messages(
+    script: dict[str, Any], turns: list[dict[str, Any]], mask: str = "paper"
+) -> list[dict[str, Any]]:
+    """SPEC §5 chat messages, every one with its `train` flag (true only on trained assistant
+    messages). They end on the final assistant message (the successful action): the final
+    observation is in the trajectory of the audit record, not in the training messages."""
     messages: list[dict[str, Any]] = [
-        {
-            "role": "system",
-            "content": render(
-                "sample_system",
-                environment=orjson.dumps(environment, option=orjson.OPT_INDENT_2).decode(),
-                goal=script["Goal"],
-                actions=actions,
-            ),
-        },
-        {"role": "user", "content": render("sample_user", goal=script["Goal"])},
+        {"role": "system", "content": agent_view(script), "train": False},
+        {"role": "user", "content": render("sample_user", goal=script["Goal"]), "train": False},
     ]
-    for player, dm in zip(turns[0::2], turns[1::2], strict=True):
-        erroneous = any(dm[flag] for flag in FLAGS)
+    for player, dm, train in zip(turns[0::2], turns[1::2], train_flags(turns, mask), strict=True):
         messages.append(
             {
                 "role": "assistant",
                 "content": f"Thought: {player['Thought']}\nAction: {player['Action']}",
-                "train": not erroneous,
+                "train": train,
             }
         )
-        messages.append({"role": "user", "content": f"Observation: {dm['Observation']}"})
+        messages.append({"role": "user", "content": f"Observation: {dm['Observation']}", "train": False})
+    messages.pop()  # the final observation: kept in the audit record's trajectory
     return messages
+
+
+def training_record(record: dict[str, Any], mask: str = "paper") -> dict[str, Any]:
+    """The fixed-schema training line of an accepted (audit) record: `id`, `persona` and the
+    `messages` with their `train` flags. Everything whose keys vary per sample (script,
+    trajectory, meta) stays in the audit record, so every shard loads in any `datasets`."""
+    return {
+        "id": record["id"],
+        "persona": record["persona"],
+        "messages": to_messages(record["script"], record["trajectory"], mask),
+    }
 
 
 def to_sharegpt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The ShareGPT variant: from/value/loss."""
     names = {"system": "system", "user": "human", "assistant": "gpt"}
-    return [
-        {"from": names[m["role"]], "value": m["content"], "loss": m.get("train", False)} for m in messages
-    ]
+    return [{"from": names[m["role"]], "value": m["content"], "loss": m["train"]} for m in messages]
 
 
-def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
+def accepted_record(job: SampleJob, sharegpt: bool, refinement_data: bool = True) -> dict[str, Any]:
     assert job.script is not None and job.trajectory is not None
     messages = to_messages(job.script, job.trajectory)
     record: dict[str, Any] = {
@@ -86,6 +113,8 @@ def accepted_record(job: SampleJob, sharegpt: bool) -> dict[str, Any]:
     if sharegpt:
         record["conversations"] = to_sharegpt(messages)
     record["meta"] = {**_meta(job), "error_refine_turns": job.error_refine_turns}
+    if not refinement_data:
+        record["meta"]["refinement_data"] = False  # the "w/o refinement data" ablation
     return record
 
 
@@ -199,16 +228,25 @@ class _JsonlStream:
 
 
 class OutputWriter:
-    """Keeps the run directory's JSONL files in step with the store."""
+    """Keeps the run directory's JSONL files in step with the store: the audit records
+    (`samples-*`), the training shards derived from them (`train-*`) and the rejects."""
 
     def __init__(self, out: Path, shard_size: int) -> None:
         self.samples = _JsonlStream(out, "samples", shard_size)
+        self.train = _JsonlStream(out, "train", shard_size)
         self.rejects = _JsonlStream(out, "rejects")
+
+    def append(self, record: dict[str, Any]) -> None:
+        """One accepted sample: its audit record, then its training line."""
+        self.samples.append(orjson.dumps(record))
+        self.train.append(orjson.dumps(training_record(record)))
 
     def sync(self, store: Store) -> None:
         """Repair the files after a crash: keep what the store holds, append what they lack."""
+        accepted = store.accepted_count()
         for stream, held, records in (
-            (self.samples, store.accepted_count(), store.accepted_records),
+            (self.samples, accepted, store.accepted_records),
+            (self.train, accepted, _training_lines(store)),
             (self.rejects, store.reject_count(), store.reject_records),
         ):
             for blob in records(skip=stream.recover(limit=held)):
@@ -218,14 +256,23 @@ class OutputWriter:
             self.rejects.paths()[0].touch()
 
     def flush(self) -> None:
-        self.samples.flush()
-        self.rejects.flush()
+        for stream in (self.samples, self.train, self.rejects):
+            stream.flush()
 
     def close(self) -> None:
         try:
             self.samples.close()
+            self.train.close()
         finally:
             self.rejects.close()
+
+
+def _training_lines(store: Store) -> Callable[..., Iterator[bytes]]:
+    def lines(skip: int) -> Iterator[bytes]:
+        for blob in store.accepted_records(skip=skip):
+            yield orjson.dumps(training_record(orjson.loads(blob)))
+
+    return lines
 
 
 def _nth_newline_end(chunk: bytes, n: int) -> int:

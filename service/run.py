@@ -39,6 +39,7 @@ from metrics.stats import RunStats
 from metrics.usage import cost_usd, parse_usage
 from service import logs, rundir
 from service.admission import Admission
+from service.card import write_card
 from service.config import Config, ConfigError, Stage
 from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
@@ -113,6 +114,8 @@ class Run:
             summary = build_summary(store, self.stats, self.config, reason)
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             self.metrics.write(self.out / "metrics.prom")
+            store.set_meta("license", self.config.run.license)
+            write_card(store, self.out, self.config.run.license)
             if self.config.run.report:
                 write_report(store, self.out)
             log.info("run_finished", **{k: v for k, v in summary.items() if not isinstance(v, dict)})
@@ -204,7 +207,10 @@ class Run:
                         _in_log_context(
                             "trajectory",
                             TrajectoryStage(
-                                trajectory_client, config.stages.trajectory, config.stages.script.attempts
+                                trajectory_client,
+                                config.stages.trajectory,
+                                config.stages.script.attempts,
+                                config.run.refinement_data,
                             ),
                         ),
                         config.stages.trajectory.concurrency,
@@ -333,12 +339,12 @@ class Run:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
             self.stats.dropped += 1
             return
-        record = accepted_record(job, self.config.run.sharegpt)
+        record = accepted_record(job, self.config.run.sharegpt, self.config.run.refinement_data)
         if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
             self.metrics.sample_finished("surplus")
             return
         self.metrics.sample_finished("accepted")
-        self._writer.samples.append(orjson.dumps(record))
+        self._writer.append(record)
         log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
         self.stats.accepted += 1
         self.stats.accepted_this_run += 1

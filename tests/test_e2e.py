@@ -7,6 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from service.export import MASKS
+from service.formats import export_run
 from service.validate import validate_run
 from tests.conftest import FAST_SIM, cli, read_jsonl, sim_stats, simulator, write_config
 
@@ -48,6 +52,79 @@ def test_run_n50_on_the_embedded_endpoint(tmp_path: Path) -> None:
     dropped = [r for r in rejects if r["kind"] == "dropped"]
     assert all(r["rule"][0] in "ST" and r["message"] for r in dropped)
     assert sum(summary["dropped_by_rule"].values()) == len(dropped)
+
+    assert_dataset_card(out, samples, summary)
+    assert_ablation_exports(out, samples)
+
+
+def assert_dataset_card(out: Path, samples: list[dict], summary: dict) -> None:
+    """README.md: Hugging Face YAML front matter with the fields the Hub reads, then the text."""
+    text = (out / "README.md").read_text()
+    assert text.startswith("---\n")
+    meta = yaml.safe_load(text.split("---\n")[1])
+    assert meta["license"] == "apache-2.0" and meta["size_categories"] == ["n<1K"]
+    assert meta["task_categories"] == ["text-generation"]
+    assert meta["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "train-*.jsonl"}]}
+    ]
+    info = meta["dataset_info"]
+    assert info["splits"] == [{"name": "train", "num_examples": len(samples)}]
+    line = read_jsonl(sorted(out.glob("train-*.jsonl")))[0]
+    assert [f["name"] for f in info["features"]] == list(line)
+    assert [f["name"] for f in info["features"][2]["list"]] == list(line["messages"][0])
+    assert "`sim-gpt-4o` (50)" in text and f"${summary['cost_usd']:.4f}" in text
+    for rule, failed in summary["check_failures_by_rule"].items():
+        assert f"| {rule} | " in text and f" | {failed} | " in text
+
+
+def assert_ablation_exports(out: Path, samples: list[dict]) -> None:
+    """The paper's re-masking ablations, written from the store: the same turns, other masks."""
+    paper = {s["id"]: s["messages"] for s in samples}
+    for mask in MASKS:
+        export_run(out, "axolotl", mask)
+        rows = read_jsonl(
+            sorted((out / "export" / ("axolotl" if mask == "paper" else f"axolotl-{mask}")).glob("*.jsonl"))
+        )
+        assert len(rows) == len(samples)
+        for row in rows:
+            ours, base = row["messages"], paper[row["id"]]
+            assert [m["content"] for m in ours] == [m["content"] for m in base]
+            assistant = [
+                (m["train"], b["train"]) for m, b in zip(ours, base, strict=True) if m["role"] == "assistant"
+            ]
+            if mask == "paper":
+                assert ours == base
+            elif mask == "erroneous-loss":
+                assert all(train for train, _ in assistant)
+            else:  # no-refinement-loss: the paper's mask minus each correction right after an error
+                refinements = [
+                    i for i in range(1, len(assistant)) if not assistant[i - 1][1] and assistant[i][1]
+                ]
+                assert refinements
+                assert [train for train, _ in assistant] == [
+                    paper_train and i not in refinements for i, (_, paper_train) in enumerate(assistant)
+                ]
+            assert ours[-1]["role"] == "assistant"
+
+
+def test_no_refinement_data_mode_generates_trajectories_without_mistakes(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = write_config(
+        tmp_path / "config.yaml",
+        {"local": {"embedded": {**FAST_SIM, "flaws": {"script_rate": 0.0, "trajectory_rate": 1.0}}}},
+        "local",
+        run={"refinement_data": False},
+    )
+    result = cli("run", "--config", str(config), "-n", "8", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["check_failures_by_rule"].values()) >= 8  # flawed answers were refused
+    report = validate_run(out)
+    assert report.ok, report.problems[:5]
+    assert report.samples == 8 and report.masked_turns == 0 and report.trained_turns > 8 * 3
+    for sample in read_jsonl(sorted(out.glob("samples-*.jsonl"))):
+        assert sample["meta"]["refinement_data"] is False and sample["meta"]["error_refine_turns"] == 0
+    assert "w/o refinement data" in (out / "README.md").read_text()
 
 
 def test_switching_the_generator_is_one_line(tmp_path: Path) -> None:

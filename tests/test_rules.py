@@ -195,14 +195,16 @@ def test_three_and_thirty_actions_pass() -> None:
 # --- script: failing, one rule at a time ------------------------------------------------------
 
 
-def test_s7_size_checked_before_parsing() -> None:
+def test_s7_size_checked_first_and_huge_replies_never_parsed() -> None:
     script = make_script()
     script["Environment"]["notes"] = "x" * 33_000
     verdict = check_script(json.dumps(script))
-    assert verdict.failure is not None and verdict.failure.rule == "S7"
-    assert verdict.script is None
-    # Over the limit and not even JSON: S7 is reported, the text is never parsed.
-    assert check_script("{" + "[" * 40_000).failure.rule == "S7"
+    assert [f.rule for f in verdict.failures] == ["S7"]
+    # Over the limit and not even JSON: S7 first, then S1.
+    assert [f.rule for f in check_script("{" + "[" * 40_000).failures] == ["S7", "S1"]
+    # Over 4x the limit: S7 alone, the text is never parsed.
+    verdict = check_script("{" + "[" * 140_000)
+    assert [f.rule for f in verdict.failures] == ["S7"] and verdict.script is None
 
 
 def test_s7_exactly_32_kib_passes() -> None:

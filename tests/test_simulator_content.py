@@ -24,6 +24,10 @@ from simulator.content.scriptmodel import parse_script
 from simulator.content.trajectories import build
 from simulator.server import start
 from simulator.settings import SimSettings
+from workers.prompts import example
+from workers.rules import Failure, check_script, check_trajectory
+from workers.script import script_messages
+from workers.trajectory import Game, continue_messages, fresh_messages
 
 PROMPTS = Path(__file__).resolve().parents[1] / "workers" / "prompts"
 FLAGS = ("parameter_error", "place_error", "logic_error")
@@ -60,23 +64,16 @@ def script_request(persona: str, seed: int = 1) -> dict[str, Any]:
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("script_system.md")},
-            {"role": "user", "content": prompt("script_user.md", persona=persona)},
-        ],
+        "messages": script_messages(persona, None),
     }
 
 
-def trajectory_request(script: dict[str, Any], seed: int = 1) -> dict[str, Any]:
-    text = orjson.dumps(script, option=orjson.OPT_INDENT_2).decode()
+def trajectory_request(script: dict[str, Any], seed: int = 1, refinement: bool = True) -> dict[str, Any]:
     return {
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("trajectory_system.md")},
-            {"role": "user", "content": prompt("trajectory_user.md", script=text)},
-        ],
+        "messages": fresh_messages(Game(script, refinement), None),
     }
 
 
@@ -84,23 +81,12 @@ def continuation_request(
     script: dict[str, Any], prefix: list[dict[str, Any]], seed: int = 1
 ) -> dict[str, Any]:
     last = prefix[-1]["turn"]
-    user = prompt(
-        "trajectory_continue.md",
-        script=orjson.dumps(script).decode(),
-        last_turn=last,
-        prefix=orjson.dumps(prefix, option=orjson.OPT_INDENT_2).decode(),
-        next_turn=last + 1,
-        rule="T5",
-        message=f"turn {last + 1}: the DM flagged a valid action",
-    )
+    failure = Failure("T5", f"turn {last + 1}: the DM flagged a valid action", last + 1)
     return {
         "model": "sim-gpt-4o",
         "seed": seed,
         "response_format": {"type": "json_object"},
-        "messages": [
-            {"role": "system", "content": prompt("trajectory_system.md")},
-            {"role": "user", "content": user},
-        ],
+        "messages": continue_messages(Game(script, True), prefix, [failure]),
     }
 
 
@@ -165,7 +151,7 @@ def script_failures(text: str) -> set[str]:
             continue
         try:
             pattern = re2.compile(spec["verification code"], _RE2_OPTIONS)
-        except re2.error:
+        except (re2.error, KeyError):
             fails.add("S5")
             continue
         if pattern.groups != len(names):
@@ -451,7 +437,7 @@ def test_flaw_rates_and_retry_factor() -> None:
         "messages": [
             *body["messages"],
             {"role": "assistant", "content": "{}"},
-            {"role": "user", "content": prompt("script_feedback.md", rule="S2", message="x")},
+            {"role": "user", "content": prompt("script_feedback.md", problems="- S2: x")},
         ],
     }
     assert generate(retry, SimSettings.from_dict(CLEAN)).task == "script"
@@ -500,3 +486,21 @@ def test_persona_expansion_is_diverse() -> None:
         frontier = nxt
     assert len(pool) == 12 * 5 + 60 * 5 + 300 * 5
     assert len(set(pool)) >= 0.99 * len(pool)
+
+
+def test_no_mistakes_mode_answers_without_mistakes_and_its_t6_flaw_adds_some() -> None:
+    """The "w/o refinement data" prompt: correct answers have no flagged turn (inverted T6
+    passes); the T6 flaw of this mode is a mistake, which the inverted T6 refuses."""
+    script = parse_script(example("script"))
+    actions = check_script(example("script")).actions
+    clean, flawed = SimSettings.from_dict(CLEAN), SimSettings.from_dict(FLAWED)
+    kinds: Counter[str] = Counter()
+    for seed in range(60):
+        request = trajectory_request(orjson.loads(example("script")), seed, refinement=False)
+        good = generate(request, clean)
+        assert check_trajectory(good.content, actions, refinement=False).ok
+        bad = generate(request, flawed)
+        verdict = check_trajectory(bad.content, actions, refinement=False)
+        assert not verdict.ok and bad.flaw in {f.rule for f in verdict.failures}
+        kinds[bad.flaw] += 1
+    assert "T6" in kinds and "T7" not in kinds and script is not None

@@ -5,11 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from service.export import OutputWriter
 from service.rundir import RunDirectoryError
 from service.store import Store
+from tests.test_export import RECORD
+
+
+def record(sid: str) -> dict:
+    return {**RECORD, "id": sid}
+
+
+def ids_per_shard(out: Path, stem: str) -> list[list[str]]:
+    return [
+        [orjson.loads(line)["id"] for line in p.read_bytes().splitlines()]
+        for p in sorted(out.glob(f"{stem}-*.jsonl"))
+    ]
 
 
 def admit(store: Store, n: int) -> list[str]:
@@ -43,15 +56,17 @@ def test_cursor_only_moves_forward(tmp_path: Path) -> None:
 def test_torn_output_is_repaired_from_the_store(tmp_path: Path) -> None:
     store = Store(tmp_path / "state.sqlite")
     for sid in admit(store, 5):
-        store.accept(sid, {"id": sid}, [], target=5)
+        store.accept(sid, record(sid), [], target=5)
     store.reject_input(9, "malformed", "malformed", {"kind": "malformed", "source": "f:9"})
     shard = tmp_path / "samples-00000.jsonl"
-    shard.write_bytes(b'{"id":"s0"}\n{"id":"s1"}\n{"id":"s')  # killed mid-write
+    lines = [orjson.dumps(record(sid)) for sid in ("s0", "s1", "s2")]
+    shard.write_bytes(lines[0] + b"\n" + lines[1] + b"\n" + lines[2][:30])  # killed mid-write
+    (tmp_path / "train-00000.jsonl").write_bytes(b'{"id":"s0","pers')  # killed mid-write
     writer = OutputWriter(tmp_path, shard_size=2)
     writer.sync(store)
     writer.close()
-    lines = [p.read_text().splitlines() for p in sorted(tmp_path.glob("samples-*.jsonl"))]
-    assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}', '{"id":"s3"}'], ['{"id":"s4"}']]
+    expected = [["s0", "s1"], ["s2", "s3"], ["s4"]]
+    assert ids_per_shard(tmp_path, "samples") == ids_per_shard(tmp_path, "train") == expected
     assert (tmp_path / "rejects.jsonl").read_text() == '{"kind":"malformed","source":"f:9"}\n'
     store.close()
 
@@ -61,16 +76,16 @@ def test_output_ahead_of_the_store_is_cut_back_to_it(tmp_path: Path) -> None:
     cut) are cut back to the store, which later re-accepts those samples from its answers."""
     store = Store(tmp_path / "state.sqlite")
     for sid in admit(store, 3):
-        store.accept(sid, {"id": sid}, [], target=3)
-    (tmp_path / "samples-00000.jsonl").write_bytes(b'{"id":"s0"}\n{"id":"s1"}\n')
-    (tmp_path / "samples-00001.jsonl").write_bytes(b'{"id":"s2"}\n{"id":"lost"}\n')
-    (tmp_path / "samples-00002.jsonl").write_bytes(b'{"id":"lost2"}\n{"id":"lo')
+        store.accept(sid, record(sid), [], target=3)
+    line = {sid: orjson.dumps(record(sid)) + b"\n" for sid in ("s0", "s1", "s2", "lost", "lost2")}
+    (tmp_path / "samples-00000.jsonl").write_bytes(line["s0"] + line["s1"])
+    (tmp_path / "samples-00001.jsonl").write_bytes(line["s2"] + line["lost"])
+    (tmp_path / "samples-00002.jsonl").write_bytes(line["lost2"] + b'{"id":"lo')
     (tmp_path / "rejects.jsonl").write_bytes(b'{"kind":"lost"}\n')
     writer = OutputWriter(tmp_path, shard_size=2)
     writer.sync(store)
     writer.close()
-    lines = [p.read_text().splitlines() for p in sorted(tmp_path.glob("samples-*.jsonl"))]
-    assert lines == [['{"id":"s0"}', '{"id":"s1"}'], ['{"id":"s2"}']]
+    assert ids_per_shard(tmp_path, "samples") == ids_per_shard(tmp_path, "train") == [["s0", "s1"], ["s2"]]
     assert (tmp_path / "rejects.jsonl").read_bytes() == b""
     store.close()
 

@@ -1,11 +1,16 @@
 """Prompt files (`workers/prompts/*.md`) rendered with `string.Template` ($name placeholders,
-so the JSON braces inside prompts need no escaping)."""
+so the JSON braces inside prompts need no escaping), the worked examples they show
+(`workers/prompts/example_*.json`, each passing every rule: tests/test_prompts.py), and the
+agent's view of a script: what the trained agent is shown, so also all the Player may know."""
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
 from string import Template
+from typing import Any
+
+import orjson
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
 
@@ -18,6 +23,29 @@ def _template(name: str) -> Template:
 def render(name: str, **values: object) -> str:
     """The prompt file `name` with its placeholders filled (a missing value is an error)."""
     return _template(name).substitute({k: str(v) for k, v in values.items()})
+
+
+@cache
+def example(name: str) -> str:
+    """The worked example `prompts/example_<name>.json` as the prompts show it."""
+    return (PROMPT_DIR / f"example_{name}.json").read_text(encoding="utf-8").strip()
+
+
+def agent_view(script: dict[str, Any]) -> str:
+    """The system message of a training sample: the ReAct instruction, the Environment without
+    hidden information, the Goal and the action templates with their descriptions (no patterns,
+    no allowed values). The Player of a trajectory is told to know no more than this."""
+    environment = {k: v for k, v in script["Environment"].items() if "hidden" not in k.lower()}
+    actions = "\n".join(
+        f"- {template}: {spec.get('description', '')}"
+        for template, spec in script["Available Actions"].items()
+    )
+    return render(
+        "sample_system",
+        environment=orjson.dumps(environment, option=orjson.OPT_INDENT_2).decode(),
+        goal=script["Goal"],
+        actions=actions,
+    )
 
 
 ECHO_LIMIT = 16_384  # characters of a rejected answer echoed back with the feedback

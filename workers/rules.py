@@ -2,17 +2,19 @@
 
 Pure functions, no I/O. ``check_script`` turns the raw script reply into a parsed script plus its
 compiled ``Action`` list; ``check_trajectory`` checks a raw trajectory reply against those actions,
-optionally as the continuation of an already verified prefix. Each verdict carries at most one
-``Failure``: the first rule that fails, with a one-line message written to be sent back to the
-LLM as feedback and stored in reject records.
+optionally as the continuation of an already verified prefix. Each verdict carries every
+independent ``Failure`` it found (at most ``MAX_FAILURES``), each a one-line message naming the
+offending keys and values, so that one regeneration can fix them all (``feedback`` lists them).
+The first failure's rule id is the one counted in metrics and stored in reject records.
 
-Order of the checks. Script: S7 (size, before anything is parsed), S1, S2, S3, then S4, S5, S6
-action by action in key order. Trajectory: T1 (parse), then turn by turn T2, T3, T8 (text size,
-before any pattern sees the text), T4/T5 (on each DM turn, about the Player action before it);
-then, over the whole trajectory, T8 (turn count), T3 (ends with a DM turn), T6, T7. The reported
-failure is the one at the earliest turn; the turns before it, up to the last DM turn among them,
-are the *verified prefix* that a continuation starts from. T6 and T7 judge the trajectory as a
-whole (every turn passed), so for them, and when all rules pass, it is the whole trajectory.
+Order of the checks. Script: S7 (size; a reply over 4x the limit is not parsed), S1, S2 (every
+shape problem), S3, then for each action in key order its S4 and S5 problems, or S6 once both
+pass. Trajectory: T1 (parse), then turn by turn T2, T3, T8 (text size, before any pattern sees
+the text), T4/T5 (on each DM turn, about the Player action before it); then, over the whole
+trajectory, T8 (turn count), T3 (ends with a DM turn), T6, T7. The first failure is the one at
+the earliest turn; the turns before it, up to the last DM turn among them, are the *verified
+prefix* that a continuation starts from. T6 and T7 judge the trajectory as a whole, so when they
+come first, and when all rules pass, the prefix is the whole trajectory.
 
 T4 versus T5. SPEC's T5 ("after an invalid action the DM turn has ``parameter_error: true``; after
 a valid one it has ``parameter_error: false``") covers both directions of one comparison. We
@@ -44,6 +46,7 @@ __all__ = [
     "TrajectoryVerdict",
     "check_script",
     "check_trajectory",
+    "feedback",
     "is_valid_action",
     "strip_fence",
 ]
@@ -56,6 +59,7 @@ CONTINUABLE = frozenset({"T1", "T2", "T3", "T4", "T5"})
 """Trajectory rules whose failure keeps the verified prefix and asks the LLM to continue from it."""
 
 MAX_SCRIPT_BYTES = 32 * 1024
+MAX_PARSE_BYTES = 4 * MAX_SCRIPT_BYTES  # a larger reply is not parsed: S7 alone
 MIN_ACTIONS = 3
 MAX_ACTIONS = 30
 MAX_VALUES = 50
@@ -64,6 +68,7 @@ RE2_MAX_MEM = 8 << 20
 MAX_TURNS = 60
 MAX_TEXT_BYTES = 4096
 MIN_ERROR_REFINE_TURNS = 2
+MAX_FAILURES = 20  # problems reported for one answer (the feedback stays short)
 
 SCRIPT_KEYS = ("Environment", "Goal", "Completion Conditions", "Available Actions")
 FLAGS = ("parameter_error", "place_error", "logic_error")
@@ -73,6 +78,13 @@ ROLE_KEYS = {
     "DM": frozenset({"turn", "role", "Thought", "Observation", *FLAGS}),
 }
 
+KEY_ALIASES = {
+    "verification code": ("regex", "pattern", "verify", "verification", "validation"),
+    "parameters": ("params", "args", "arguments", "values"),
+    "description": ("desc", "summary"),
+}
+"""Keys that real models write for the script's keys, named in the feedback."""
+_COMMAND_SPLIT = re.compile(r"\s*(?:;|&&|\n|,? and then |,? then |,? and )\s*")
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
 _SHOW_CHARS = 120
 
@@ -115,15 +127,21 @@ class Action:
 
 @dataclass(frozen=True)
 class ScriptVerdict:
-    """``script`` is the parsed object (None unless S1 passed); ``actions`` are set only when ok."""
+    """``script`` is the parsed object (None unless S1 passed); ``actions`` are set only when ok.
+    ``failures``: every independent problem found, the first one first (its rule id is the one
+    counted in metrics and rejects)."""
 
     script: dict | None
     actions: tuple[Action, ...]
-    failure: Failure | None
+    failures: tuple[Failure, ...] = ()
+
+    @property
+    def failure(self) -> Failure | None:
+        return self.failures[0] if self.failures else None
 
     @property
     def ok(self) -> bool:
-        return self.failure is None
+        return not self.failures
 
 
 @dataclass(frozen=True)
@@ -131,13 +149,18 @@ class TrajectoryVerdict:
     """Outcome of ``check_trajectory``; ``turns`` is the whole trajectory (prefix + new turns)."""
 
     turns: list[dict]
-    failure: Failure | None
+    failures: tuple[Failure, ...]
     verified_prefix: list[dict]
     error_refine_turns: int
 
     @property
+    def failure(self) -> Failure | None:
+        """The earliest failure: its rule id is counted, its turn bounds the verified prefix."""
+        return self.failures[0] if self.failures else None
+
+    @property
     def ok(self) -> bool:
-        return self.failure is None
+        return not self.failures
 
     @property
     def continuable(self) -> bool:
@@ -169,6 +192,12 @@ def _detail(text: str) -> str:
     return line if len(line) <= _SHOW_CHARS else line[:_SHOW_CHARS] + "…"
 
 
+def _show_json(value: object) -> str:
+    """A value as compact JSON on one short line (lists and objects shown, not named)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= _SHOW_CHARS else text[:_SHOW_CHARS] + "…"
+
+
 def _show_all(values: Sequence[object]) -> str:
     return "[" + ", ".join(_show(value) for value in values) + "]"
 
@@ -190,45 +219,87 @@ def _re2_error(error: re2.error) -> str:
     return detail.decode("utf-8", "replace") if isinstance(detail, bytes) else str(detail)
 
 
+def feedback(failures: Sequence[Failure]) -> str:
+    """Every failure of an answer as one line each: "- S4: ...", for the regeneration prompt."""
+    return "\n".join(f"- {failure.rule}: {failure.message}" for failure in failures)
+
+
 # --- script (S1-S7) ---------------------------------------------------------------------------
 
 
 def check_script(text: str) -> ScriptVerdict:
-    """Check a raw script reply against S1-S7 (SPEC §3); compile its actions when it passes."""
+    """Check a raw script reply against S1-S7 (SPEC §3); compile its actions when it passes.
+
+    Every independent problem is reported: S7 with the rest (a reply over ``MAX_PARSE_BYTES``
+    is not parsed at all), each S2 shape problem, S3, and for each action its S4 and S5
+    problems, or its S6 problem once S4 and S5 pass.
+    """
     body = strip_fence(text)
     size = utf8_len(body)
+    failures: list[Failure] = []
     if size > MAX_SCRIPT_BYTES:
-        return _script_failure(None, "S7", f"script is {size} bytes of JSON; at most {MAX_SCRIPT_BYTES}")
+        failures.append(
+            Failure("S7", f"script is {size} bytes of JSON; at most {MAX_SCRIPT_BYTES}: shorten it")
+        )
+        if size > MAX_PARSE_BYTES:
+            return ScriptVerdict(None, (), tuple(failures))
     try:
         script = loads(body)
     except JSONDecodeError as error:
-        return _script_failure(None, "S1", f"script is not valid JSON ({_detail(str(error))})")
+        failures.append(Failure("S1", f"script is not valid JSON ({_detail(str(error))})"))
+        return ScriptVerdict(None, (), tuple(failures))
     if not isinstance(script, dict):
-        return _script_failure(None, "S1", f"script is {_type_name(script)}, expected a JSON object")
-    problem = _shape_problem(script)
-    if problem is not None:
-        return _script_failure(script, "S2", problem)
-    specs: dict = script["Available Actions"]
+        failures.append(Failure("S1", f"script is {_type_name(script)}, expected a JSON object"))
+        return ScriptVerdict(None, (), tuple(failures))
+    failures += [Failure("S2", problem) for problem in _shape_problems(script)]
+    specs = script.get("Available Actions")
+    if not isinstance(specs, dict):
+        return ScriptVerdict(script, (), tuple(failures))
     if not MIN_ACTIONS <= len(specs) <= MAX_ACTIONS:
-        return _script_failure(
-            script,
-            "S3",
-            f'"Available Actions" has {len(specs)} actions; {MIN_ACTIONS} to {MAX_ACTIONS} required',
+        failures.append(
+            Failure(
+                "S3", f'"Available Actions" has {len(specs)} actions; {MIN_ACTIONS} to {MAX_ACTIONS} required'
+            )
         )
     actions = []
-    for template, spec in specs.items():
-        action = _compile_action(template, spec)
-        if isinstance(action, Failure):
-            return ScriptVerdict(script, (), action)
-        actions.append(action)
-    return ScriptVerdict(script, tuple(actions), None)
+    for template, spec in list(specs.items())[:MAX_ACTIONS]:
+        if isinstance(spec, dict):
+            action = _compile_action(template, spec)
+            if isinstance(action, Action):
+                actions.append(action)
+            else:
+                failures += action
+    if failures:
+        return ScriptVerdict(script, (), tuple(failures[:MAX_FAILURES]))
+    return ScriptVerdict(script, tuple(actions), ())
 
 
-def _script_failure(script: dict | None, rule: str, message: str) -> ScriptVerdict:
-    return ScriptVerdict(script, (), Failure(rule, message))
+def _near_key(spec: dict, wanted: str) -> str | None:
+    """A key of ``spec`` that is ``wanted`` misspelt (case, spacing, underscores) or a known alias."""
+    target = _squash(wanted)
+    for key in spec:
+        if (
+            isinstance(key, str)
+            and key != wanted
+            and (_squash(key) == target or key in KEY_ALIASES.get(wanted, ()))
+        ):
+            return key
+    return None
 
 
-def _shape_problem(script: dict) -> str | None:
+def _squash(name: str) -> str:
+    return "".join(ch for ch in name.lower() if ch.isalnum())
+
+
+def _missing_key(where: str, spec: dict, wanted: str, what: str) -> str:
+    """The message for a missing key, naming the misspelt key the answer used instead, if any."""
+    near = _near_key(spec, wanted)
+    if near is not None:
+        return f'{where} has key {_show(near)} where {_show(wanted)} is expected: write it exactly "{wanted}"'
+    return f'{where} needs a "{wanted}" {what}'
+
+
+def _shape_problems(script: dict) -> list[str]:
     """S2: the four keys with their types, and a "description" string on every action."""
     expected = {
         "Environment": (dict, "an object"),
@@ -236,66 +307,109 @@ def _shape_problem(script: dict) -> str | None:
         "Completion Conditions": (list, "a non-empty list of strings"),
         "Available Actions": (dict, "an object"),
     }
+    problems = []
     for key in SCRIPT_KEYS:
-        if key not in script:
-            return f'missing key "{key}"'
         kind, wanted = expected[key]
-        if not isinstance(script[key], kind):
-            return f'"{key}" must be {wanted}, got {_type_name(script[key])}'
-    if not script["Goal"].strip():
-        return '"Goal" must be a non-empty string'
-    conditions = script["Completion Conditions"]
-    if not conditions or not all(isinstance(item, str) for item in conditions):
-        return '"Completion Conditions" must be a non-empty list of strings'
-    for template, spec in script["Available Actions"].items():
+        if key not in script:
+            problems.append(_missing_key("the script", script, key, f"key ({wanted})"))
+        elif not isinstance(script[key], kind):
+            problems.append(f'"{key}" must be {wanted}, got {_type_name(script[key])}')
+    if isinstance(script.get("Goal"), str) and not script["Goal"].strip():
+        problems.append('"Goal" must be a non-empty string')
+    conditions = script.get("Completion Conditions")
+    if isinstance(conditions, list) and not (
+        conditions and all(isinstance(item, str) for item in conditions)
+    ):
+        problems.append('"Completion Conditions" must be a non-empty list of strings')
+    specs = script.get("Available Actions")
+    for template, spec in specs.items() if isinstance(specs, dict) else ():
+        name = f"action {_show(template)}"
         if not isinstance(spec, dict):
-            return f"action {_show(template)} must be an object, got {_type_name(spec)}"
-        if not isinstance(spec.get("description"), str):
-            return f'action {_show(template)} needs a "description" string'
-    return None
+            problems.append(f"{name} must be an object, got {_type_name(spec)}")
+        elif not isinstance(spec.get("description"), str):
+            problems.append(_missing_key(name, spec, "description", "string"))
+    return problems
 
 
-def _compile_action(template: str, spec: dict) -> Action | Failure:
-    """S4, S5 and S6 for one action; the compiled ``Action`` when all three pass."""
+def _compile_action(template: str, spec: dict) -> Action | list[Failure]:
+    """S4 and S5 for one action, then S6 when both pass; the compiled ``Action``, or its failures."""
     name = _show(template)
     placeholders = tuple(_PLACEHOLDER.findall(template))
-    duplicates = sorted({p for p in placeholders if placeholders.count(p) > 1})
-    if duplicates:
-        return Failure("S4", f"action {name} uses placeholder(s) {_show_all(duplicates)} more than once")
-    parameters = spec.get("parameters")
-    if not isinstance(parameters, dict):
-        return Failure("S4", f'action {name} needs a "parameters" object mapping each placeholder to values')
-    if set(parameters) != set(placeholders):
-        return Failure(
-            "S4",
-            f'action {name}: "parameters" keys {_show_all(list(parameters))} '
-            f"must be exactly its placeholders {_show_all(placeholders)}",
-        )
-    for placeholder in placeholders:
-        values = parameters[placeholder]
-        if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)):
-            return Failure(
-                "S4", f"action {name}: values of {_show(placeholder)} must be a non-empty list of strings"
-            )
-        if len(values) > MAX_VALUES:
-            return Failure(
-                "S4",
-                f"action {name}: {_show(placeholder)} has {len(values)} values; at most {MAX_VALUES}",
-            )
-    pattern = _compile_pattern(name, spec.get("verification code"), placeholders)
+    failures = [Failure("S4", problem) for problem in _parameter_problems(name, placeholders, spec)]
+    pattern = _compile_pattern(name, spec, placeholders)
     if isinstance(pattern, Failure):
-        return pattern
-    value_lists = [parameters[p] for p in placeholders]
+        failures.append(pattern)
+    if failures:
+        return failures
+    assert not isinstance(pattern, Failure)
+    value_lists = [spec["parameters"][p] for p in placeholders]
     problem = _consistency_problem(template, pattern, placeholders, value_lists)
     if problem is not None:
-        return Failure("S6", f"action {name}: {problem}")
+        return [Failure("S6", f"action {name}: {problem}")]
     return Action(template, placeholders, pattern, tuple(frozenset(v) for v in value_lists))
 
 
-def _compile_pattern(name: str, code: object, placeholders: tuple[str, ...]) -> re2._Regexp | Failure:
+def _parameter_problems(name: str, placeholders: tuple[str, ...], spec: dict) -> list[str]:
+    """S4: placeholders used once, parameter keys = placeholders, each a list of allowed strings."""
+    problems = []
+    duplicates = sorted({p for p in placeholders if placeholders.count(p) > 1})
+    if duplicates:
+        problems.append(f"action {name} uses placeholder(s) {_show_all(duplicates)} more than once")
+    parameters = spec.get("parameters")
+    if not isinstance(parameters, dict):
+        if "parameters" in spec:
+            return [
+                *problems,
+                f'action {name}: "parameters" must be an object mapping each placeholder to values',
+            ]
+        return [
+            *problems,
+            _missing_key(f"action {name}", spec, "parameters", "object (placeholder -> values)"),
+        ]
+    if set(parameters) != set(placeholders):
+        problems.append(
+            f'action {name}: "parameters" keys {_show_all(list(parameters))} '
+            f"must be exactly its placeholders {_show_all(placeholders)}"
+        )
+    for placeholder in placeholders:
+        values = parameters.get(placeholder)
+        if values is None:
+            continue
+        if not (isinstance(values, list) and values and all(isinstance(v, str) for v in values)):
+            problems.append(
+                f"action {name}: {_show(placeholder)} must be a non-empty list of the allowed values as "
+                f"strings, got {_show_json(values)}" + _type_spec_hint(values)
+            )
+        elif len(values) > MAX_VALUES:
+            problems.append(
+                f"action {name}: {_show(placeholder)} has {len(values)} values; at most {MAX_VALUES}"
+            )
+    return problems
+
+
+_TYPE_NAMES = frozenset(
+    {"string", "str", "int", "integer", "number", "float", "bool", "boolean", "text", "any"}
+)
+
+
+def _type_spec_hint(values: object) -> str:
+    """A hint when a value list describes a type (``["string", 1]``) instead of listing values."""
+    items = values if isinstance(values, list) else [values]
+    if any(isinstance(v, str) and v.lower() in _TYPE_NAMES for v in items):
+        return (
+            " (a type description, not values: list the exact values a player may type, "
+            'e.g. ["kitchen", "hall"])'
+        )
+    return ""
+
+
+def _compile_pattern(name: str, spec: dict, placeholders: tuple[str, ...]) -> re2._Regexp | Failure:
     """S5: an RE2 pattern of bounded size with one capture group per placeholder, in order."""
+    code = spec.get("verification code")
     if not isinstance(code, str):
-        return Failure("S5", f'action {name} needs a "verification code" string (a regular expression)')
+        return Failure(
+            "S5", _missing_key(f"action {name}", spec, "verification code", "string (a regular expression)")
+        )
     if len(code) > MAX_PATTERN_CHARS:
         return Failure(
             "S5", f"action {name}: verification code is {len(code)} characters; at most {MAX_PATTERN_CHARS}"
@@ -362,6 +476,9 @@ def is_valid_action(command: str, actions: Sequence[Action]) -> bool:
 
 def _invalid_reason(command: str, actions: Sequence[Action]) -> str:
     """Why an invalid command is invalid, for feedback."""
+    parts = [part.strip() for part in _COMMAND_SPLIT.split(command) if part.strip()]
+    if len(parts) > 1 and any(is_valid_action(part, actions) for part in parts):
+        return f"it is {len(parts)} actions in one ({_show_all(parts)}); one action per Player turn"
     for action in actions:
         match = action.pattern.fullmatch(command)
         if match is None:
@@ -377,28 +494,37 @@ def _invalid_reason(command: str, actions: Sequence[Action]) -> str:
     return "it matches no available action"
 
 
-def check_trajectory(text: str, actions: Sequence[Action], prefix: Sequence[dict] = ()) -> TrajectoryVerdict:
+def check_trajectory(
+    text: str, actions: Sequence[Action], prefix: Sequence[dict] = (), refinement: bool = True
+) -> TrajectoryVerdict:
     """Check a raw trajectory reply against T1-T8 (SPEC §4).
 
     With ``prefix`` (a continuation), the new turns are joined to it: appended when they are
     numbered from ``len(prefix) + 1`` (or there are none), taken as they are when the reply re-sends
     the whole trajectory (starts at turn 1 and repeats the prefix), appended otherwise (T3 then
-    reports the numbering). Every check runs on the whole joined trajectory.
+    reports the numbering). Every check runs on the whole joined trajectory. Every independent
+    problem is reported, the earliest first: each turn's own problem (turn checks stop at a
+    T3 problem, after which roles and numbers no longer line up), a T1 parse problem, then the
+    whole-trajectory rules T3 (last turn), T6 and T7 unless the turns are out of order or cut.
+    ``refinement=False`` is the paper's "w/o refinement data" ablation: T6 inverted, no turn
+    may carry an error flag.
     """
     new, parse_problem = _parse_turns(text)
     turns = _join(list(prefix), new)
-    failure = _first_turn_failure(turns, actions)
-    if failure is None and parse_problem is not None:
-        failure = Failure("T1", parse_problem, len(turns) + 1)
-    if failure is None:
-        failure = _whole_failure(turns, actions)
+    failures = _turn_failures(turns, actions)
+    if parse_problem is not None:
+        failures.append(Failure("T1", parse_problem, len(turns) + 1))
+    if not any(f.rule in {"T1", "T3"} for f in failures):
+        failures += _whole_failures(turns, actions, {f.turn for f in failures if f.rule == "T2"}, refinement)
+    failures = failures[:MAX_FAILURES]
+    failure = failures[0] if failures else None
     if failure is not None and failure.rule not in {"T6", "T7"}:
         verified = turns[: failure.turn - 1]
         if verified and verified[-1].get("role") == "Player":
             verified = verified[:-1]
     else:
         verified = list(turns)
-    return TrajectoryVerdict(turns, failure, verified, len(_error_refine_positions(turns)))
+    return TrajectoryVerdict(turns, tuple(failures), verified, len(_error_refine_positions(turns)))
 
 
 def _parse_turns(text: str) -> tuple[list, str | None]:
@@ -435,25 +561,36 @@ def _join(prefix: list, new: list) -> list:
     return prefix + new
 
 
-def _first_turn_failure(turns: list, actions: Sequence[Action]) -> Failure | None:
+def _turn_failures(turns: list, actions: Sequence[Action]) -> list[Failure]:
     """T2, T3, T8 (text size) on each turn and T4/T5 on each Player/DM pair, in turn order.
 
-    Stops after MAX_TURNS turns (T8) so that an overlong reply costs bounded work.
+    A turn with a T2 problem is skipped (and so is the T4/T5 check of its pair); a T3 problem
+    ends the turn checks. Stops after MAX_TURNS turns (T8) so that an overlong reply costs
+    bounded work.
     """
+    failures: list[Failure] = []
+    broken: set[int] = set()
     for position, turn in enumerate(turns[:MAX_TURNS], start=1):
         problem = _turn_problem(position, turn)
         if problem is not None:
             rule, message = problem
-            return Failure(rule, message, position)
-        if turn["role"] == "DM":
+            failures.append(Failure(rule, message, position))
+            if rule == "T3":
+                return failures
+            if rule == "T2":
+                broken.add(position)
+                continue
+        if turn["role"] == "DM" and position - 1 not in broken:
             failure = _flag_failure(position, turns[position - 2], turn, actions)
             if failure is not None:
-                return failure
+                failures.append(failure)
     if len(turns) > MAX_TURNS:
-        return Failure(
-            "T8", f"trajectory has {len(turns)} turns; at most {MAX_TURNS}: finish sooner", MAX_TURNS + 1
+        failures.append(
+            Failure(
+                "T8", f"trajectory has {len(turns)} turns; at most {MAX_TURNS}: finish sooner", MAX_TURNS + 1
+            )
         )
-    return None
+    return failures
 
 
 def _turn_problem(position: int, turn: object) -> tuple[str, str] | None:
@@ -517,43 +654,73 @@ def _flag_failure(position: int, player: dict, dm: dict, actions: Sequence[Actio
     return None
 
 
-def _whole_failure(turns: list[dict], actions: Sequence[Action]) -> Failure | None:
-    """T3 (ends with a DM turn), T6 (error-refine turns), T7 (ends in success); turns passed T2-T5."""
+def _whole_failures(
+    turns: list[dict], actions: Sequence[Action], broken: set[int | None], refinement: bool = True
+) -> list[Failure]:
+    """T3 (ends with a DM turn), T6 (error-refine turns), T7 (ends in success), over turns in order."""
     if not turns:
-        return Failure(
-            "T3", "trajectory has no turns; it starts with a Player turn and ends with a DM turn", 1
-        )
-    if turns[-1]["role"] != "DM":
-        return Failure(
-            "T3",
-            f"the last turn ({len(turns)}) is a Player turn; the trajectory must end with the DM's reply",
-            len(turns),
+        return [
+            Failure("T3", "trajectory has no turns; it starts with a Player turn and ends with a DM turn", 1)
+        ]
+    failures = []
+    ends_on_player = len(turns) not in broken and turns[-1]["role"] != "DM"
+    if ends_on_player:
+        failures.append(
+            Failure(
+                "T3",
+                f"the last turn ({len(turns)}) is a Player turn; the trajectory must end with the DM's reply "
+                "reporting success",
+                len(turns),
+            )
         )
     refined = _error_refine_positions(turns)
-    if len(refined) < MIN_ERROR_REFINE_TURNS:
-        return Failure(
-            "T6",
-            f"{len(refined)} error-refine turn(s) (flagged DM turns {refined} followed by an unflagged one); "
-            f"at least {MIN_ERROR_REFINE_TURNS} required: "
-            "the Player must make at least two mistakes that the DM flags and then recover from them",
+    if refinement and len(refined) < MIN_ERROR_REFINE_TURNS:
+        failures.append(Failure("T6", _t6_message(refined)))
+    errors = [n for n, turn in enumerate(turns, 1) if _is_error_turn(turn)]
+    if not refinement and errors:
+        failures.append(
+            Failure(
+                "T6",
+                f"DM turn(s) {errors} set an error flag; in this mode the Player makes no mistakes: "
+                "every action is correct and no DM turn sets a flag",
+            )
         )
+    if ends_on_player or len(turns) < 2 or {len(turns) - 1, len(turns)} & broken:
+        return failures
     last_player, last_dm = turns[-2], turns[-1]
     if not is_valid_action(last_player["Action"], actions):
-        return Failure(
-            "T7",
-            f"the last Player action (turn {len(turns) - 1}) {_show(last_player['Action'])} is not a valid "
-            "action; the trajectory must end in success",
-            len(turns) - 1,
+        failures.append(
+            Failure(
+                "T7",
+                f"the last Player action (turn {len(turns) - 1}) {_show(last_player['Action'])} is not "
+                "a valid action; the trajectory must end in success",
+                len(turns) - 1,
+            )
         )
     raised = [flag for flag in FLAGS if last_dm[flag]]
     if raised:
-        return Failure(
-            "T7",
-            f"the last DM turn ({len(turns)}) sets {', '.join(raised)}; "
-            "the trajectory must end in success with no flag",
-            len(turns),
+        failures.append(
+            Failure(
+                "T7",
+                f"the last DM turn ({len(turns)}) sets {', '.join(raised)}; "
+                "the trajectory must end in success with no flag",
+                len(turns),
+            )
         )
-    return None
+    return failures
+
+
+def _t6_message(refined: list[int]) -> str:
+    return (
+        f"{len(refined)} error-refine turn(s) (flagged DM turns {refined} followed by an unflagged one); "
+        f"at least {MIN_ERROR_REFINE_TURNS} required: "
+        "the Player must make at least two mistakes that the DM flags and then recover from them"
+    )
+
+
+def _is_error_turn(turn: object) -> bool:
+    """A DM turn with any flag true."""
+    return isinstance(turn, dict) and turn.get("role") == "DM" and any(turn.get(f) is True for f in FLAGS)
 
 
 def _error_refine_positions(turns: list) -> list[int]:
@@ -563,7 +730,7 @@ def _error_refine_positions(turns: list) -> list[int]:
     for position, turn in enumerate(turns, start=1):
         if not (isinstance(turn, dict) and turn.get("role") == "DM"):
             continue
-        if any(turn.get(flag) is True for flag in FLAGS):
+        if _is_error_turn(turn):
             pending.append(position)
         else:
             refined.extend(pending)

@@ -1,21 +1,22 @@
 """Script stage: persona -> script (SPEC §3), checked by rules S1–S7.
 
-A script that fails a rule is asked for again in the same conversation, with the rule's
-message as feedback, while the persona has script attempts left (SPEC §4: 2 scripts per
-persona, shared with the scripts whose trajectories all failed). A script that passes is
-checked against the scripts of other samples before any trajectory token is spent on it:
-a duplicate ends the sample (`job.duplicate` names the sample it repeats).
+A script that fails a rule is asked for again in the same conversation, with every problem
+found as feedback (so one regeneration can fix them all), while the persona has script
+attempts left (SPEC §4: 2 scripts per persona, shared with the scripts whose trajectories
+all failed). A script that passes is checked against the scripts of other samples before any
+trajectory token is spent on it: a duplicate ends the sample (`job.duplicate` names the
+sample it repeats).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from dedup.near import Verdict
 from service.config import Stage
 from workers.fallback import EndpointChain
-from workers.prompts import chat, render
-from workers.rules import Failure, check_script
+from workers.prompts import chat, example, render
+from workers.rules import Failure, check_script, feedback
 from workers.sample import SampleJob
 
 
@@ -34,7 +35,7 @@ class ScriptStage:
 
     async def __call__(self, job: SampleJob) -> str | None:
         """Run until a script passes (next stage: trajectory) or attempts run out (None: dropped)."""
-        previous: tuple[str, Failure] | None = None
+        previous: tuple[str, Sequence[Failure]] | None = None
         while job.script_attempts < self._settings.attempts:
             job.script_attempts += 1
             attempt = job.script_attempts
@@ -59,14 +60,15 @@ class ScriptStage:
             assert verdict.failure is not None
             more = job.script_attempts < self._settings.attempts
             job.note(self.name, attempt, verdict.failure, "regenerate_script" if more else "drop")
-            previous = (completion.content, verdict.failure)
+            previous = (completion.content, verdict.failures)
         return None
 
 
-def script_messages(persona: str, previous: tuple[str, Failure] | None) -> list[dict[str, str]]:
-    """The script request; after a failed check, the failed answer and the rule's feedback."""
-    system, user = render("script_system"), render("script_user", persona=persona)
+def script_messages(persona: str, previous: tuple[str, Sequence[Failure]] | None) -> list[dict[str, str]]:
+    """The script request; after a failed check, the failed answer and every problem found."""
+    system = render("script_system", example_script=example("script"))
+    user = render("script_user", persona=persona)
     if previous is None:
         return chat(system, user)
-    content, failure = previous
-    return chat(system, user, content, render("script_feedback", rule=failure.rule, message=failure.message))
+    content, failures = previous
+    return chat(system, user, content, render("script_feedback", problems=feedback(failures)))

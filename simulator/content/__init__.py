@@ -114,9 +114,9 @@ def _trajectory(task: tasks.Task, fs: Any, rng: random.Random) -> tuple[str, str
         last = prefix[-1].get("turn") if prefix else 0
         start = task.next_turn or ((last + 1) if isinstance(last, int) else len(prefix) + 1)
     prefix_errors = sum(1 for t in prefix if trajectories.is_error_turn(t))
-    kinds = flaws.feasible(flaws.TRAJECTORY_FLAWS, prefix_errors)
+    kinds = flaws.feasible(flaws.TRAJECTORY_FLAWS, prefix_errors, task.clean)
     flaw = flaws.pick(rng, fs.trajectory_rate, fs, task.is_retry, kinds)
-    opts = flaws.build_options(flaw, rng, prefix_errors, start)
+    opts = flaws.build_options(flaw, rng, prefix_errors, start, task.clean)
     turns = trajectories.build(script, rng, start_turn=start, prefix=prefix or None, **opts)
     if not turns:
         return orjson.dumps({"trajectory": []}).decode(), None

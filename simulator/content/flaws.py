@@ -9,8 +9,10 @@ Script flaws (SPEC §3)
 - S1: invalid JSON: prose without any JSON, or the JSON object missing its closing brace.
 - S2: a missing top-level key, an empty Goal, or Completion Conditions that is not a list.
 - S3: fewer than 3 actions (1-2), or more than 30 (31-34).
-- S4: a template's placeholders differ from its parameter keys, or a parameter's value list is empty.
-- S5: a pattern RE2 rejects (backreference ``\\1`` or lookahead ``(?=``), or a wrong number of capture groups.
+- S4: a template's placeholders differ from its parameter keys, a parameter's value list is empty,
+  or (as real models do) every value list is a type spec, ``["string", 1]``.
+- S5: a pattern RE2 rejects (backreference ``\\1`` or lookahead ``(?=``), a wrong number of capture
+  groups, or (as real models do) the key written ``verificationCode`` on every action.
 - S6: a pattern that does not match its own filled template (another verb), or whose group
   swallows extra text (the verb in front of the value).
 - S7: a script over 32 KiB (a huge document in the Environment: a long run of blanks, which
@@ -24,7 +26,8 @@ k >= N + 2) 80% of the time, else at the very start of the answer:
   the turn number as a string.
 - T3: numbering skips or repeats at turn k, two turns of the same role in a row at k, or
   the answer ends on a Player turn.
-- T4: the Player action at turn k is invalid but the DM does not flag it.
+- T4: the Player action at turn k is invalid but the DM does not flag it (sometimes two actions
+  in one, "A and B", as real models write).
 - T5: the DM flags a valid action at turn k with parameter_error true (the Player repeats it).
 - T6: only 0-1 mistakes in the whole interaction (prefix included).
 - T7: ends in failure: the last DM turn carries a flag, or the last action is invalid.
@@ -111,9 +114,14 @@ def flaw_script(kind: str, script: dict[str, Any], rng: random.Random) -> str:
     spec = acts[key]
     if kind == "S4":
         params = spec["parameters"]
-        if params and rng.random() < 0.5:
+        roll = rng.random()
+        if params and roll < 0.35:
             name = rng.choice(list(params))
             params[name + "s" if not name.endswith("s") else name + "_name"] = params.pop(name)
+        elif params and roll < 0.65:  # a real model's habit: a type spec instead of the values
+            for other in acts.values():
+                for name in other["parameters"]:
+                    other["parameters"][name] = ["string", 1]
         elif params:
             params[rng.choice(list(params))] = []
         else:
@@ -121,7 +129,11 @@ def flaw_script(kind: str, script: dict[str, Any], rng: random.Random) -> str:
         return _dumps(s, rng)
     if kind == "S5":
         code = spec["verification code"]
-        variant = rng.randrange(3)
+        variant = rng.randrange(4)
+        if variant == 3:  # a real model's habit: the key renamed, on every action
+            for other in acts.values():
+                other["verificationCode"] = other.pop("verification code")
+            return _dumps(s, rng)
         if variant == 0 and "(" in code:
             spec["verification code"] = (
                 code.replace(r"\s*$", r"(?:\s+\1)?\s*$", 1) if r"\s*$" in code else code[:-1] + r"(?:\s+\1)?$"
@@ -212,9 +224,12 @@ def _dumps(obj: Any, rng: random.Random) -> str:
 
 
 def build_options(
-    kind: str | None, rng: random.Random, prefix_errors: int, start_turn: int
+    kind: str | None, rng: random.Random, prefix_errors: int, start_turn: int, clean: bool = False
 ) -> dict[str, Any]:
-    """Arguments for `trajectories.build` that produce the flaw at generation time."""
+    """Arguments for `trajectories.build` that produce the flaw at generation time. In the
+    no-mistakes mode (`clean`) a trajectory has no mistakes, and the T6 flaw is one or two."""
+    if clean:
+        return {"n_mistakes": rng.randint(1, 2) if kind == "T6" else 0, "protect_last": kind == "T6"}
     if kind == "T6":
         return {"n_mistakes": rng.randint(0, max(0, 1 - prefix_errors))}
     if kind == "T8" and rng.random() < 0.5:
@@ -224,8 +239,10 @@ def build_options(
     return {}
 
 
-def feasible(kinds: tuple[str, ...], prefix_errors: int) -> tuple[str, ...]:
+def feasible(kinds: tuple[str, ...], prefix_errors: int, clean: bool = False) -> tuple[str, ...]:
     """Trajectory flaw kinds possible after a prefix with this many error turns."""
+    if clean:  # T7 would need a mistake at the end: the inverted T6 catches it first
+        return tuple(k for k in kinds if k != "T7")
     return tuple(k for k in kinds if not (k == "T6" and prefix_errors >= 2))
 
 
@@ -307,6 +324,9 @@ def flaw_trajectory(
             i = _clean_player(turns, rng, start_turn, allow_last=True)
         step = _step_for(turns[i]["Action"], script) if i is not None else None
         bad = mk.invalid_variant(step, script, rng) if step else None
+        if i is not None and i + 2 < len(turns) and rng.random() < 0.3:  # two actions in one
+            both = f"{turns[i]['Action']} and {turns[i + 2]['Action']}"
+            bad = bad if script.is_valid(both) else both
         if i is not None and bad:
             turns[i]["Action"] = bad
         else:

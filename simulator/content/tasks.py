@@ -1,7 +1,8 @@
 """Recognise which of the service's tasks a request is, from its messages only.
 
 The service's prompts (workers/prompts/*.md) are the contract: tags such as
-``<persona>``, ``<script>`` and ``<verified_prefix>`` and a few fixed sentences.
+``<persona>``, ``<script>`` and ``<verified_prefix>`` and a few fixed sentences (among them
+the no-mistakes sentence of the "w/o refinement data" mode).
 Precedence: continuation > trajectory > persona expansion > script > generic.
 """
 
@@ -21,6 +22,7 @@ GENERIC = "generic"
 
 _NEXT_TURN = re.compile(r"Continue the interaction from turn\s+(\d+)")
 _FAILED_TURN = re.compile(r"Turn\s+(\d+)\s+failed verification")
+NO_MISTAKES = "The Player makes no mistakes"  # workers/prompts/trajectory_no_mistakes.md
 _COUNT = re.compile(r"Write\s+(\d+)\s+such personas")
 _COUNT_LOOSE = re.compile(r"(\d+)\s+(?:such\s+|distinct\s+|different\s+|related\s+)?personas")
 MAX_PERSONAS = 50
@@ -38,6 +40,7 @@ class Task:
     prefix_text: str = ""
     next_turn: int = 0
     prompt: str = ""
+    clean: bool = False  # the "w/o refinement data" mode: a trajectory without mistakes
 
 
 def between(text: str, open_tag: str, close_tag: str) -> str | None:
@@ -65,7 +68,8 @@ def recognise(messages: list[Any]) -> Task:
     roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
     texts = [message_text(m) for m in messages]
     user = [t for r, t in zip(roles, texts, strict=True) if r == "user"]
-    is_retry = "assistant" in roles or any("failed verification rule" in t for t in user)
+    is_retry = "assistant" in roles or any("failed verification" in t for t in user)
+    clean = any(NO_MISTAKES in t for t in texts)
 
     cont = [t for t in user if "<verified_prefix>" in t]
     if cont:
@@ -80,13 +84,18 @@ def recognise(messages: list[Any]) -> Task:
             prefix_text=prefix,
             next_turn=int(m.group(1)) if m else 0,
             prompt=text,
+            clean=clean,
         )
 
     traj = [t for t in user if "<script>" in t]
     if traj:
         text = traj[0]
         return Task(
-            TRAJECTORY, is_retry, script_text=between(text, "<script>", "</script>") or "", prompt=text
+            TRAJECTORY,
+            is_retry,
+            script_text=between(text, "<script>", "</script>") or "",
+            prompt=text,
+            clean=clean,
         )
 
     with_persona = [t for t in user if "<persona>" in t]

@@ -1,0 +1,1 @@
+"""`make check-trainers`: the trainers' own data code on exported samples (see check.py)."""
