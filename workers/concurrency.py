@@ -156,17 +156,8 @@ class _Window:
 
     def _rise(self, older: _Window, kind: str) -> float | None:
         """The mean log change of one kind of signal, stage by stage, weighted by the answers
-        compared. Where too few answers of the same stages are in both windows (the mix of
-        stages shifts at the start of a run), per-token times are compared across stages
-        (per token, a long and a short answer take about as long); TTFT never is (a longer
-        prompt takes longer). None when neither is possible."""
+        compared; None when too few answers of the same stages are in both windows."""
         total = weight = 0.0
-        pooled = {id(self): [0.0, 0.0], id(older): [0.0, 0.0]}
-        for window in (self, older):
-            for key, (count, log_sum) in window.signals.items():
-                if key.endswith(kind):
-                    pooled[id(window)][0] += count
-                    pooled[id(window)][1] += log_sum
         for key, (count, log_sum) in self.signals.items():
             other = older.signals.get(key)
             if other is None or not key.endswith(kind):
@@ -174,12 +165,7 @@ class _Window:
             w = min(count, other[0])
             total += w * (log_sum / count - other[1] / other[0])
             weight += w
-        if weight >= MIN_COMPARED:
-            return total / weight
-        (new_count, new_sum), (old_count, old_sum) = pooled[id(self)], pooled[id(older)]
-        if kind == "/ttft" or min(new_count, old_count) < MIN_COMPARED:
-            return None
-        return new_sum / new_count - old_sum / old_count
+        return total / weight if weight >= MIN_COMPARED else None
 
 
 SIGNALS = ("/ttft", "/decode", "/token")

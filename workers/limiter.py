@@ -28,19 +28,25 @@ looks at: a new sample starts only while the endpoints have little work queued.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import structlog
+
 from service.config import Limits
 from workers.concurrency import LITTLE_HEADROOM, AdaptiveConcurrency, Send
+
+log = structlog.get_logger()
 
 # A wait for the buckets lasts at least this long, so that the requests one wake-up admits
 # go out together instead of one per wake (at 40 requests/s, two per wake): each wake costs
 # the event loop CPU. The rate is unchanged (the buckets refill continuously), and 50 ms is
 # far below the period over which any provider enforces a per-minute limit.
 MIN_WAIT_S = 0.05
+FILES_RESERVED = 256  # open files kept for the store, the logs, the embedders and the metrics server
 # A 429 carrying one of these is a rate limit; one with none of them a concurrency cap.
 RATE_LIMIT_HEADERS = (
     "retry-after",
@@ -112,7 +118,12 @@ class EndpointLimiter:
     """Admission control for one endpoint."""
 
     def __init__(self, limits: Limits, name: str = "", clock: Callable[[], float] = time.monotonic) -> None:
-        self.concurrency = AdaptiveConcurrency(limits.max_concurrency, name, clock)
+        ceiling = min(limits.max_concurrency, open_files_allowed())
+        if ceiling < limits.max_concurrency:
+            log.warning(
+                "concurrency_ceiling_lowered", endpoint=name, ceiling=ceiling, reason="open files limit"
+            )
+        self.concurrency = AdaptiveConcurrency(ceiling, name, clock)
         self._clock = clock
         self._requests = _Bucket(limits.rpm, clock=clock) if limits.rpm else None
         self._tokens = _Bucket(limits.tpm, clock=clock) if limits.tpm else None
@@ -156,6 +167,16 @@ class EndpointLimiter:
     def cooldown_left(self) -> float:
         """Seconds this endpoint is still cooling down after a 429 (0 when it is not)."""
         return max(0.0, self._cooldown_until - self._clock())
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered."""
+        return self.concurrency.sending
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot, the buckets or a cooldown."""
+        return self.concurrency.waiting
 
     def has_room(self, backlog: int) -> bool:
         """Whether the endpoint could take more work than is queued for it: no more than
@@ -227,6 +248,13 @@ class _Mean:
     def add(self, x: float) -> None:
         self._count += 1
         self.value += (x - self.value) * max(self.WEIGHT, 1 / self._count)
+
+
+def open_files_allowed() -> int:
+    """Requests one endpoint may have in flight, each on its own connection, within this
+    process's limit on open files (`ulimit -n`; the CLI raises it to the hard limit first)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, soft - FILES_RESERVED) if soft != resource.RLIM_INFINITY else 1 << 30
 
 
 def _header_int(headers: Mapping[str, str], name: str) -> int | None:
