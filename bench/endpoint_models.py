@@ -283,18 +283,26 @@ async def _drive(model: Model, limits: Limits, duration_s: float, stream: bool, 
             await asyncio.sleep(1.0)
 
     samples: set[asyncio.Task[None]] = set()
+    failures: list[BaseException] = []
+
+    def done(task: asyncio.Task[None]) -> None:
+        samples.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failures.append(task.exception())  # type: ignore[arg-type]
+
     watcher = asyncio.create_task(watch())
-    while _now() < duration_s:
+    while _now() < duration_s and not failures:
         while limiter.has_room(BACKLOG):
             task = asyncio.create_task(sample())
             samples.add(task)
-            task.add_done_callback(samples.discard)
+            task.add_done_callback(done)
             await asyncio.sleep(0)
         await asyncio.sleep(ADMISSION_POLL_S)
-    watcher.cancel()
     for task in [*samples, watcher]:
         task.cancel()
     await asyncio.gather(*samples, watcher, return_exceptions=True)
+    if failures:
+        raise failures[0]
     _summarise(figures, settled_answers, half)
     return figures
 
@@ -322,9 +330,7 @@ def run_model(
     """Drive a fresh model through a fresh limiter for `duration_s` of compressed time."""
 
     async def main() -> Figures:
-        return await _drive(
-            model_factory(), limits or Limits(max_concurrency=100_000), duration_s, stream, seed
-        )
+        return await _drive(model_factory(), limits or Limits(), duration_s, stream, seed)
 
     with asyncio.Runner(loop_factory=lambda: looptime.new_event_loop(start=0.0, noop_cycles=0)) as runner:
         return runner.run(main())

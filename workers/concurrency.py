@@ -40,6 +40,8 @@ nothing: the limit never grows beyond what is used.
 
 - `ramp`: start at `INITIAL_LIMIT` and double per window (windows of a quarter of the limit)
   until a step's `e` reaches `MAX_ELASTICITY`; then go back to the last good limit and hold.
+  A window whose stages differ too much from the one before (the run's first scripts, then
+  its first trajectories) is measured again at the same limit before the next doubling.
 - `hold`: `HOLD_WINDOWS` windows at the settled limit, each the new reference; then `probe`
   by `PROBE_GAIN`, up or down: a probe up is kept while `e` stays below `MAX_ELASTICITY` (and
   the next one follows at once), a probe down while `e` reaches it (the level above only
@@ -145,30 +147,25 @@ class _Window:
         """Whether the limit was what held requests back (not the buckets, not the demand)."""
         return self.sends > 0 and 2 * self.queued >= self.sends and 4 * self.paced < self.sends
 
+    def step(self, reference: _Window) -> float:
+        """The log change of the load from `reference` to this window."""
+        return math.log(self.load / reference.load) if reference.load and self.load else 0.0
+
     def elasticity(self, reference: _Window) -> float | None:
-        """`e` of the step from `reference` to this window: the larger over the signal kinds
-        (TTFT, decode time per token, latency per token); None when they cannot be compared."""
-        step = math.log(self.load / reference.load) if reference.load and self.load else 0.0
+        """`e` of the step from `reference` to this window: the largest over the signals
+        (each stage's TTFT, decode time per token or latency per token) with `MIN_COMPARED`
+        answers in both windows; None when none has. The largest, because a queue shows most
+        in the stage with the shortest answers (its wait is a larger part of each token's
+        time), while a batch's slow-down shows alike in all."""
+        step = self.step(reference)
         if abs(step) < MIN_STEP:
             return None
-        rises = [rise for kind in SIGNALS if (rise := self._rise(reference, kind)) is not None]
+        rises = [
+            log_sum / count - other[1] / other[0]
+            for key, (count, log_sum) in self.signals.items()
+            if (other := reference.signals.get(key)) is not None and min(count, other[0]) >= MIN_COMPARED
+        ]
         return max(rise / step for rise in rises) if rises else None
-
-    def _rise(self, older: _Window, kind: str) -> float | None:
-        """The mean log change of one kind of signal, stage by stage, weighted by the answers
-        compared; None when too few answers of the same stages are in both windows."""
-        total = weight = 0.0
-        for key, (count, log_sum) in self.signals.items():
-            other = older.signals.get(key)
-            if other is None or not key.endswith(kind):
-                continue
-            w = min(count, other[0])
-            total += w * (log_sum / count - other[1] / other[0])
-            weight += w
-        return total / weight if weight >= MIN_COMPARED else None
-
-
-SIGNALS = ("/ttft", "/decode", "/token")
 
 
 def _show(elasticity: float | None) -> str:
@@ -196,6 +193,7 @@ class AdaptiveConcurrency:
         self._load = 0.0  # integral of `sending` over time
         self._load_stamp = clock()
         self._limit = float(min(self.ceiling, INITIAL_LIMIT))
+        self._clocked = INITIAL_LIMIT  # slots that may be taken before more requests end
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._window_ids = 0
         self._sending_window = self._new_window()
@@ -236,7 +234,7 @@ class AdaptiveConcurrency:
 
     async def acquire(self) -> bool:
         """Wait for a free slot; True when the request had to wait for one."""
-        if not self._waiters and self.in_flight < self.limit:
+        if not self._waiters and self.in_flight < self._room():
             self.in_flight += 1
             return False
         waiter = asyncio.get_running_loop().create_future()
@@ -282,6 +280,7 @@ class AdaptiveConcurrency:
     def finished(self, send: Send) -> None:
         """The sent request is over, whatever its outcome: free its slot."""
         self._tick()
+        self._clocked = max(self._clocked, self.in_flight + 1)  # its replacement and one more
         self.sending -= 1
         if not send.reported:  # no verdict (a fault): it still ends its window's share
             send.reported = True
@@ -381,6 +380,7 @@ class AdaptiveConcurrency:
 
     def _set(self, limit: float, reason: str) -> None:
         """Adopt a new limit: the windows sent at the old one no longer count."""
+        self._clocked = min(self._clocked, max(self.in_flight, 1))  # a step up is clocked in
         self._limit = max(1.0, min(float(self.ceiling), limit))
         self._reason = reason
         self._measuring.clear()
@@ -403,6 +403,8 @@ class AdaptiveConcurrency:
                 assert reference is not None
                 self._probe_down = reference.limit <= INITIAL_LIMIT  # even the start queued
                 self._settle(reference.limit, f"ramp ended: e={_show(elasticity)}")
+            elif elasticity is None and reference is not None and abs(window.step(reference)) >= MIN_STEP:
+                self._reference = window  # the stages changed (the run's start): measure again here
             else:
                 self._reference = window
                 self._set(self._limit * 2, "ramp")
@@ -466,8 +468,15 @@ class AdaptiveConcurrency:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _wake(self) -> None:
+    def _room(self) -> int:
+        """Slots that may be taken now: the limit, reached by at most one more per request
+        that ends (as TCP's slow start), so that a step up never goes out as one burst that a
+        concurrency cap would refuse whole. Without clocking where RPM/TPM buckets pace."""
         limit = self.limit
+        return limit if self.floor > 0 else min(limit, self._clocked)
+
+    def _wake(self) -> None:
+        limit = self._room()
         while self._waiters and self.in_flight < limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
