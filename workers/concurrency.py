@@ -25,18 +25,21 @@ they only wait? Three kinds of endpoint answer it differently, and each has its 
   the throughput rose by `1 - e` of the step. A vLLM batch slows each sequence as it fills
   (e of 0.2-0.9 below its knee); requests beyond the batch queue (e of 1 or more). A streamed
   answer gives two signals: its time to first token, where queueing shows at once (e far
-  above 1 past the batch), and its decode time per token (the batch's slow-down); the step
-  is judged by the larger. Any other answer gives its latency per output token. A step whose
-  `e` reaches `MAX_ELASTICITY` is taken back.
+  above 1 past the batch), and its decode time per token (the batch's slow-down). Any other
+  answer gives its latency per output token. A step is judged by the signal that rose most
+  (a queue adds the same wait to every answer, so it shows most in the stage with the
+  shortest answers); a step whose `e` reaches `MAX_ELASTICITY` is taken back.
 
-The latency controller measures in windows. A window takes the next `size` requests sent at
-one limit and closes once `CLOSE_SHARE` of them have ended, so long answers weigh as much as
-short ones; each request is credited with the mean number in flight over its life (not the
-number when it was sent: right after a step the level climbs). Its signals are compared
-stage by stage with the reference window's, so a change in the mix of stages (short scripts
-at first, long trajectories later) is never read as load. A window in which the limit held
-nothing back (the requests waited for the RPM/TPM buckets, or fewer were asked for) changes
-nothing: the limit never grows beyond what is used.
+The latency controller measures in windows. After a change of limit, the slots are clocked
+in (at most one more per request that ends, as TCP's slow start, so a step up never goes out
+as one burst that a cap would refuse whole) and the first window opens once the new limit is
+reached (its queue formed). A window takes the next `size` requests and closes once
+`CLOSE_SHARE` of them have ended, so long answers weigh as much as short ones; each request
+is credited with the mean number in flight over its life. Its signals are compared stage by
+stage with the reference window's, so a change in the mix of stages (short scripts at first,
+long trajectories later) is never read as load. A window in which the limit held nothing back
+(the requests waited for the RPM/TPM buckets, or fewer were asked for) changes nothing: the
+limit never grows beyond what is used.
 
 - `ramp`: start at `INITIAL_LIMIT` and double per window (windows of a quarter of the limit)
   until a step's `e` reaches `MAX_ELASTICITY`; then go back to the last good limit and hold.
