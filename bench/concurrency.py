@@ -9,7 +9,7 @@ Two parts:
   throughput there against the best, the share of requests answered 429, and the time until
   the requests in flight first reached 90% of the settled level.
 - **memory**: a whole run (`python -m service run`) against the embedded endpoint with slow
-  answers and no limits, so that thousands of samples are in flight; the summary's peaks and
+  answers and a high RPM, so that thousands of samples are in flight; the summary's peaks and
   memory per sample in flight (the process's RSS growth up to the peak / the peak).
 
 `python -m bench.concurrency --quick` runs shorter models and a smaller run.
@@ -159,11 +159,13 @@ def personas(count: int) -> list[str]:
 
 
 def memory(n: int, latency_s: float) -> None:
-    """A whole run with slow answers and no limits: its peaks and memory per sample in flight."""
+    """A whole run with slow answers and a high RPM: its peaks and memory per sample in flight."""
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "personas.txt").write_text("\n".join(personas(n + n // 5)) + "\n")
-        slow = {"latency_median_s": latency_s, "latency_sigma": 0.3, "faults": NO_FAULTS}
+        # 12,000 RPM learned from the headers: the Little's-law floor takes the concurrency to
+        # thousands after the first answers, so the run holds thousands of samples at once
+        slow = {"latency_median_s": latency_s, "latency_sigma": 0.3, "rpm": 12000, "faults": NO_FAULTS}
         config = {
             "generator": "slow",
             "endpoints": {
@@ -188,7 +190,7 @@ def memory(n: int, latency_s: float) -> None:
         summary = json.loads((work / "run" / "summary.json").read_text())
         proc = summary["this_process"]
         print(
-            f"\nmemory: N={n}, answers {latency_s:g} s (median), no limits: "
+            f"\nmemory: N={n}, answers {latency_s:g} s (median), 12,000 RPM: "
             f"{summary['accepted']} accepted in {time.monotonic() - started:.0f} s; at the peak "
             f"{proc['peak_samples_in_flight']} samples and {proc['peak_requests_in_flight']} requests "
             "in flight; "
