@@ -23,7 +23,7 @@ from metrics.stats import RunStats
 
 log = structlog.get_logger()
 INTERVAL_S = 1.0
-MIN_SAMPLES_FOR_MEMORY = 100  # fewer in flight at the peak: the figure would be noise
+MIN_SAMPLES_FOR_MEMORY = 1000  # fewer at the peak: the embedders' first batches would dominate
 
 
 @dataclass(frozen=True)
