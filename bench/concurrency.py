@@ -195,8 +195,12 @@ def memory(n: int, latency_s: float) -> None:
             f"{proc['peak_samples_in_flight']} samples and {proc['peak_requests_in_flight']} requests "
             "in flight; "
             f"peak RSS {proc['peak_rss_mib']} MiB; "
-            f"memory per sample in flight {proc['memory_per_sample_in_flight_kib']} KiB "
-            "(RSS growth to the peak / the peak: an upper bound)",
+            + (
+                f"memory per sample in flight {per_sample} KiB (RSS growth to the peak / the peak: "
+                "an upper bound)"
+                if (per_sample := proc["memory_per_sample_in_flight_kib"]) is not None
+                else "no memory figure (fewer than 1,000 samples in flight)"
+            ),
             flush=True,
         )
 
