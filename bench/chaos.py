@@ -39,6 +39,7 @@ import orjson
 import yaml
 
 from dedup.exact import text_hash
+from service.config import Limits
 from simulator.process import sim_stats, simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +107,8 @@ def crash_loop(work: Path, n: int, kills: int, seed: int, max_delay_s: float = 0
     """Kill and resume a run of `n` until it finishes; then an uninterrupted run to compare."""
     shipped = yaml.safe_load((ROOT / "config.yaml").read_text())
     sim = {**shipped["endpoints"][ENDPOINT]["embedded"], "faults": {}, "rpm": 0, "tpm": 0}
-    report = CrashReport(n, shipped["endpoints"][ENDPOINT]["limits"]["max_concurrency"])
+    ceiling = shipped["endpoints"][ENDPOINT]["limits"].get("max_concurrency", Limits().max_concurrency)
+    report = CrashReport(n, ceiling)
     rng = random.Random(seed)
     # one kill in each of `kills` equal slices of the first kills/(kills+1) of the run
     thresholds = [int((i + rng.random()) * n / (kills + 1)) for i in range(kills)]

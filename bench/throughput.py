@@ -151,7 +151,6 @@ def figures(scenario: Scenario, result: dict[str, Any]) -> dict[str, Any]:
         "accounted": ok + failed == scenario.count,
         "concurrency": result["settled_concurrency"],
         "latency_s": result["latency_s"],
-        "baseline_s": result.get("baseline_s"),
     }
 
 
@@ -168,11 +167,10 @@ def report(scenario: Scenario, rows: dict[str, dict[str, Any]]) -> str:
         )
     if scenario.binding == "knee":
         for client, f in rows.items():
-            base = f" (baseline {f['baseline_s']:.2f} s)" if f["baseline_s"] else ""
             lines.append(
                 f"  {client}: concurrency {f['concurrency']:.1f} of max "
                 f"{scenario.limits['max_concurrency'] if client == 'ours' else f['concurrency']:.0f}, "
-                f"latency {f['latency_s']:.2f} s{base}; knee {scenario.sim['queue_knee']}"
+                f"median latency {f['latency_s']:.2f} s; knee {scenario.sim['queue_knee']}"
             )
     return "\n".join(lines)
 

@@ -91,13 +91,11 @@ async def run_ours(
 
         await asyncio.gather(*(one(i) for i in range(len(messages))))
         await client.aclose()
+        latencies = [row.latency_s or 0.0 for row in store.response_rows()]
         store.close()
     tail = limits_seen[len(limits_seen) // 2 :] or [control.limit]
-    return {
-        "settled_concurrency": sum(tail) / len(tail),
-        "latency_s": control.recent_s,
-        "baseline_s": control.baseline_s,
-    }
+    settled = sorted(latencies[len(latencies) // 2 :]) or [0.0]
+    return {"settled_concurrency": sum(tail) / len(tail), "latency_s": settled[len(settled) // 2]}
 
 
 async def run_naive(

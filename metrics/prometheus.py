@@ -8,7 +8,7 @@ several runs in one process (tests) do not mix. Callers report events:
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
   `sample_rejected(record)` and `check_failed(stage, rule)`.
 
-State that already lives elsewhere (run totals in `RunStats`, queue depths, limiter state)
+State that already lives elsewhere (run totals in `RunStats`, samples per stage, limiter state)
 is read at scrape time by a collector, so it is never stale and costs nothing between
 scrapes. Counters count this process (they restart with it, Prometheus' model); the run
 gauges (`agentrefine_run_*`) cover the whole run including earlier processes.
@@ -145,9 +145,9 @@ class RunMetrics:
             self._new_series((endpoint, model, stage))
         self._live.limiters[(endpoint, model)] = limiter
 
-    def watch_queue(self, depths: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]) -> None:
-        """Read the job queue's per-stage depths and samples in flight at scrape time."""
-        self._live.queue_depths, self._live.samples_in_flight = depths, in_flight
+    def watch_queue(self, in_stages: Callable[[], Mapping[str, int]], in_flight: Callable[[], int]) -> None:
+        """Read the job queue's samples per stage and samples in flight at scrape time."""
+        self._live.samples_in_stages, self._live.samples_in_flight = in_stages, in_flight
 
     def write(self, path: Path) -> None:
         """Write the final values in the text format (atomically), e.g. for a textfile collector."""
@@ -230,7 +230,7 @@ class _LiveState(Collector):
         self._stats = stats
         self._budget = budget_usd
         self.limiters: dict[tuple[str, str], Callable[[], LimiterState]] = {}
-        self.queue_depths: Callable[[], Mapping[str, int]] | None = None
+        self.samples_in_stages: Callable[[], Mapping[str, int]] | None = None
         self.samples_in_flight: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -277,13 +277,15 @@ class _LiveState(Collector):
                 "Samples admitted and not finished.",
                 self.samples_in_flight(),
             )
-        if self.queue_depths is not None:
-            depth = GaugeMetricFamily(
-                "agentrefine_stage_queue_depth", "Samples waiting for a worker of a stage.", labels=["stage"]
+        if self.samples_in_stages is not None:
+            in_stage = GaugeMetricFamily(
+                "agentrefine_stage_samples",
+                "Samples in a stage now (at its endpoint, waiting for it, or in our checks).",
+                labels=["stage"],
             )
-            for stage, count in self.queue_depths().items():
-                depth.add_metric([stage], count)
-            yield depth
+            for stage, count in self.samples_in_stages().items():
+                in_stage.add_metric([stage], count)
+            yield in_stage
 
     def _limiters(self) -> Iterator[Metric]:
         if not self.limiters:
@@ -293,9 +295,19 @@ class _LiveState(Collector):
             "in_flight": GaugeMetricFamily(
                 "agentrefine_llm_requests_in_flight", "LLM requests sent and not answered.", labels=labels
             ),
+            "waiting": GaugeMetricFamily(
+                "agentrefine_llm_requests_waiting",
+                "LLM requests waiting for a concurrency slot, the RPM/TPM buckets or a 429 cooldown.",
+                labels=labels,
+            ),
             "concurrency": GaugeMetricFamily(
                 "agentrefine_limiter_concurrency_limit",
                 "Requests the limiter lets run at once.",
+                labels=labels,
+            ),
+            "cap": GaugeMetricFamily(
+                "agentrefine_limiter_concurrency_cap",
+                "The endpoint's concurrency cap, learned from its 429s without rate-limit headers.",
                 labels=labels,
             ),
             "remaining_requests": GaugeMetricFamily(

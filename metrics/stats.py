@@ -26,6 +26,9 @@ class RunStats:
     usage: Usage = field(default_factory=Usage)  # tokens paid in this process
     cost_usd: float = 0.0  # spent by this process
     prior_cost_usd: float = 0.0  # spent on this run by earlier processes (from the store)
+    peak_samples_in_flight: int = 0  # kept by service.flight.FlightRecorder
+    peak_requests_in_flight: int = 0
+    memory_per_sample_kib: float | None = None  # RSS growth per sample in flight, at the peak
 
     @property
     def elapsed(self) -> float:

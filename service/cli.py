@@ -13,6 +13,8 @@ command.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import resource
 import sys
 from pathlib import Path
 
@@ -75,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides.append(f"{key}={value}")
     try:
         config = load_config(args.config, overrides)
+        raise_open_file_limit()  # a request in flight is a connection: thousands may be needed
         run = Run(config)
         summary = uvloop.run(_run(run))
     except (
@@ -94,6 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     if summary["result"].startswith("budget reached"):
         return 3
     return 128 + run.stop_signal if run.stop_signal is not None and summary["result"] == INTERRUPTED else 0
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (often 1024 of 1M):
+    the limiters keep each endpoint's concurrency below what the soft limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _validate(out: str) -> int:

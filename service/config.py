@@ -36,7 +36,9 @@ class Limits:
 
     rpm: int = 0
     tpm: int = 0
-    max_concurrency: int = 32
+    # a ceiling: the limiter finds the concurrency the endpoint takes (workers/concurrency.py);
+    # 10,000 RPM x 60 s answers need 10,000 in flight
+    max_concurrency: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,13 @@ class Stage:
     endpoint: str | list[str] | None = None
     temperature: float = 0.7
     max_tokens: int = 4096
-    concurrency: int = 32
+    concurrency: int | None = None  # a cap on samples in this stage at once (None: the limiters pace)
     attempts: int = 2
 
 
 @dataclass(frozen=True)
 class Stages:
-    personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024, concurrency=4))
+    personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024))
     script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=12288, attempts=2))
     trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=12288, attempts=3))
 
@@ -123,7 +125,7 @@ class Run:
     n: int = 1000
     out: str = "runs/default"
     seed: int = 0
-    max_in_flight: int = 96
+    max_in_flight: int = 10_000  # samples in flight at most (a memory ceiling; service/pacing.py)
     shard_size: int = 10000
     sharegpt: bool = False
     refinement_data: bool = True  # false: the paper's "w/o refinement data" ablation (no mistakes)
@@ -411,7 +413,7 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
             config.endpoints,
             f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint",
         )
-        if stage.attempts < 1 or stage.concurrency < 1 or stage.max_tokens < 1:
+        if stage.attempts < 1 or (stage.concurrency or 1) < 1 or stage.max_tokens < 1:
             raise ConfigError(
                 f"{where('stages', stage_name)}: stages.{stage_name}: attempts, concurrency and "
                 "max_tokens must be at least 1"

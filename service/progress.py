@@ -1,6 +1,6 @@
 """The live progress display: one line redrawn on a terminal (accepted / target, rejects by
 rule, duplicates, tokens, the run's spend with its projection at the target and the budget,
-elapsed, rate); a progress log event when not a terminal."""
+elapsed, rate, samples and requests in flight); a progress log event when not a terminal."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from typing import TextIO
 import structlog
 
 from metrics.stats import RunStats
+from service.flight import InFlight
 
 LOG_INTERVAL_S = 15.0
 log = structlog.get_logger()
 
 
-def progress_line(stats: RunStats, in_flight: int, budget_usd: float | None = None) -> str:
+def progress_line(stats: RunStats, flight: InFlight, budget_usd: float | None = None) -> str:
     elapsed = stats.elapsed
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
@@ -27,7 +28,8 @@ def progress_line(stats: RunStats, in_flight: int, budget_usd: float | None = No
     spend += f" (projected ${projected:.2f} at {stats.target})" if projected is not None else ""
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
-        f"tokens {_short(stats.usage.total)} | spent {spend} | in flight {in_flight} | "
+        f"tokens {_short(stats.usage.total)} | spent {spend} | "
+        f"in flight {flight.samples} samples, {flight.requests} requests (+{flight.waiting} waiting) | "
         f"dropped {stats.dropped} failed {stats.failed} "
         f"dup persona {stats.duplicates['persona']} script {stats.duplicates['script']} "
         f"bad lines {stats.malformed} | "
@@ -39,7 +41,7 @@ class Progress:
     def __init__(
         self,
         stats: RunStats,
-        in_flight: Callable[[], int],
+        in_flight: Callable[[], InFlight],
         interval_s: float,
         budget_usd: float | None = None,
         stream: TextIO = sys.stderr,

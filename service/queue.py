@@ -1,35 +1,39 @@
-"""The asyncio job queue: jobs stream through named stages, each a pool of workers.
+"""The asyncio job queue: each admitted job is one task that walks its stages in order.
 
-- A stage is an async handler `job -> next stage name | None` with its own concurrency.
-  `None` means the job is finished; `on_finished(job)` decides what that means.
-- Backpressure: at most `max_in_flight` jobs exist at once. The feeder takes the next job
-  from the source only when a slot is free *and* `may_admit()` agrees, so memory does not
-  grow with the size of the run, and the tail of a run does not start work it won't need.
+- A stage is an async handler `job -> next stage name | None`; `None` means the job is
+  finished, and `on_finished(job)` decides what that means. There are no worker pools: the
+  endpoints' limiters are the gates a job waits at, so the work in flight follows what the
+  endpoints take (Little's law: their rate x their latency), not a pool size set in advance.
+  A stage may still have a cap (`StageSpec.concurrency`: jobs in that stage at once).
+- Admission: the feeder takes the next job from the source when fewer than `max_in_flight`
+  jobs are in flight (a ceiling, for memory) *and* `may_admit(in_flight)` agrees. It asks
+  again whenever a job finishes and every `ADMISSION_POLL_S` (what `may_admit` looks at, the
+  endpoints' queues, changes without any job finishing).
 - `close()` (a graceful stop) stops admission only: the jobs in flight run on until each
   finishes or gives up (`run()` returns when none is left).
 - `stop()` (target reached, fatal error, a second signal or the end of the grace period)
-  stops admission and cancels the workers; unfinished jobs stay as they are in the store
-  and are resumed by the next run.
+  stops admission and cancels the jobs; unfinished jobs stay as they are in the store and are
+  resumed by the next run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import structlog
-
 Job = TypeVar("Job")
-log = structlog.get_logger()
+ADMISSION_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
 class StageSpec(Generic[Job]):
     name: str
     handler: Callable[[Job], Awaitable[str | None]]
-    concurrency: int
+    concurrency: int | None = None  # jobs in this stage at once, at most (None: no cap)
 
 
 class JobQueue(Generic[Job]):
@@ -41,11 +45,13 @@ class JobQueue(Generic[Job]):
         max_in_flight: int,
     ) -> None:
         self._stages = {s.name: s for s in stages}
-        self._queues: dict[str, asyncio.Queue[Job]] = {s.name: asyncio.Queue() for s in stages}
+        self._caps = {s.name: asyncio.Semaphore(s.concurrency) for s in stages if s.concurrency}
         self._on_finished = on_finished
         self._on_error = on_error
         self._max_in_flight = max_in_flight
         self._in_flight = 0
+        self._in_stage: Counter[str] = Counter({s.name: 0 for s in stages})
+        self._jobs: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
         self._closed = asyncio.Event()
@@ -55,14 +61,14 @@ class JobQueue(Generic[Job]):
     def in_flight(self) -> int:
         return self._in_flight
 
+    def in_stages(self) -> dict[str, int]:
+        """Jobs in each stage now (working, or waiting for an endpoint)."""
+        return dict(self._in_stage)
+
     def close(self) -> None:
         """Admit nothing more; let the jobs in flight finish."""
         self._closed.set()
         self._changed.set()
-
-    def depths(self) -> dict[str, int]:
-        """Jobs waiting for a worker, per stage."""
-        return {name: queue.qsize() for name, queue in self._queues.items()}
 
     def stop(self, fatal: BaseException | None = None) -> None:
         """Stop admitting and end the run; `fatal` is re-raised by `run()`."""
@@ -81,11 +87,6 @@ class JobQueue(Generic[Job]):
 
         Returns True when the source ran dry (every job finished), False when closed or stopped.
         """
-        workers = [
-            asyncio.create_task(self._worker(spec), name=f"{spec.name}-{i}")
-            for spec in self._stages.values()
-            for i in range(spec.concurrency)
-        ]
         feeder = asyncio.create_task(self._feed(first_stage, source, may_admit), name="feeder")
         stopped = asyncio.create_task(self._stopped.wait())
         closed = asyncio.create_task(self._closed.wait())
@@ -99,9 +100,10 @@ class JobQueue(Generic[Job]):
                 self._changed.clear()
                 await self._changed.wait()
         finally:
-            for task in [*workers, feeder, stopped, closed]:
+            jobs = [*self._jobs, feeder, stopped, closed]
+            for task in jobs:
                 task.cancel()
-            await asyncio.gather(*workers, feeder, stopped, closed, return_exceptions=True)
+            await asyncio.gather(*jobs, return_exceptions=True)
         if self._fatal is not None:
             raise self._fatal
         return not (self._stopped.is_set() or self._closed.is_set())
@@ -110,34 +112,44 @@ class JobQueue(Generic[Job]):
         self, first_stage: str, source: AsyncIterator[Job], may_admit: Callable[[int], bool]
     ) -> None:
         async for job in source:
-            while not self._stopped.is_set() and not (
+            while not self._ending() and not (
                 self._in_flight < self._max_in_flight and may_admit(self._in_flight)
             ):
                 self._changed.clear()
-                await self._changed.wait()
-            if self._stopped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(ADMISSION_POLL_S):
+                        await self._changed.wait()
+            if self._ending():
                 return
             self._in_flight += 1
-            self._put(first_stage, job)
+            task = asyncio.create_task(self._walk(first_stage, job))
+            self._jobs.add(task)
+            task.add_done_callback(self._jobs.discard)
 
-    def _put(self, stage: str, job: Job) -> None:
-        self._queues[stage].put_nowait(job)
+    def _ending(self) -> bool:
+        return self._stopped.is_set() or self._closed.is_set()
 
-    async def _worker(self, spec: StageSpec[Job]) -> None:
-        queue = self._queues[spec.name]
-        while True:
-            job = await queue.get()
-            try:
-                next_stage = await spec.handler(job)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one job's failure must not take the run down
-                self._finish(job, exc)
-                continue
-            if next_stage is None:
-                self._finish(job, None)
-            else:
-                self._put(next_stage, job)
+    async def _walk(self, stage: str | None, job: Job) -> None:
+        """One job through its stages, from `stage` until a handler says it is finished."""
+        try:
+            while stage is not None:
+                current = stage
+                self._in_stage[current] += 1
+                try:
+                    cap = self._caps.get(current)
+                    if cap is None:
+                        stage = await self._stages[current].handler(job)
+                    else:
+                        async with cap:
+                            stage = await self._stages[current].handler(job)
+                finally:
+                    self._in_stage[current] -= 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # one job's failure must not take the run down
+            self._finish(job, exc)
+            return
+        self._finish(job, None)
 
     def _finish(self, job: Job, error: Exception | None) -> None:
         self._in_flight -= 1

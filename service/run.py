@@ -18,7 +18,6 @@ run lives, written to `metrics.prom` at the end), the `Budget` that stops the ru
 from __future__ import annotations
 
 import asyncio
-import math
 import signal
 import sqlite3
 import sys
@@ -44,7 +43,9 @@ from service.config import Config, ConfigError, Stage
 from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
+from service.flight import FlightRecorder, InFlight
 from service.heap import HeapTrimmer
+from service.pacing import endpoints_want_more, needed_for_target
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
 from service.queue import JobQueue, StageSpec
@@ -52,6 +53,7 @@ from service.store import Store
 from service.summary import build_summary
 from workers.breaker import EndpointDown
 from workers.fallback import EndpointChain
+from workers.limiter import EndpointLimiter
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
@@ -79,6 +81,7 @@ class Run:
         self._base_urls: dict[str, str] = {}
         self._embedders: dict[str, Embedder] = {}
         self._dedup: RunDedup | None = None
+        self._sample_limiters: list[EndpointLimiter] = []  # those of the script and trajectory stages
 
     async def execute(self) -> dict[str, Any]:
         """Run to the target (or until the source runs dry, or a signal) and return the summary."""
@@ -200,7 +203,7 @@ class Run:
                         _in_log_context(
                             "script", ScriptStage(script_client, config.stages.script, dedup.script_duplicate)
                         ),
-                        config.stages.script.concurrency,
+                        config.stages.script.concurrency,  # a cap if set; the limiters are the gates
                     ),
                     StageSpec(
                         "trajectory",
@@ -229,11 +232,14 @@ class Run:
                 dedup.personas,
                 config.dedup.batch_size,
             )
-            self.metrics.watch_queue(queue.depths, lambda: queue.in_flight)
+            self._sample_limiters = [c.limiter for c in {*script_client.clients, *trajectory_client.clients}]
+            self.metrics.watch_queue(queue.in_stages, lambda: queue.in_flight)
             progress = Progress(
-                self.stats, lambda: queue.in_flight, config.run.progress_interval_s, config.run.max_cost_usd
+                self.stats, self._in_flight, config.run.progress_interval_s, config.run.max_cost_usd
             )
             progress.start()
+            flight = FlightRecorder(self._in_flight, self.stats)
+            flight.start()
             heap = HeapTrimmer()
             heap.start()
             if self.stop_signal is not None:  # a signal during start-up
@@ -243,6 +249,7 @@ class Run:
                 exhausted = await queue.run("script", jobs, self._may_admit)
             finally:
                 await heap.stop()
+                await flight.stop()
                 await progress.stop()
         finally:
             if self._grace_timer is not None:
@@ -314,16 +321,23 @@ class Run:
             await embedded.stop()
 
     def _may_admit(self, in_flight: int) -> bool:
-        """Admit only as many samples as the remaining target needs at the observed accept rate,
-        and none once the budget is reached."""
+        """Admit while the endpoints could take more work and the rest of the target needs it
+        (`service.pacing`), and nothing once the budget is reached."""
         if self._budget.exhausted:  # the samples in flight finish or pause; then the run ends
             assert self._queue is not None
             self._queue.close()
             return False
-        stats = self.stats
-        finished = stats.accepted + stats.dropped + stats.failed + stats.duplicates["script"]
-        rate = max(0.3, (stats.accepted + 1) / (finished + 1))
-        return in_flight < math.ceil((stats.target - stats.accepted) / rate * 1.1) + 1
+        return in_flight < needed_for_target(self.stats) and endpoints_want_more(
+            self._sample_limiters, in_flight
+        )
+
+    def _in_flight(self) -> InFlight:
+        limiters = [client.limiter for client in self._clients.values()]
+        return InFlight(
+            self._queue.in_flight if self._queue is not None else 0,
+            sum(limiter.in_flight for limiter in limiters),
+            sum(limiter.waiting for limiter in limiters),
+        )
 
     def _finished(self, job: SampleJob) -> None:
         assert self._store is not None and self._writer is not None and self._queue is not None

@@ -53,6 +53,9 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "wall_s": round(stats.elapsed, 2),
             "requests_per_s": round(sum(stats.requests.values()) / max(stats.elapsed, 1e-9), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_samples_in_flight": stats.peak_samples_in_flight,
+            "peak_requests_in_flight": stats.peak_requests_in_flight,
+            "memory_per_sample_in_flight_kib": stats.memory_per_sample_kib,
             "accepted": stats.accepted_this_run,
             "requests": dict(stats.requests),
             "answers_replayed_from_store": stats.cache_hits,
@@ -86,5 +89,12 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
         f"requests {pairs(proc['requests'])}, "
         f"answers replayed from store {proc['answers_replayed_from_store']}",
+        f"in flight at the peak: {proc['peak_samples_in_flight']} samples, "
+        f"{proc['peak_requests_in_flight']} requests"
+        + (
+            f" (about {proc['memory_per_sample_in_flight_kib']:.0f} KiB of memory per sample in flight)"
+            if proc["memory_per_sample_in_flight_kib"] is not None
+            else ""
+        ),
     ]
     return "\n".join(lines)

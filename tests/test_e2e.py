@@ -12,7 +12,7 @@ import yaml
 from service.export import MASKS
 from service.formats import export_run
 from service.validate import validate_run
-from tests.conftest import FAST_SIM, cli, read_jsonl, sim_stats, simulator, write_config
+from tests.conftest import CITIES, FAST_SIM, JOBS, cli, read_jsonl, sim_stats, simulator, write_config
 
 ALL_FLAWED = {"script_rate": 1.0, "trajectory_rate": 1.0, "retry_rate_factor": 0.4}
 
@@ -198,3 +198,67 @@ def test_persona_file_with_duplicates_and_bad_lines(tmp_path: Path) -> None:
     assert strict.returncode == 2
     expected = f"error: {persona_file}:5: invalid JSON: unexpected character, expected a string key"
     assert strict.stderr.strip() == expected
+
+
+NAMES = ("Ada", "Bram", "Chiara", "Dmitri", "Esi", "Farid", "Greta", "Hiro", "Ines", "Jomo")
+HOBBIES = (
+    "keeps bees on the roof",
+    "restores old motorcycles",
+    "sings in a harbour choir",
+    "maps forgotten footpaths",
+    "brews cider from wild apples",
+    "collects antique clocks",
+    "teaches chess to children",
+    "photographs thunderstorms",
+)
+
+
+def test_a_slow_endpoint_gets_far_more_than_96_samples_in_flight(tmp_path: Path) -> None:
+    # Answers take 3 s (30 s compressed tenfold) and the endpoint sets no limit: keeping it
+    # busy takes hundreds of samples in flight (rate x latency), where a fixed pool of 96
+    # (the old run.max_in_flight) held the run down. Nothing in the config asks for them.
+    personas = [
+        f"{name}, a {job} in {city} who {hobby}."
+        for name in NAMES
+        for job, city in zip(JOBS, CITIES, strict=True)
+        for hobby in HOBBIES[:4]
+    ]
+    persona_file = tmp_path / "personas.txt"
+    persona_file.write_text("\n".join(personas) + "\n")
+    slow = {**FAST_SIM, "latency_median_s": 3.0, "latency_sigma": 0.3}
+    endpoints = {
+        "local": {"embedded": slow, "limits": {}, "timeout_s": 60},
+        "embeddings": {"embedded": FAST_SIM},  # dedup's: quick, and no local model's CPU in the way
+    }
+    uncapped = {"script": {"attempts": 2}}  # no stage caps: the limiter is the only gate
+    run = {"max_in_flight": 10_000, "report": False}
+    config = write_config(tmp_path / "config.yaml", endpoints, "local", stages=uncapped, run=run)
+    out = tmp_path / "run"
+    result = cli(
+        "run",
+        "--config",
+        str(config),
+        "-n",
+        "300",
+        "--personas",
+        str(persona_file),
+        "--out",
+        str(out),
+        "--set",
+        "dedup.embedder=embeddings",
+        "--set",
+        "dedup.persona.threshold=0.99",  # its n-gram vectors call these personas alike
+        "--set",
+        "dedup.script.threshold=0.99",
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["accepted"] == 300
+    this_process = summary["this_process"]
+    assert this_process["peak_samples_in_flight"] >= 200
+    assert this_process["peak_requests_in_flight"] >= 150
+    assert "in flight at the peak:" in result.stdout
+    events = [json.loads(line) for line in (out / "run.log").read_text().splitlines()]
+    decisions = [e for e in events if e["event"] == "concurrency"]
+    assert decisions and all(e["endpoint"] == "local" for e in decisions)
+    assert len(decisions) <= len(events) // 20  # decisions, not one line per request

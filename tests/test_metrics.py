@@ -22,6 +22,7 @@ from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service import logs
 from service.config import Price
+from service.flight import InFlight
 from service.progress import progress_line
 from service.store import Store
 from workers.limiter import LimiterState
@@ -80,7 +81,13 @@ def test_request_outcomes_map_to_bounded_labels() -> None:
 def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     metrics = RunMetrics(RunStats(target=10))
     state = LimiterState(
-        in_flight=3, concurrency=8, remaining_requests=42.0, remaining_tokens=None, cooldown_s=0.0, rpm=500
+        in_flight=3,
+        concurrency=8,
+        remaining_requests=42.0,
+        remaining_tokens=None,
+        cooldown_s=0.0,
+        rpm=500,
+        waiting=5,
     )
     metrics.add_endpoint("openai", "gpt-4o", ["script"], lambda: state)
     usage = Usage(prompt=1000, cached_prompt=400, completion=500, reasoning=200)
@@ -98,6 +105,8 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     assert value(metrics, "agentrefine_llm_request_duration_seconds_count", **llm) == 1  # answered only
     limiter = {"endpoint": "openai", "model": "gpt-4o"}
     assert value(metrics, "agentrefine_llm_requests_in_flight", **limiter) == 3
+    assert value(metrics, "agentrefine_llm_requests_waiting", **limiter) == 5
+    assert value(metrics, "agentrefine_limiter_concurrency_cap", **limiter) is None  # none learned
     assert value(metrics, "agentrefine_limiter_remaining_requests", **limiter) == 42
     assert value(metrics, "agentrefine_limiter_remaining_tokens", **limiter) is None  # no TPM bucket
     assert value(metrics, "agentrefine_limiter_requests_per_minute", **limiter) == 500
@@ -217,7 +226,8 @@ def test_logs_never_show_an_api_key(tmp_path: Path) -> None:
 def test_progress_line_shows_spend_budget_and_projection() -> None:
     stats = RunStats(target=100, accepted=25, prior_cost_usd=2.0)
     stats.cost_usd = 0.5
-    line = progress_line(stats, in_flight=3, budget_usd=20.0)
+    line = progress_line(stats, InFlight(1200, 1150, 32), budget_usd=20.0)
     assert "accepted 25/100" in line
     assert "spent $2.50 of $20.00 (projected $10.00 at 100)" in line
-    assert "spent $0.00 |" in progress_line(RunStats(target=5), in_flight=0)
+    assert "in flight 1200 samples, 1150 requests (+32 waiting)" in line
+    assert "spent $0.00 |" in progress_line(RunStats(target=5), InFlight(0, 0, 0))

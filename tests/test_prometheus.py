@@ -133,7 +133,7 @@ def test_dashboard_is_importable_with_the_datasource_as_a_variable() -> None:
         "errors",
         "rejects by rule",
         "dedup rate",
-        "queue depth",
+        "work in flight",
     ):
         assert wanted in titles, wanted
 

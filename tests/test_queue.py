@@ -1,5 +1,6 @@
-"""The job queue: jobs flow through stages, in-flight jobs never exceed the bound, the
-admission predicate is respected, stop() ends the run, a handler error stays one job's."""
+"""The job queue: each job walks its stages, in-flight jobs never exceed the bound nor a
+stage's cap, the admission predicate is respected (and asked again while nothing finishes),
+stop() ends the run, a handler error stays one job's."""
 
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ async def numbers(n: int) -> AsyncIterator[int]:
 
 def test_jobs_flow_through_stages_with_bounded_in_flight() -> None:
     seen: list[int] = []
-    peak = 0
+    peak = peak_first = 0
 
     async def main() -> bool:
         nonlocal peak
         queue: JobQueue[int]
 
         async def first(job: int) -> str | None:
-            nonlocal peak
+            nonlocal peak, peak_first
             peak = max(peak, queue.in_flight)
+            peak_first = max(peak_first, queue.in_stages()["first"])
             await asyncio.sleep(0.001)
             return "second"
 
@@ -33,7 +35,7 @@ def test_jobs_flow_through_stages_with_bounded_in_flight() -> None:
             return None
 
         queue = JobQueue(
-            [StageSpec("first", first, 4), StageSpec("second", second, 8)],
+            [StageSpec("first", first, 4), StageSpec("second", second)],
             on_finished=seen.append,
             on_error=lambda job, exc: None,
             max_in_flight=10,
@@ -42,7 +44,37 @@ def test_jobs_flow_through_stages_with_bounded_in_flight() -> None:
 
     assert asyncio.run(main()) is True  # the source ran dry and every job finished
     assert sorted(seen) == list(range(200))
-    assert 1 < peak <= 10
+    assert 4 < peak <= 10  # more than the first stage's cap: the others were in the second
+    assert peak_first <= 10  # counted while waiting for the cap too; at most 4 ran it at once
+
+
+def test_admission_is_asked_again_while_no_job_finishes() -> None:
+    # what may_admit looks at (the endpoints' queues) changes without any job finishing
+    asked = 0
+
+    async def main() -> list[int]:
+        gate = asyncio.Event()
+        admitted: list[int] = []
+        queue: JobQueue[int]
+
+        async def work(job: int) -> str | None:
+            admitted.append(job)
+            if len(admitted) == 3:
+                queue.stop()
+            await gate.wait()  # no job ever finishes
+            return None
+
+        def may_admit(in_flight: int) -> bool:
+            nonlocal asked
+            asked += 1
+            return asked % 3 == 0  # room appears now and then
+
+        queue = JobQueue([StageSpec("w", work)], lambda job: None, lambda job, exc: None, max_in_flight=50)
+        await queue.run("w", numbers(100), may_admit)
+        return admitted
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    assert asked >= 9
 
 
 def test_stop_ends_the_run_and_may_admit_is_respected() -> None:
@@ -66,7 +98,7 @@ def test_stop_ends_the_run_and_may_admit_is_respected() -> None:
             admitted_max = max(admitted_max, in_flight)
             return in_flight < 3
 
-        queue = JobQueue([StageSpec("w", work, 8)], done, lambda job, exc: None, max_in_flight=50)
+        queue = JobQueue([StageSpec("w", work)], done, lambda job, exc: None, max_in_flight=50)
         return await queue.run("w", numbers(10_000), may_admit)
 
     assert asyncio.run(main()) is False  # stopped, not exhausted
@@ -85,7 +117,7 @@ def test_a_failing_job_does_not_stop_the_others() -> None:
 
     async def main() -> bool:
         queue = JobQueue(
-            [StageSpec("w", work, 2)],
+            [StageSpec("w", work)],
             finished.append,
             lambda job, exc: errors.append((job, str(exc))),
             max_in_flight=4,
@@ -117,7 +149,7 @@ def test_close_admits_nothing_more_and_lets_jobs_in_flight_finish() -> None:
             return None
 
         queue = JobQueue(
-            [StageSpec("first", work, 5), StageSpec("second", second, 2)],
+            [StageSpec("first", work), StageSpec("second", second)],
             on_finished=finished.append,
             on_error=lambda job, exc: None,
             max_in_flight=5,

@@ -107,7 +107,7 @@ class LLMClient:
         self._stats = stats
         self._metrics = metrics or RunMetrics(stats)
         self._budget = budget or Budget(None, stats)
-        self.limiter = EndpointLimiter(endpoint.limits)
+        self.limiter = EndpointLimiter(endpoint.limits, endpoint.name)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
         self._http = open_transport(
@@ -177,7 +177,7 @@ class LLMClient:
         limited_since: float | None = None
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
-            async with self.limiter.slot(request.estimate) as ticket:
+            async with self.limiter.slot(request.estimate, stage) as ticket:
                 self._budget.check()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
@@ -197,7 +197,9 @@ class LLMClient:
                             tokens = parse_usage(stored.usage)
                             cost = cost_usd(tokens, ep.price)
                             latency = self._report(stage, "ok", sent, tokens, cost)
-                            ticket.succeeded(tokens.total, reply.headers, latency)
+                            ticket.succeeded(
+                                tokens.total, reply.headers, latency, completion_tokens=tokens.completion
+                            )
                             stored = replace(
                                 stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
                             )
@@ -217,7 +219,7 @@ class LLMClient:
                         last_error = f"HTTP {reply.status}: {reply.error_message()}"
                         if outcome == "429":
                             delay = _retry_after(reply) or delay
-                            ticket.rate_limited(delay)
+                            ticket.rate_limited(delay, reply.headers)
             self._stats.requests[outcome] += 1
             self._report(stage, outcome, sent)
             log.info("llm_attempt_failed", endpoint=ep.name, stage=stage, outcome=outcome, error=last_error)

@@ -8,6 +8,11 @@ an expansion freed a place (the others are yielded and forgotten), so memory sta
 however many personas a run asks for (breadth first over the first levels, then about
 FRONTIER_CAP lineages side by side). Items come out in a fixed order whatever the timing of
 the requests, so a resumed run regenerates the same sequence from cached answers for free.
+
+Expansions in flight start at FIRST_EXPANSIONS and grow by one whenever the run asks for a
+persona before the oldest expansion has answered (at most doubling per round trip), so on a
+slow provider (a 10 s answer for five personas) the source keeps up with the samples the
+endpoints can take; the stage's `concurrency`, when set, caps them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from workers.prompts import render
 log = structlog.get_logger()
 
 FRONTIER_CAP = 4096  # personas waiting to be expanded, at most
+FIRST_EXPANSIONS = 4  # expansions in flight at first; one more whenever the run waits for one
 
 
 class PersonaExpander:
@@ -50,6 +56,8 @@ class PersonaExpander:
         """Seeds first, then their expansions, breadth first; positions from 0."""
         frontier: deque[str] = deque()
         pending: deque[asyncio.Task[list[str]]] = deque()
+        ceiling = self._settings.concurrency or self._frontier_cap
+        parallel = min(FIRST_EXPANSIONS, ceiling)
         position = 0
         for seed in self._seeds:
             frontier.append(seed)
@@ -58,9 +66,12 @@ class PersonaExpander:
             position += 1
         try:
             while frontier or pending:
-                while frontier and len(pending) < self._settings.concurrency:
+                while frontier and len(pending) < parallel:
                     pending.append(asyncio.create_task(self._expand(frontier.popleft())))
-                for text in await pending.popleft():
+                oldest = pending.popleft()
+                if not oldest.done():  # the run waits for personas: expand more at once
+                    parallel = min(ceiling, parallel + 1)
+                for text in await oldest:
                     if len(frontier) < self._frontier_cap:
                         frontier.append(text)
                     if position > start_after:
