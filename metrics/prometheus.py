@@ -4,7 +4,8 @@ One `RunMetrics` per run, with its own `CollectorRegistry` (never the global one
 several runs in one process (tests) do not mix. Callers report events:
 
 - the LLM layer: `request(RequestEvent)` once per HTTP attempt with its outcome, latency,
-  usage and cost; `cache_hit(...)` for an answer replayed from the store;
+  time to first token, usage and cost; `cache_hit(...)` for an answer
+  replayed from the store;
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
   `sample_rejected(record)` and `check_failed(stage, rule)`.
 
@@ -62,6 +63,7 @@ class RequestEvent:
     latency_s: float
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    first_token_s: float | None = None  # a streamed answer's first token, after sending
 
 
 def outcome_label(outcome: str) -> str:
@@ -126,6 +128,13 @@ class RunMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._first_token = Histogram(
+            "agentrefine_llm_time_to_first_token_seconds",
+            "Time from sending a streamed LLM request to its first token (queueing and prefill).",
+            llm,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         for outcome in ("accepted", "surplus", "failed", "malformed"):
             self._samples.labels(outcome, "", "")
         for kind in DEDUP_KINDS:
@@ -163,6 +172,8 @@ class RunMetrics:
         if outcome != "ok":
             return
         series.latency.observe(event.latency_s)
+        if event.first_token_s is not None:
+            series.first_token.observe(event.first_token_s)
         usage = event.usage
         for counter, count in zip(
             series.tokens, (usage.prompt, usage.cached_prompt, usage.completion, usage.reasoning), strict=True
@@ -179,6 +190,7 @@ class RunMetrics:
         series = _RequestSeries(
             requests={outcome: self._requests.labels(*labels, outcome) for outcome in REQUEST_OUTCOMES},
             latency=self._latency.labels(*labels),
+            first_token=self._first_token.labels(*labels),
             tokens=tuple(self._tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
             cost=self._cost.labels(*labels),
             cache_hits=self._cache_hits.labels(*labels),
@@ -218,6 +230,7 @@ class _RequestSeries:
 
     requests: dict[str, Counter]
     latency: Histogram
+    first_token: Histogram
     tokens: tuple[Counter, ...]  # in TOKEN_KINDS order
     cost: Counter
     cache_hits: Counter

@@ -84,7 +84,7 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     )
     metrics.add_endpoint("openai", "gpt-4o", ["script"], lambda: state)
     usage = Usage(prompt=1000, cached_prompt=400, completion=500, reasoning=200)
-    metrics.request(RequestEvent("openai", "gpt-4o", "script", "ok", 0.3, usage, 0.0065))
+    metrics.request(RequestEvent("openai", "gpt-4o", "script", "ok", 0.3, usage, 0.0065, first_token_s=0.1))
     metrics.request(RequestEvent("openai", "gpt-4o", "script", "429", 0.01))
     metrics.request(RequestEvent("openai", "gpt-4o", "script", "bad_response", 0.02))
     llm = {"endpoint": "openai", "model": "gpt-4o", "stage": "script"}
@@ -96,6 +96,7 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     assert value(metrics, "agentrefine_llm_tokens_total", **llm, kind="reasoning") == 200
     assert value(metrics, "agentrefine_llm_cost_usd_total", **llm) == pytest.approx(0.0065)
     assert value(metrics, "agentrefine_llm_request_duration_seconds_count", **llm) == 1  # answered only
+    assert value(metrics, "agentrefine_llm_time_to_first_token_seconds_sum", **llm) == pytest.approx(0.1)
     limiter = {"endpoint": "openai", "model": "gpt-4o"}
     assert value(metrics, "agentrefine_llm_requests_in_flight", **limiter) == 3
     assert value(metrics, "agentrefine_limiter_remaining_requests", **limiter) == 42

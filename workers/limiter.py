@@ -170,9 +170,21 @@ class Ticket:
         self._window = window
         self._estimate = estimate
 
-    def succeeded(self, actual_tokens: int, headers: Mapping[str, str], latency_s: float) -> None:
-        """Answered after `latency_s`: feed it to the concurrency limit, correct the token
-        estimate, then read the provider's headers (which already count this request's real usage)."""
+    def succeeded(
+        self,
+        actual_tokens: int,
+        headers: Mapping[str, str],
+        latency_s: float,
+        *,
+        first_token_s: float | None,
+        completion_tokens: int,
+    ) -> None:
+        """Answered after `latency_s` (sent to last byte), its first token after `first_token_s`
+        (None when not streamed), with `completion_tokens` written: feed it to the concurrency
+        limit, correct the token estimate (`actual_tokens`: prompt + completion), then read the
+        provider's headers (which already count this request's real usage). The time to the
+        first token is the wait (queueing, prefill); the rest is writing, about
+        `completion_tokens` / the model's output speed."""
         self._limiter.concurrency.succeeded(self._window, latency_s)
         if self._tokens is not None:
             self._tokens.give_back(self._estimate - actual_tokens)

@@ -3,14 +3,22 @@
 `LLMClient` turns (messages, generation parameters) into a `Completion`: `prepare` the
 body, `replay` a stored answer, or `send` it; the stages reach it through
 `workers/fallback.py`, which chooses between a stage's endpoints. It knows nothing about
-AgentRefine. Every completed answer is stored under the SHA-256 of the request body exactly
-as sent (model, messages, parameters; serialised once, hashed and sent as the same bytes),
-so asking again — after a crash, or in a resumed run — replays the stored answer instead of
-paying for it. The `seed` is part of that body: the stages derive it from the sample and
-attempt, so a deliberate re-ask gets a fresh answer while a replay hits the cache.
+AgentRefine. Every completed answer is stored under the SHA-256 of the request body (model,
+messages, parameters) without the keys that only say how it is delivered (`stream`,
+`stream_options`), so asking again — after a crash, or in a resumed run, streamed or not —
+replays the stored answer instead of paying for it. The `seed` is part of that body: the
+stages derive it from the sample and attempt, so a deliberate re-ask gets a fresh answer
+while a replay hits the cache.
 
-Transport faults (5xx, timeouts, resets, unreadable bodies) are retried here with
-backoff, `max_retries` times. A 429 is backpressure, not a failure: it cools down only
+**Streaming.** With `stream: true` (the default) the answer comes as server-sent events
+(with `stream_options.include_usage`, so the usage is exact), which lets a silence timeout
+between chunks tell a hung request from a long answer (`workers/http.py`) and times the
+first token; it is assembled when the stream ends (`workers/answers.py`), so what is stored
+and returned is the same message a non-streaming request gets.
+
+Transport faults (5xx, timeouts, resets, unreadable or cut bodies, and blank content in
+JSON mode, which DeepSeek sometimes sends) are retried here with backoff, `max_retries`
+times. A 429 is backpressure, not a failure: it cools down only
 this endpoint for the `retry-after` the provider sent, cuts its concurrency, and is retried
 for up to RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is wrong:
 `FatalEndpointError` stops the run with one line. A 400/413/422 fails only its request (its
@@ -42,10 +50,10 @@ from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
+from workers.answers import parse_answer, parse_stream
 from workers.breaker import CircuitBreaker
-from workers.http import Reply, TransportError, one_line
+from workers.http import EndpointHTTP, Reply, TransportError, one_line
 from workers.limiter import EndpointLimiter
-from workers.transports import open_transport
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -53,6 +61,7 @@ RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrup
 FATAL_STATUSES = frozenset((401, 403, 404))  # the configuration is wrong: retrying cannot help
 REQUEST_SPECIFIC = frozenset((400, 413, 422))  # statuses caused by one request, not by the configuration
 REFUSALS = FATAL_STATUSES | REQUEST_SPECIFIC  # answers that are never retried
+STREAM = {"stream": True, "stream_options": {"include_usage": True}}
 
 log = structlog.get_logger()
 
@@ -110,12 +119,8 @@ class LLMClient:
         self.limiter = EndpointLimiter(endpoint.limits)
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        self._http = open_transport(
-            endpoint.transport,
-            base_url,
-            endpoint.api_key(),
-            endpoint.timeout_s,
-            endpoint.limits.max_concurrency,
+        self._http = EndpointHTTP(
+            base_url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
         )
 
     async def aclose(self) -> None:
@@ -128,25 +133,24 @@ class LLMClient:
     def prepare(self, messages: list[dict[str, str]], generation: Generation) -> PreparedRequest:
         """The request body as this endpoint will receive it, and its store key."""
         ep = self.endpoint
+        json_mode = generation.json_mode and ep.json_mode
         body: dict[str, Any] = {
             "model": ep.model,
             "messages": messages,
             "temperature": generation.temperature,
             ep.max_tokens_param: generation.max_tokens,
         }
-        if generation.json_mode and ep.json_mode:
+        if json_mode:
             body["response_format"] = {"type": "json_object"}
         if ep.send_seed:
             body["seed"] = generation.seed
         body.update(ep.extra_body)
+        # the key hashes the body without the stream keys, plus the seed when it is not sent
+        key = request_key(body if ep.send_seed else {**body, "seed": generation.seed})
+        if ep.stream:
+            body.update(STREAM)
         payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        # the key hashes the body as sent, plus the seed when it is not sent
-        key = (
-            hashlib.sha256(payload).hexdigest()
-            if ep.send_seed
-            else request_key({**body, "seed": generation.seed})
-        )
-        return PreparedRequest(key, payload, estimate_tokens(messages) + generation.max_tokens)
+        return PreparedRequest(key, payload, estimate_tokens(messages) + generation.max_tokens, json_mode)
 
     def replay(self, request: PreparedRequest, stage: str) -> Completion | None:
         """The stored answer to this request, if it was ever answered."""
@@ -181,14 +185,14 @@ class LLMClient:
                 self._budget.check()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
-                    reply = await self._http.post_chat(request.payload)
+                    reply = await self._http.post_chat(request.payload, ep.stream)
                 except TransportError as exc:
                     outcome, last_error = exc.kind, str(exc)
                 else:
                     if reply.status == 200:
                         try:
-                            stored = parse_answer(reply.body, ep)
-                        except ValueError as exc:  # not a chat completion (cut short, not JSON)
+                            stored = self._answer(reply, request)
+                        except ValueError as exc:  # not a whole chat completion
                             self.limiter.observe(reply.headers)
                             outcome, last_error = "bad_response", one_line(str(exc))
                         else:
@@ -196,8 +200,14 @@ class LLMClient:
                             self._breaker.success()
                             tokens = parse_usage(stored.usage)
                             cost = cost_usd(tokens, ep.price)
-                            latency = self._report(stage, "ok", sent, tokens, cost)
-                            ticket.succeeded(tokens.total, reply.headers, latency)
+                            latency = self._report(stage, "ok", sent, tokens, cost, reply.first_token_s)
+                            ticket.succeeded(
+                                tokens.total,
+                                reply.headers,
+                                latency,
+                                first_token_s=reply.first_token_s,
+                                completion_tokens=tokens.completion,
+                            )
                             stored = replace(
                                 stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
                             )
@@ -231,14 +241,37 @@ class LLMClient:
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
 
+    def _answer(self, reply: Reply, request: PreparedRequest) -> StoredResponse:
+        """The answer in a 200's body; ValueError when it is not a whole one."""
+        parse = parse_stream if reply.streamed else parse_answer
+        stored = parse(reply.body, self.endpoint.name, self.endpoint.model)
+        if request.json_mode and not stored.content.strip() and stored.finish_reason != "length":
+            raise ValueError("blank answer in JSON mode")
+        return stored
+
     def _report(
-        self, stage: str, outcome: str, sent: float, usage: Usage | None = None, cost: float = 0.0
+        self,
+        stage: str,
+        outcome: str,
+        sent: float,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+        first_token_s: float | None = None,
     ) -> float:
         """Tell the metrics how one HTTP attempt ended; return its latency."""
         latency = time.monotonic() - sent
         ep = self.endpoint
         self._metrics.request(
-            RequestEvent(ep.name, ep.model, stage, outcome, latency, usage or Usage(), cost)
+            RequestEvent(
+                ep.name,
+                ep.model,
+                stage,
+                outcome,
+                latency,
+                usage or Usage(),
+                cost,
+                first_token_s=first_token_s,
+            )
         )
         return latency
 
@@ -260,29 +293,7 @@ class PreparedRequest:
     key: str
     payload: bytes
     estimate: int
-
-
-def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
-    """The first choice of a chat completion body; ValueError when it is not one. Whitespace
-    before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed."""
-    data = orjson.loads(body)
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("response has no choices")
-    choice = choices[0]
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    usage = data.get("usage")
-    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
-        raise ValueError("response has a malformed message or usage")
-    model = data.get("model")
-    return StoredResponse(
-        content=content or "",
-        finish_reason=choice.get("finish_reason"),
-        usage=usage or {},
-        model=model if isinstance(model, str) and model else endpoint.model,
-        endpoint=endpoint.name,
-    )
+    json_mode: bool
 
 
 def _completion(stored: StoredResponse, usage: Usage, cached: bool) -> Completion:
