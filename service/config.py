@@ -74,6 +74,7 @@ class Endpoint:
     max_retries: int = 8
     transport: str = "aiohttp"
     stream: bool = True  # ask for server-sent events (with usage); false for an endpoint that cannot
+    size_max_tokens: bool = True  # under a TPM limit: max_tokens sized to the answers (sizing.py)
     extra_body: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     price: Price = field(default_factory=Price)

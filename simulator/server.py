@@ -4,9 +4,9 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embed
 ``GET /v1/models`` (and ``/v1/models/{id}``),
 and ``GET /_sim/stats`` (test/ops): ``{"requests": n, "by_status": {"200": n, ...},
 "received": {digest: count}, "answered": {digest: count}}`` where digest is the sha256
-hex of the request body without ``stream`` and ``stream_options``, serialised by
-``orjson.dumps(body, option=OPT_SORT_KEYS)`` (`content.content_digest`: the request,
-however its answer is delivered).
+hex of the request body without ``stream``, ``stream_options``, ``max_tokens`` and
+``max_completion_tokens``, serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``
+(`content.request_digest`: the question, however long or however delivered its answer).
 ``by_status`` counts HTTP statuses plus ``"reset"`` (connection aborted),
 ``"truncated"`` (a 200 with a cut body), ``"empty_choices"`` and ``"length"`` (200s with
 those faults), ``"hang"`` (client gone before the delayed answer) and ``"499"`` (client
@@ -36,6 +36,7 @@ from simulator.content import (
     content_digest,
     generate,
     max_tokens_of,
+    request_digest,
     wants_json,
 )
 from simulator.limits import Decision, RateLimiter
@@ -228,7 +229,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
         return _json(429, st.limiter.error_body(decision), headers)
 
-    digest = content_digest(body)
+    digest = request_digest(body)
     st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
     if s.keepalive_s > 0 and fault != "5xx":
@@ -405,14 +406,14 @@ async def _keepalive_answer(
         return resp
     completion = _completion(st, body, prompt_tokens, decision, fault)
     if stream:
-        return await _stream(request, st, completion, body, {}, fault, content_digest(body), resp)
+        return await _stream(request, st, completion, body, {}, fault, request_digest(body), resp)
     payload = orjson.dumps(completion)
     if fault == "truncated":
         st.by_status["truncated"] += 1
         payload = faults.truncate_body(payload, st.rng)
     else:
         st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
-        st.answered[content_digest(body)] += 1
+        st.answered[request_digest(body)] += 1
     await resp.write(payload)
     await resp.write_eof()
     return resp

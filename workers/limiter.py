@@ -108,6 +108,11 @@ class EndpointLimiter:
             elif remaining is not None:
                 bucket.sync(remaining)
 
+    @property
+    def limits_tokens(self) -> bool:
+        """Whether a tokens-per-minute limit is in force (configured, or learned from headers)."""
+        return self._tokens is not None
+
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
         self._cooldown_until = max(self._cooldown_until, time.monotonic() + seconds)
