@@ -222,8 +222,8 @@ class LLMClient:
         max_tokens below the cap is asked again at the cap (or that re-ask replayed)."""
         first = stored or await self.send(request, stage, sample_id)
         cached = stored is not None
+        self._learn(stage, first, request.cap)
         if not _cut_below_cap(first, request.cap):
-            self._learn(stage, first)
             return _completion([first], cached)
         again = self.prepare(
             request.messages,
@@ -234,7 +234,7 @@ class LLMClient:
         second = self.stored(again, stage)
         cached = cached and second is not None
         second = second or await self.send(again, stage, sample_id)
-        self._learn(stage, second)
+        self._learn(stage, second, request.cap)
         return _completion([first, second], cached)
 
     async def send(
@@ -364,11 +364,12 @@ class LLMClient:
         )
         return latency
 
-    def _learn(self, stage: str, answer: StoredResponse) -> None:
-        """Feed a whole answer to the stage's sizes (one cut at the cap counts as the cap)."""
+    def _learn(self, stage: str, answer: StoredResponse, cap: int) -> None:
+        """Feed an answer's length to the stage's sizes. One cut by max_tokens counts as the
+        cap: all that is known is that it needed more, and leaving it out would teach the
+        sizes that long answers are rarer than they are (only the short ones would be seen)."""
         usage = parse_usage(answer.usage)
-        cut = answer.finish_reason == "length" and answer.max_tokens is not None
-        self.sizes[stage].observe(usage.prompt, answer.max_tokens if cut else usage.completion)
+        self.sizes[stage].observe(usage.prompt, cap if answer.finish_reason == "length" else usage.completion)
 
     def _question(
         self, messages: list[dict[str, str]], generation: Generation, json_mode: bool

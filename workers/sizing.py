@@ -8,14 +8,15 @@ are never written. The LLM layer asks an answer that a tighter limit cuts
 max_tokens is charged less on every answer, and a re-ask (prompt + cap) on the few it cuts.
 
 `CompletionSizes` keeps the (prompt, completion) tokens of one (endpoint, stage)'s recent
-whole answers and sends the max_tokens with the lowest expected charge per answer over
-them: m + P(completion > m) × (mean prompt + cap), for m just above (MARGIN) one of the
-answers seen at or above the MIN_QUANTILE: so at most about one answer in ten is paid
-twice, never above the stage's cap, never below FLOOR, and the cap itself until LEARN_FROM
-answers have been seen. A fixed high quantile would be simpler but pays for the tail on
-every request: on the embedded endpoint's script answers (median 970 tokens, 99th
-percentile 3350) the 99th percentile with a margin charged 2.5x the tokens used, this
-1.25x with 5% of the answers asked twice.
+answers (one cut by max_tokens counted as needing the cap) and sends the max_tokens with
+the lowest expected charge per answer over them: m + P(completion > m) × (mean prompt +
+cap), for m just above (MARGIN) one of the answers seen at or above the MIN_QUANTILE: so
+at most about one answer in ten is paid twice, never above the stage's cap, never below
+FLOOR, and the cap itself until LEARN_FROM answers have been seen. A fixed high quantile
+would be simpler but pays for the tail on every request: on the embedded endpoint's script
+answers (median 970 tokens, 99th percentile 3350) the 99th percentile with a margin
+charged 2.5x the tokens used, this about 1.3x with ~5% of the answers asked twice
+(sending the cap: 3.3x).
 """
 
 from __future__ import annotations
@@ -27,13 +28,13 @@ from collections import deque
 MIN_QUANTILE = 0.9  # never below the answers' 90th percentile: at most ~10% are re-asked
 MARGIN = 1.05  # just above an answer seen, not exactly at it
 FLOOR = 256
-LEARN_FROM = 50  # whole answers seen before max_tokens is sized at all
+LEARN_FROM = 50  # answers seen before max_tokens is sized at all
 WINDOW = 1000  # the most recent answers it is chosen from (lengths drift over a run)
 REFRESH_EVERY = 25  # answers between two choices (each sorts the window)
 
 
 class CompletionSizes:
-    """The recent whole answers of one (endpoint, stage), and the max_tokens they call for."""
+    """The recent answers of one (endpoint, stage), and the max_tokens they call for."""
 
     def __init__(self) -> None:
         self._prompts: deque[int] = deque(maxlen=WINDOW)  # tokens of the recent answers
@@ -44,7 +45,8 @@ class CompletionSizes:
         self._unseen = 0  # answers observed since the last refresh
 
     def observe(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """A whole answer (not one cut below the cap)."""
+        """An answer: its completion tokens, or the cap for one cut by max_tokens (it needed at
+        least that much; left out, only the short answers of a long tail would be seen)."""
         self._prompts.append(prompt_tokens)
         self._completions.append(completion_tokens)
         self._unseen += 1
