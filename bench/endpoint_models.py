@@ -258,7 +258,11 @@ async def _drive(model: Model, limits: Limits, duration_s: float, stream: bool, 
                 if answer.status == 200:
                     charged = request.prompt_tokens + request.max_tokens  # as the provider counts it
                     ticket.succeeded(
-                        charged, answer.headers, answer.latency_s, answer.ttft_s, request.completion_tokens
+                        charged,
+                        answer.headers,
+                        answer.latency_s,
+                        first_token_s=answer.ttft_s,
+                        completion_tokens=request.completion_tokens,
                     )
                     figures.answered += 1
                     if _now() >= half:

@@ -4,10 +4,10 @@
 script requests) to `url` with one of two clients and prints one JSON line of results:
 
 - `ours`: the service's request layer (LLMClient behind an EndpointChain, a real SQLite
-  store in a temporary directory, the endpoint's limits from the spec) on its default
-  transport, our HTTP/1.1 client (`workers/http1.py`);
-- `ours-aiohttp`, `ours-sdk`: the same on the `aiohttp` and `openai` transports (aiohttp
-  directly; the openai SDK's AsyncOpenAI on its aiohttp transport), to show what each costs;
+  store in a temporary directory, the endpoint's limits from the spec) as configured by
+  default: aiohttp, answers streamed;
+- `ours-whole`: the same with `stream: false` (each answer one JSON body), to show what
+  streaming costs;
 - `naive`: AsyncOpenAI with the SDK's default transport and retries, 64 requests at once.
 
 CPU is the process's CPU time over the workload only (imports and start-up excluded).
@@ -34,7 +34,7 @@ from workers.llm import LLMClient, RequestFailed
 from workers.script import script_messages
 
 NAIVE_CONCURRENCY = 64
-OUR_TRANSPORTS = {"ours": "http1", "ours-aiohttp": "aiohttp", "ours-sdk": "openai"}
+OUR_STREAMING = {"ours": True, "ours-whole": False}
 MAX_TOKENS = 4096
 
 
@@ -69,7 +69,7 @@ async def run_ours(
         base_url=spec["url"],
         timeout_s=spec["timeout_s"],
         limits=limits,
-        transport=OUR_TRANSPORTS[spec["client"]],
+        stream=OUR_STREAMING[spec["client"]],
     )
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "state.sqlite")

@@ -4,7 +4,8 @@ One `RunMetrics` per run, with its own `CollectorRegistry` (never the global one
 several runs in one process (tests) do not mix. Callers report events:
 
 - the LLM layer: `request(RequestEvent)` once per HTTP attempt with its outcome, latency,
-  usage and cost; `cache_hit(...)` for an answer replayed from the store;
+  time to first token, usage, max_tokens sent and cost; `cache_hit(...)` for an answer
+  replayed from the store;
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
   `sample_rejected(record)` and `check_failed(stage, rule)`.
 
@@ -40,7 +41,8 @@ from workers.limiter import LimiterState
 # `_created` series would double the series count for no use on a dashboard.
 disable_created_metrics()
 
-REQUEST_OUTCOMES = ("ok", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
+REQUEST_OUTCOMES = ("ok", "cut_below_cap", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
+ANSWERED = frozenset(("ok", "cut_below_cap"))  # outcomes with an answer, paid for
 SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
 DEDUP_KINDS = ("persona", "script")
 TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
@@ -58,10 +60,12 @@ class RequestEvent:
     endpoint: str
     model: str
     stage: str
-    outcome: str  # ok, 429, 5xx, timeout, reset, bad_response, or an HTTP status such as "401"
+    outcome: str  # ok, cut_below_cap, 429, 5xx, timeout, reset, bad_response, or an HTTP status
     latency_s: float
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    max_tokens: int = 0  # sent with the request
+    first_token_s: float | None = None  # a streamed answer's first token, after sending
 
 
 def outcome_label(outcome: str) -> str:
@@ -119,9 +123,23 @@ class RunMetrics:
         self._cost = Counter(
             "agentrefine_llm_cost_usd", "Cost of the paid LLM answers in USD.", llm, registry=self.registry
         )
+        self._charged = Counter(
+            "agentrefine_llm_tokens_charged",
+            "Tokens a TPM limit is charged with for the paid answers: prompt + the max_tokens sent "
+            "(OpenAI's count at admission); divide by prompt + completion tokens for the overcharge.",
+            llm,
+            registry=self.registry,
+        )
         self._latency = Histogram(
             "agentrefine_llm_request_duration_seconds",
             "Latency of answered LLM requests (sent to answer, limiter wait excluded).",
+            llm,
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._first_token = Histogram(
+            "agentrefine_llm_time_to_first_token_seconds",
+            "Time from sending a streamed LLM request to its first token (queueing and prefill).",
             llm,
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
@@ -160,10 +178,13 @@ class RunMetrics:
         series = self._series_of(labels)
         outcome = outcome_label(event.outcome)
         series.requests[outcome].inc()
-        if outcome != "ok":
+        if outcome not in ANSWERED:
             return
         series.latency.observe(event.latency_s)
+        if event.first_token_s is not None:
+            series.first_token.observe(event.first_token_s)
         usage = event.usage
+        series.charged.inc(usage.prompt + event.max_tokens)
         for counter, count in zip(
             series.tokens, (usage.prompt, usage.cached_prompt, usage.completion, usage.reasoning), strict=True
         ):
@@ -179,6 +200,8 @@ class RunMetrics:
         series = _RequestSeries(
             requests={outcome: self._requests.labels(*labels, outcome) for outcome in REQUEST_OUTCOMES},
             latency=self._latency.labels(*labels),
+            first_token=self._first_token.labels(*labels),
+            charged=self._charged.labels(*labels),
             tokens=tuple(self._tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
             cost=self._cost.labels(*labels),
             cache_hits=self._cache_hits.labels(*labels),
@@ -218,6 +241,8 @@ class _RequestSeries:
 
     requests: dict[str, Counter]
     latency: Histogram
+    first_token: Histogram
+    charged: Counter
     tokens: tuple[Counter, ...]  # in TOKEN_KINDS order
     cost: Counter
     cache_hits: Counter

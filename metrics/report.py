@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metrics.usage import Usage, parse_usage
+from metrics.usage import Charge, Usage, parse_usage
 from service.store import Store
 
 BIN_WIDTHS_S = (10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
@@ -28,6 +28,8 @@ class StageModelTotals:
 
     requests: int = 0
     usage: Usage = field(default_factory=Usage)
+    charge: Charge = field(default_factory=Charge)
+    reasked: int = 0  # answers cut by a sized max_tokens, asked again at the cap
     cost_usd: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
 
@@ -80,6 +82,8 @@ def collect(store: Store) -> ReportData:
         usage = parse_usage(row.usage)
         totals.requests += 1
         totals.usage += usage
+        totals.charge.add(usage, row.max_tokens)
+        totals.reasked += row.cut_below_cap
         totals.cost_usd += row.cost_usd
         if row.latency_s is not None:
             totals.latencies_s.append(row.latency_s)
@@ -147,13 +151,19 @@ def render(data: ReportData, images: list[Path]) -> str:
         "## Tokens and cost by stage and model",
         "",
         "| stage | endpoint | model | answers | prompt | cached prompt | completion | reasoning "
-        "| cost USD | latency p50 / p90 s |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| charged ÷ used | re-asked at cap | cost USD | latency p50 / p90 s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         *(
             f"| {stage} | {endpoint} | {model} | {t.requests} | {t.usage.prompt} | {t.usage.cached_prompt} "
-            f"| {t.usage.completion} | {t.usage.reasoning} | {t.cost_usd:.4f} | {_latency(t.latencies_s)} |"
+            f"| {t.usage.completion} | {t.usage.reasoning} | {_ratio(t.charge.ratio)} | {t.reasked} "
+            f"| {t.cost_usd:.4f} | {_latency(t.latencies_s)} |"
             for (stage, endpoint, model), t in data.by_stage_model.items()
         ),
+        "",
+        "Charged: what a tokens-per-minute limit counts for an answer when it is admitted, the "
+        "prompt plus the max_tokens sent (OpenAI's rule), per token the answer used; an answer "
+        "cut by a max_tokens sized below the stage's cap is asked again at the cap (both are "
+        "counted as answers).",
         "",
         f"## Throughput over time ({_duration(data.bin_width_s)} windows, UTC; empty windows left out)",
         "",
@@ -197,6 +207,10 @@ def _latency(values: list[float]) -> str:
         return f"{values[0]:.2f}" if values else "-"
     deciles = statistics.quantiles(values, n=10)
     return f"{statistics.median(values):.2f} / {deciles[8]:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def utc_clock(t: float) -> str:

@@ -24,6 +24,7 @@ class RunStats:
     requests: Counter[str] = field(default_factory=Counter)  # outcome -> count (ok, 429, 5xx, ...)
     cache_hits: int = 0
     usage: Usage = field(default_factory=Usage)  # tokens paid in this process
+    tokens_charged: int = 0  # prompt + max_tokens sent of those answers: what a TPM limit counts
     cost_usd: float = 0.0  # spent by this process
     prior_cost_usd: float = 0.0  # spent on this run by earlier processes (from the store)
     peak_samples_in_flight: int = 0  # kept by service.flight.FlightRecorder
@@ -33,6 +34,11 @@ class RunStats:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    @property
+    def charged_per_used(self) -> float | None:
+        """Tokens a TPM limit was charged per token the answers used (this process)."""
+        return self.tokens_charged / self.usage.total if self.usage.total else None
 
     @property
     def run_cost_usd(self) -> float:

@@ -43,6 +43,26 @@ class Usage:
         }
 
 
+@dataclass
+class Charge:
+    """Tokens a TPM limit was charged with for the answers (prompt + the max_tokens sent, as
+    OpenAI counts a request when it admits it) against the tokens they used (prompt +
+    completion), over the answers whose max_tokens is known."""
+
+    charged: int = 0
+    used: int = 0
+
+    def add(self, usage: Usage, max_tokens: int | None) -> None:
+        if max_tokens is not None:
+            self.charged += usage.prompt + max_tokens
+            self.used += usage.total
+
+    @property
+    def ratio(self) -> float | None:
+        """Charged per token used (None before any answer)."""
+        return self.charged / self.used if self.used else None
+
+
 def parse_usage(block: dict[str, Any] | None) -> Usage:
     """Normalize an OpenAI- or DeepSeek-style usage block (missing fields count as 0)."""
     if not block:

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-TRANSPORTS = ("http1", "aiohttp", "openai")  # how an endpoint is spoken to: workers/transports.py
+TRANSPORTS = ("aiohttp",)  # how an endpoint is spoken to (workers/http.py); http1 and openai were removed
 
 ENV_PREFIX = "AGENTREFINE__"
 LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled MiniLM models (dedup/minilm.py)
@@ -72,9 +72,11 @@ class Endpoint:
     json_mode: bool = True
     send_seed: bool = True
     max_tokens_param: str = "max_tokens"
-    timeout_s: float = 120.0
+    timeout_s: float = 60.0  # connect, and the longest silence between two reads (no total timeout)
     max_retries: int = 8
-    transport: str = "http1"  # our HTTP/1.1 client; aiohttp; openai: the SDK on its aiohttp transport
+    transport: str = "aiohttp"
+    stream: bool = True  # ask for server-sent events (with usage); false for an endpoint that cannot
+    size_max_tokens: bool = True  # under a TPM limit: max_tokens sized to the answers (sizing.py)
     extra_body: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     price: Price = field(default_factory=Price)
@@ -432,7 +434,7 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
         if ep.transport not in TRANSPORTS:
             raise ConfigError(
                 f"{where('endpoints', name, 'transport')}: endpoints.{name}.transport: expected "
-                f"{', '.join(TRANSPORTS[:-1])} or {TRANSPORTS[-1]}, got {ep.transport!r}"
+                f"{' or '.join(TRANSPORTS)}, got {ep.transport!r}"
             )
         breaker = ep.breaker
         if breaker.failures < 1 or breaker.bad_requests < 1 or breaker.outage_s < 0:

@@ -1,6 +1,7 @@
 """The live progress display: one line redrawn on a terminal (accepted / target, rejects by
-rule, duplicates, tokens, the run's spend with its projection at the target and the budget,
-elapsed, rate, samples and requests in flight); a progress log event when not a terminal."""
+rule, duplicates, tokens with what a TPM limit was charged per token used, the run's spend
+with its projection at the target and the budget, elapsed, rate, samples and requests in
+flight); a progress log event when not a terminal."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def progress_line(stats: RunStats, flight: InFlight, budget_usd: float | None = 
     projected = stats.projected_cost_usd
     spend = f"${stats.run_cost_usd:.2f}" + (f" of ${budget_usd:.2f}" if budget_usd is not None else "")
     spend += f" (projected ${projected:.2f} at {stats.target})" if projected is not None else ""
+    charged = stats.charged_per_used
+    tokens = _short(stats.usage.total) + (f" (charged {charged:.2f}x)" if charged is not None else "")
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
-        f"tokens {_short(stats.usage.total)} | spent {spend} | "
+        f"tokens {tokens} | spent {spend} | "
         f"in flight {flight.samples} samples, {flight.requests} requests (+{flight.waiting} waiting) | "
         f"dropped {stats.dropped} failed {stats.failed} "
         f"dup persona {stats.duplicates['persona']} script {stats.duplicates['script']} "

@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS rejects (
     record BLOB NOT NULL
 );
 """
+# How responses are keyed (workers/llm.py): the request body without max_tokens and the
+# stream keys. A store without this mark that holds answers keyed them with max_tokens.
+KEY_SCHEME = "question"
 # Columns added after the first release: created here on new stores and added to old ones.
 ADDED_COLUMNS = {
     "responses": {
@@ -76,6 +79,8 @@ ADDED_COLUMNS = {
         "sample_id": "TEXT",
         "latency_s": "REAL",
         "cost_usd": "REAL",
+        "max_tokens": "INTEGER",  # sent with the request (what a TPM limit is charged with)
+        "max_tokens_cap": "INTEGER",  # the stage's cap then: below it, a cut answer was re-asked
     },
     "samples": {"accepted_at": "REAL"},
 }
@@ -94,6 +99,8 @@ class StoredResponse:
     stage: str = ""
     sample_id: str | None = None
     latency_s: float | None = None
+    max_tokens: int | None = None  # None: stored before it was kept (sent at the cap)
+    max_tokens_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,19 @@ class ResponseRow:
     cost_usd: float
     latency_s: float | None
     sample_id: str | None
+    finish_reason: str | None
+    max_tokens: int | None
+    max_tokens_cap: int | None
+
+    @property
+    def cut_below_cap(self) -> bool:
+        """Cut by a max_tokens sized below the stage's cap (and so asked again at the cap)."""
+        return (
+            self.finish_reason == "length"
+            and self.max_tokens is not None
+            and self.max_tokens_cap is not None
+            and self.max_tokens < self.max_tokens_cap
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._add_columns()
+        # answers stored before the key left out max_tokens are found under their old key too
+        self.legacy_keys = self._key_scheme() != KEY_SCHEME
 
     def close(self) -> None:
         self._db.close()
@@ -148,17 +170,28 @@ class Store:
 
     def get_response(self, key: str) -> StoredResponse | None:
         row = self._db.execute(
-            "SELECT content, finish_reason, usage, model, endpoint, cost_usd FROM responses WHERE key = ?",
+            "SELECT content, finish_reason, usage, model, endpoint, cost_usd, max_tokens, max_tokens_cap"
+            " FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             return None
-        return StoredResponse(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5] or 0.0)
+        return StoredResponse(
+            row[0],
+            row[1],
+            orjson.loads(row[2]),
+            row[3],
+            row[4],
+            row[5] or 0.0,
+            max_tokens=row[6],
+            max_tokens_cap=row[7],
+        )
 
     def put_response(self, key: str, response: StoredResponse) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
-            " stage, sample_id, latency_s, cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 response.endpoint,
@@ -171,14 +204,16 @@ class Store:
                 response.sample_id,
                 response.latency_s,
                 response.cost_usd,
+                response.max_tokens,
+                response.max_tokens_cap,
             ),
         )
 
     def response_rows(self) -> Iterator[ResponseRow]:
         """Every paid answer in the order it came, for totals, the report and hand checks."""
         for row in self._db.execute(
-            "SELECT created, stage, endpoint, model, usage, COALESCE(cost_usd, 0), latency_s, sample_id"
-            " FROM responses ORDER BY created"
+            "SELECT created, stage, endpoint, model, usage, COALESCE(cost_usd, 0), latency_s, sample_id,"
+            " finish_reason, max_tokens, max_tokens_cap FROM responses ORDER BY created"
         ):
             yield ResponseRow(row[0], row[1], row[2], row[3], orjson.loads(row[4]), *row[5:])
 
@@ -338,6 +373,12 @@ class Store:
             yield from failures.split(",")
 
     # -- internals --------------------------------------------------------------------
+
+    def _key_scheme(self) -> str | None:
+        scheme = self.get_meta("key_scheme")
+        if scheme is None and self._db.execute("SELECT 1 FROM responses LIMIT 1").fetchone() is None:
+            self.set_meta("key_scheme", scheme := KEY_SCHEME)
+        return scheme
 
     def _add_columns(self) -> None:
         for table, columns in ADDED_COLUMNS.items():

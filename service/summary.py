@@ -11,7 +11,7 @@ from collections import Counter
 from typing import Any
 
 from metrics.stats import RunStats
-from metrics.usage import Usage, parse_usage
+from metrics.usage import Charge, Usage, parse_usage
 from service.config import Config
 from service.store import Store
 
@@ -22,9 +22,13 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
     recovery = Counter(item.split(">")[1] for item in checks.elements())
     rejects = store.reject_counts()
     kinds = store.reject_kinds()
-    usage = Usage()
+    usage, charge = Usage(), Charge()
+    reasked = 0
     for row in store.response_rows():
-        usage += parse_usage(row.usage)
+        answer = parse_usage(row.usage)
+        usage += answer
+        charge.add(answer, row.max_tokens)
+        reasked += row.cut_below_cap
     cost = store.spend()
     accepted = store.accepted_count()
     return {
@@ -45,7 +49,13 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "regenerated_script": recovery["regenerate_script"],
             "new_script_after_failed_trajectories": recovery["new_script"],
         },
-        "tokens": usage.as_dict() | {"total_tokens": usage.total},
+        "tokens": usage.as_dict()
+        | {
+            "total_tokens": usage.total,
+            "charged_tokens": charge.charged,
+            "charged_per_used": None if charge.ratio is None else round(charge.ratio, 3),
+        },
+        "answers_reasked_at_cap": reasked,
         "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
@@ -60,6 +70,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "requests": dict(stats.requests),
             "answers_replayed_from_store": stats.cache_hits,
             "tokens": stats.usage.total,
+            "tokens_charged": stats.tokens_charged,
             "cost_usd": round(stats.cost_usd, 6),
         },
     }
@@ -84,6 +95,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"recovery: {pairs(summary['recovery'])}",
         f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_prompt_tokens']}), "
         f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
+        _charged_line(tokens, summary["answers_reasked_at_cap"]),
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
         f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
@@ -98,3 +110,12 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _charged_line(tokens: dict[str, Any], reasked: int) -> str:
+    ratio = tokens["charged_per_used"]
+    charged = f"{tokens['charged_tokens']} ({ratio}x the tokens used)" if ratio is not None else "-"
+    return (
+        f"tokens charged against TPM (prompt + max_tokens): {charged}; "
+        f"answers cut by a sized max_tokens and asked again at the cap: {reasked}"
+    )

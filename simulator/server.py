@@ -4,7 +4,9 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embed
 ``GET /v1/models`` (and ``/v1/models/{id}``),
 and ``GET /_sim/stats`` (test/ops): ``{"requests": n, "by_status": {"200": n, ...},
 "received": {digest: count}, "answered": {digest: count}}`` where digest is the sha256
-hex of the request body serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``.
+hex of the request body without ``stream``, ``stream_options``, ``max_tokens`` and
+``max_completion_tokens``, serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``
+(`content.request_digest`: the question, however long or however delivered its answer).
 ``by_status`` counts HTTP statuses plus ``"reset"`` (connection aborted),
 ``"truncated"`` (a 200 with a cut body), ``"empty_choices"`` and ``"length"`` (200s with
 those faults), ``"hang"`` (client gone before the delayed answer) and ``"499"`` (client
@@ -29,7 +31,14 @@ from aiohttp import web
 
 from simulator import embeddings as embedding_content
 from simulator import faults, tokens
-from simulator.content import canonical_digest, content_digest, generate, max_tokens_of, wants_json
+from simulator.content import (
+    canonical_digest,
+    content_digest,
+    generate,
+    max_tokens_of,
+    request_digest,
+    wants_json,
+)
 from simulator.limits import Decision, RateLimiter
 from simulator.settings import SimSettings
 
@@ -220,10 +229,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
         return _json(429, st.limiter.error_body(decision), headers)
 
-    digest = canonical_digest(body)
+    digest = request_digest(body)
     st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
-    if s.keepalive_s > 0 and fault != "5xx" and body.get("stream") is not True:
+    if s.keepalive_s > 0 and fault != "5xx":
         return await _keepalive_answer(request, st, body, prompt_tokens, decision, fault)
     await st.serve()
     if fault == "5xx":
@@ -362,14 +371,16 @@ async def _keepalive_answer(
     decision: Decision,
     fault: str | None,
 ) -> web.StreamResponse:
-    """DeepSeek's way: 200 at once, a blank line every `keepalive_s` while the request waits,
-    then the JSON body. A reset drops the connection after the blank lines; a hang goes
-    silent; a truncated answer cuts the body."""
+    """DeepSeek's way: 200 at once, a blank line (a `: keep-alive` comment when streaming)
+    every `keepalive_s` while the request waits, then the JSON body (or the events). A reset
+    drops the connection after the blank lines; a hang goes silent; a truncated answer cuts
+    the body."""
+    stream = body.get("stream") is True
     resp = web.StreamResponse(
         status=200,
         headers={
             **st.limiter.headers(),
-            "Content-Type": "application/json",
+            "Content-Type": "text/event-stream" if stream else "application/json",
             "x-request-id": "req_" + uuid.uuid4().hex[:24],
         },
     )
@@ -379,7 +390,7 @@ async def _keepalive_answer(
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=st.settings.keepalive_s)
             if not waiting.done():
-                await resp.write(b"\n")
+                await resp.write(b": keep-alive\n\n" if stream else b"\n")
     except ConnectionResetError:
         waiting.cancel()
         st.by_status["499"] += 1
@@ -393,13 +404,16 @@ async def _keepalive_answer(
         await asyncio.sleep(st.settings.faults.hang_s)
         st.by_status["hang"] += 1
         return resp
-    payload = orjson.dumps(_completion(st, body, prompt_tokens, decision, fault))
+    completion = _completion(st, body, prompt_tokens, decision, fault)
+    if stream:
+        return await _stream(request, st, completion, body, {}, fault, request_digest(body), resp)
+    payload = orjson.dumps(completion)
     if fault == "truncated":
         st.by_status["truncated"] += 1
         payload = faults.truncate_body(payload, st.rng)
     else:
         st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
-        st.answered[canonical_digest(body)] += 1
+        st.answered[request_digest(body)] += 1
     await resp.write(payload)
     await resp.write_eof()
     return resp
@@ -413,12 +427,15 @@ async def _stream(
     headers: dict[str, str],
     fault: str | None,
     digest: str,
+    resp: web.StreamResponse | None = None,
 ) -> web.StreamResponse:
-    """Server-sent events like OpenAI's `stream: true` (a truncated fault cuts the stream)."""
-    resp = web.StreamResponse(
-        status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await resp.prepare(request)
+    """Server-sent events like OpenAI's `stream: true` (a truncated fault cuts the stream),
+    on `resp` if it was prepared already."""
+    if resp is None:
+        resp = web.StreamResponse(
+            status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await resp.prepare(request)
     base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
     base["object"] = "chat.completion.chunk"
     events: list[bytes] = []
@@ -478,7 +495,7 @@ async def _stream(
             request.transport.abort()
         return resp
     await resp.write_eof()
-    st.by_status["200"] += 1
+    st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
     st.answered[digest] += 1
     return resp
 

@@ -27,7 +27,7 @@ def run_requests(url: str, db: Path, count: int, limits: Limits) -> tuple[RunSta
     seen: list[float] = []
 
     async def one(seed: int) -> Any:
-        request = client.prepare(MESSAGES, Generation(temperature=0.7, max_tokens=500, seed=seed))
+        request = client.prepare(MESSAGES, Generation(temperature=0.7, max_tokens=500, seed=seed), "script")
         completion = await client.send(request, "script")
         seen.append(client.limiter.concurrency.limit)
         return completion

@@ -142,10 +142,13 @@ def test_bad_endpoint_lists_name_file_line(tmp_path: Path, value: str, error: st
         load_config(path, environ={})
 
 
-def test_transport_is_http1_aiohttp_or_the_openai_sdk(tmp_path: Path) -> None:
-    sdk = load_config(write(tmp_path, MINIMAL + "    transport: openai\n"), environ={"TEST_KEY_VAR": "k"})
-    assert sdk.endpoints["b"].transport == "openai" and sdk.endpoints["a"].transport == "http1"
-    path = write(tmp_path, MINIMAL + "    transport: httpx\n")
-    error = r"config.yaml:10: endpoints.b.transport: expected http1, aiohttp or openai, got 'httpx'"
+def test_transport_is_aiohttp_and_streaming_can_be_turned_off(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "    stream: false\n    size_max_tokens: false\n")
+    config = load_config(path, environ={"TEST_KEY_VAR": "k"})
+    a, b = config.endpoints["a"], config.endpoints["b"]
+    assert (a.transport, a.stream, a.size_max_tokens, a.timeout_s) == ("aiohttp", True, True, 60.0)
+    assert (b.stream, b.size_max_tokens) == (False, False)
+    path = write(tmp_path, MINIMAL + "    transport: http1\n")  # removed: one line says what is left
+    error = r"config.yaml:10: endpoints.b.transport: expected aiohttp, got 'http1'"
     with pytest.raises(ConfigError, match=error):
         load_config(path, environ={"TEST_KEY_VAR": "k"})

@@ -1,7 +1,8 @@
 """The LLM layer against the real embedded endpoint over HTTP: faults are classified and
 survived, refusals fail fast with one line, stored answers are never requested again, and
-the store's request key is the hash of exactly the body the endpoint received. The tests
-of the HTTP exchange run on every transport (ours, aiohttp, and the openai SDK's)."""
+the store's request key is the hash of the question the endpoint received (its body without
+max_tokens and the stream keys). The tests of the HTTP exchange run streamed (the default)
+and not."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import orjson
 import pytest
 
 from metrics.stats import RunStats
-from service.config import TRANSPORTS, Breaker, Endpoint
+from service.config import Breaker, Endpoint
 from service.store import Store
 from tests.conftest import FAST_SIM, sim_stats, simulator
 from workers.breaker import EndpointDown
@@ -23,7 +24,7 @@ from workers.fallback import EndpointChain
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed
 from workers.script import script_messages
 
-on_each_transport = pytest.mark.parametrize("transport", TRANSPORTS)
+streamed_or_not = pytest.mark.parametrize("stream", (True, False), ids=("stream", "whole"))
 
 MESSAGES = [{"role": "user", "content": "<persona>\nA beekeeper with forty hives.\n</persona>"}]
 
@@ -89,38 +90,38 @@ def ask_chain(
         ("p_empty_choices", "bad_response", {}),
     ],
 )
-@on_each_transport
+@streamed_or_not
 def test_each_fault_is_retried_and_classified(
-    tmp_path: Path, fault: str, outcome: str, extra: dict, transport: str
+    tmp_path: Path, fault: str, outcome: str, extra: dict, stream: bool
 ) -> None:
     with simulator({**FAST_SIM, "faults": {fault: 1.0, **extra}}) as url:
-        stats, [result] = ask(url, tmp_path / "db", max_retries=2, timeout_s=0.5, transport=transport)
+        stats, [result] = ask(url, tmp_path / "db", max_retries=2, timeout_s=0.5, stream=stream)
     assert isinstance(result, RequestFailed)
     assert "gave up after 3 tries" in str(result)
     assert stats.requests == {outcome: 3}
 
 
-@on_each_transport
-def test_429_waits_for_retry_after_then_succeeds(tmp_path: Path, transport: str) -> None:
+@streamed_or_not
+def test_429_waits_for_retry_after_then_succeeds(tmp_path: Path, stream: bool) -> None:
     # The endpoint's bucket holds 2 requests (rpm 600 enforced per 0.2 s) and the client's
     # first requests go out together before any x-ratelimit header has been read, so some
     # are refused however fast the machine is; they wait for retry-after and succeed.
     with simulator({**FAST_SIM, "rpm": 600, "burst_s": 0.2}) as url:
-        stats, results = ask(url, tmp_path / "db", seeds=tuple(range(40)), transport=transport)
+        stats, results = ask(url, tmp_path / "db", seeds=tuple(range(40)), stream=stream)
         by_status = sim_stats(url)["by_status"]
     assert not [r for r in results if isinstance(r, Exception)]
     assert stats.requests["ok"] == 40
     assert stats.requests["429"] >= 1 and by_status["429"] == stats.requests["429"]
 
 
-@on_each_transport
-def test_refusals_fail_fast_with_one_line(tmp_path: Path, transport: str) -> None:
+@streamed_or_not
+def test_refusals_fail_fast_with_one_line(tmp_path: Path, stream: bool) -> None:
     with simulator({**FAST_SIM, "api_key": "right"}) as url:
-        stats, [unauthorized] = ask(url, tmp_path / "a", max_retries=5, transport=transport)
+        stats, [unauthorized] = ask(url, tmp_path / "a", max_retries=5, stream=stream)
     with simulator({**FAST_SIM, "denied_models": ["sim-gpt-4o"]}) as url:
-        _, [forbidden] = ask(url, tmp_path / "c", transport=transport)
+        _, [forbidden] = ask(url, tmp_path / "c", stream=stream)
     with simulator(FAST_SIM) as url:
-        _, [unknown] = ask(url, tmp_path / "b", model="no-such-model", transport=transport)
+        _, [unknown] = ask(url, tmp_path / "b", model="no-such-model", stream=stream)
     assert isinstance(unauthorized, FatalEndpointError)
     assert str(unauthorized).startswith("endpoint sim0 (sim-gpt-4o) answered 401")
     assert "\n" not in str(unauthorized)
@@ -156,11 +157,11 @@ def test_length_cut_answers_go_back_to_the_stage(tmp_path: Path) -> None:
     assert result.finish_reason == "length" and stats.requests == {"ok": 1}  # not retried here
 
 
-@on_each_transport
-def test_stored_answers_are_replayed_not_resent(tmp_path: Path, transport: str) -> None:
+@streamed_or_not
+def test_stored_answers_are_replayed_not_resent(tmp_path: Path, stream: bool) -> None:
     with simulator(FAST_SIM) as url:
-        stats, first = ask(url, tmp_path / "db", transport=transport)
-        _, again = ask(url, tmp_path / "db", seeds=(7, 7), transport=transport)
+        stats, first = ask(url, tmp_path / "db", stream=stream)
+        _, again = ask(url, tmp_path / "db", seeds=(7, 7), stream=stream)
         results = first + again
         answered = sim_stats(url)["answered"]
     assert [r.cached for r in results] == [False, True, True]
@@ -189,8 +190,8 @@ def test_fallback_answers_when_the_primary_fails_everything(tmp_path: Path) -> N
     assert stored == set(answered)  # keyed by the body the fallback received
 
 
-@on_each_transport
-def test_deepseek_keepalive_blank_lines_before_the_body_are_parsed(tmp_path: Path, transport: str) -> None:
+@streamed_or_not
+def test_deepseek_keepalive_blank_lines_before_the_body_are_parsed(tmp_path: Path, stream: bool) -> None:
     sim = {**FAST_SIM, "latency_median_s": 0.3, "latency_sigma": 0.0, "keepalive_s": 0.05}
     with simulator({**sim, "usage_style": "deepseek"}) as url:
         raw = urllib.request.urlopen(
@@ -203,7 +204,7 @@ def test_deepseek_keepalive_blank_lines_before_the_body_are_parsed(tmp_path: Pat
         ).read()
         # a read timeout shorter than the wait: the blank lines keep the request alive
         messages = script_messages("A beekeeper", None)
-        stats, results = ask(url, tmp_path / "db", (1, 2), messages, timeout_s=0.2, transport=transport)
+        stats, results = ask(url, tmp_path / "db", (1, 2), messages, timeout_s=0.2, stream=stream)
     assert raw.startswith(b"\n\n") and orjson.loads(raw)["choices"]
     assert stats.requests == {"ok": 2}
     assert all(r.finish_reason == "stop" and orjson.loads(r.content) for r in results)

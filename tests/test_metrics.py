@@ -68,8 +68,11 @@ def test_deepseek_usage_prices_cache_hits_at_the_cached_rate() -> None:
 
 
 def test_request_outcomes_map_to_bounded_labels() -> None:
-    assert [outcome_label(o) for o in ("ok", "429", "bad_response", "503", "401", "timeout")] == [
+    assert [
+        outcome_label(o) for o in ("ok", "cut_below_cap", "429", "bad_response", "503", "401", "timeout")
+    ] == [
         "ok",
+        "cut_below_cap",
         "429",
         "bad_content",
         "5xx",
@@ -91,18 +94,33 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
     )
     metrics.add_endpoint("openai", "gpt-4o", ["script"], lambda: state)
     usage = Usage(prompt=1000, cached_prompt=400, completion=500, reasoning=200)
-    metrics.request(RequestEvent("openai", "gpt-4o", "script", "ok", 0.3, usage, 0.0065))
-    metrics.request(RequestEvent("openai", "gpt-4o", "script", "429", 0.01))
+    metrics.request(
+        RequestEvent(
+            "openai", "gpt-4o", "script", "ok", 0.3, usage, 0.0065, max_tokens=800, first_token_s=0.1
+        )
+    )
+    cut = Usage(prompt=1000, completion=300)
+    metrics.request(
+        RequestEvent("openai", "gpt-4o", "script", "cut_below_cap", 0.2, cut, 0.0055, max_tokens=300)
+    )
+    metrics.request(RequestEvent("openai", "gpt-4o", "script", "429", 0.01, max_tokens=800))
     metrics.request(RequestEvent("openai", "gpt-4o", "script", "bad_response", 0.02))
     llm = {"endpoint": "openai", "model": "gpt-4o", "stage": "script"}
     assert value(metrics, "agentrefine_llm_requests_total", **llm, outcome="ok") == 1
     assert value(metrics, "agentrefine_llm_requests_total", **llm, outcome="429") == 1
     assert value(metrics, "agentrefine_llm_requests_total", **llm, outcome="bad_content") == 1
     assert value(metrics, "agentrefine_llm_requests_total", **llm, outcome="timeout") == 0  # created at zero
+    assert value(metrics, "agentrefine_llm_requests_total", **llm, outcome="cut_below_cap") == 1
     assert value(metrics, "agentrefine_llm_tokens_total", **llm, kind="cached_prompt") == 400
     assert value(metrics, "agentrefine_llm_tokens_total", **llm, kind="reasoning") == 200
-    assert value(metrics, "agentrefine_llm_cost_usd_total", **llm) == pytest.approx(0.0065)
-    assert value(metrics, "agentrefine_llm_request_duration_seconds_count", **llm) == 1  # answered only
+    assert (
+        value(metrics, "agentrefine_llm_tokens_total", **llm, kind="prompt") == 2000
+    )  # the cut one was paid
+    assert value(metrics, "agentrefine_llm_cost_usd_total", **llm) == pytest.approx(0.012)
+    assert value(metrics, "agentrefine_llm_tokens_charged_total", **llm) == (1000 + 800) + (1000 + 300)
+    assert value(metrics, "agentrefine_llm_request_duration_seconds_count", **llm) == 2  # answered only
+    assert value(metrics, "agentrefine_llm_time_to_first_token_seconds_count", **llm) == 1  # streamed only
+    assert value(metrics, "agentrefine_llm_time_to_first_token_seconds_sum", **llm) == pytest.approx(0.1)
     limiter = {"endpoint": "openai", "model": "gpt-4o"}
     assert value(metrics, "agentrefine_llm_requests_in_flight", **limiter) == 3
     assert value(metrics, "agentrefine_llm_requests_waiting", **limiter) == 5
@@ -231,3 +249,6 @@ def test_progress_line_shows_spend_budget_and_projection() -> None:
     assert "spent $2.50 of $20.00 (projected $10.00 at 100)" in line
     assert "in flight 1200 samples, 1150 requests (+32 waiting)" in line
     assert "spent $0.00 |" in progress_line(RunStats(target=5), InFlight(0, 0, 0))
+    assert "tokens 0 |" in progress_line(RunStats(target=5), InFlight(0, 0, 0))  # no ratio before an answer
+    stats.usage, stats.tokens_charged = Usage(prompt=1500, completion=500), 2500
+    assert "tokens 2.0k (charged 1.25x) |" in progress_line(stats, InFlight(3, 3, 0))

@@ -106,6 +106,35 @@ def test_cost_agrees_with_a_hand_computation_from_the_reported_usage(
         assert sample["meta"]["usage"]["completion_tokens"] == sum(c[3] for c in own)
 
 
+def test_tokens_charged_agree_everywhere_and_sizing_lowers_them(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with simulator(FAST_SIM) as url:  # under a TPM limit max_tokens is sized once a stage has answers
+        endpoint = {"base_url": url, "limits": {"tpm": 100_000_000, "max_concurrency": 32}}
+        config = write_config(tmp_path / "config.yaml", {"sim": endpoint}, "sim")
+        result = cli("run", "--config", str(config), "-n", "60", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    with sqlite3.connect(out / "state.sqlite") as db:
+        rows = db.execute("SELECT usage, finish_reason, max_tokens, max_tokens_cap FROM responses").fetchall()
+    prompts = [json.loads(usage)["prompt_tokens"] for usage, *_ in rows]
+    used = sum(json.loads(usage)["total_tokens"] for usage, *_ in rows)
+    charged = sum(p + sent for p, (_, _, sent, _) in zip(prompts, rows, strict=True))
+    at_cap = sum(p + cap for p, (_, _, _, cap) in zip(prompts, rows, strict=True))
+    reasked = sum(reason == "length" and sent < cap for _, reason, sent, cap in rows)
+    assert charged < at_cap  # sizing spent less of the limit than the caps would have
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tokens"]["charged_tokens"] == charged
+    assert summary["tokens"]["charged_per_used"] == round(charged / used, 3)
+    assert summary["answers_reasked_at_cap"] == reasked
+    assert f"tokens charged against TPM (prompt + max_tokens): {charged}" in result.stdout
+    metrics = metric_values(out / "metrics.prom")
+    assert total(metrics, "agentrefine_llm_tokens_charged_total") == charged
+    assert total(metrics, "agentrefine_llm_requests_total", outcome="cut_below_cap") == reasked
+    assert "| charged ÷ used | re-asked at cap |" in (out / "report.md").read_text()
+    samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
+    assert sum(sample["meta"]["requests"] for sample in samples) <= len(rows)
+
+
 def test_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path: Path) -> None:
     out, n, budget, concurrency = tmp_path / "run", 40, 0.3, 4
     with simulator(FAST_SIM) as url:

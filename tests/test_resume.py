@@ -1,5 +1,6 @@
 """Crash and resume: SIGKILL mid-run, the same command finishes with exactly N unique
-valid samples, and no request whose answer was stored before the kill is sent again."""
+valid samples, and no request whose answer was stored before the kill is sent again, though
+the killed run sent max_tokens sized to its answers and the resumed one starts from the cap."""
 
 from __future__ import annotations
 
@@ -13,20 +14,33 @@ from pathlib import Path
 from service.validate import validate_run
 from tests.conftest import FAST_SIM, ROOT, cli, kill_when, read_jsonl, sim_stats, simulator, write_config
 
-N = 60
+N = 80
 
 
 def accepted_lines(out: Path) -> int:
     return sum(p.read_bytes().count(b"\n") for p in out.glob("samples-*.jsonl"))
 
 
+def sized_answers(out: Path) -> int:
+    """Stored answers that were sent with max_tokens sized below the stage's cap."""
+    try:
+        with sqlite3.connect(out / "state.sqlite") as db:
+            return db.execute("SELECT COUNT(*) FROM responses WHERE max_tokens < max_tokens_cap").fetchone()[
+                0
+            ]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 def test_sigkill_mid_run_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     settings = {**FAST_SIM, "latency_median_s": 0.05}
     with simulator(settings) as url:
-        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim")
+        # under a TPM limit max_tokens is sized, once a stage has seen enough answers
+        endpoint = {"base_url": url, "limits": {"tpm": 100_000_000, "max_concurrency": 32}}
+        config = write_config(tmp_path / "config.yaml", {"sim": endpoint}, "sim")
         args = ["run", "--config", str(config), "-n", str(N), "--out", str(out)]
-        kill_when(lambda: accepted_lines(out) >= N // 4, *args)
+        kill_when(lambda: sized_answers(out) >= 5, *args)
         assert 0 < accepted_lines(out) < N, "the kill must land mid-run"
 
         answered_before = sim_stats(url)["answered"]

@@ -38,20 +38,21 @@ class EndpointChain:
         sample_id: str | None = None,
         json_mode: bool = True,
     ) -> Completion:
-        """One answer for `stage` (a metrics label; `sample_id` is kept with the stored answer)."""
+        """One answer for `stage` (a metrics label and what max_tokens is sized by; `sample_id`
+        is kept with the stored answer). `max_tokens` is the stage's cap."""
         generation = Generation(temperature, max_tokens, seed, json_mode)
-        requests = [client.prepare(messages, generation) for client in self.clients]
+        requests = [client.prepare(messages, generation, stage) for client in self.clients]
         for client, request in zip(self.clients, requests, strict=True):
-            stored = client.replay(request, stage)
+            stored = client.stored(request, stage)
             if stored is not None:
-                return stored
+                return await client.complete(request, stage, sample_id, stored)
         last = len(self.clients) - 1
         failure: RequestFailed | None = None
         for i, (client, request) in enumerate(zip(self.clients, requests, strict=True)):
             if i < last and client.limiter.cooldown_left() > SKIP_COOLDOWN_S:
                 continue
             try:
-                return await client.send(request, stage, sample_id)
+                return await client.complete(request, stage, sample_id)
             except RequestFailed as exc:
                 failure = exc
                 if i < last:

@@ -1,36 +1,51 @@
-"""HTTP to one OpenAI-compatible endpoint: what every transport answers, and two of them.
+"""HTTP to one OpenAI-compatible endpoint: one aiohttp session per endpoint, built once.
 
-A transport's `post_chat(payload)` sends prepared JSON bytes to `{base_url}/chat/completions`
-and returns every HTTP answer as a `Reply` (status, headers with lower-case names, body: the
-caller classifies it); when there is no answer it raises `TransportError` of kind "timeout"
-or "reset". `workers/transports.py` opens the one named by `endpoints.X.transport`:
+`EndpointHTTP.post_chat(payload, stream)` POSTs prepared JSON bytes to
+`{base_url}/chat/completions` and returns every HTTP answer as a `Reply` (status, headers
+with lower-case names, the whole body, and for a stream the time to its first token): the
+caller classifies it. When there is no whole answer it raises `TransportError` of kind
+"timeout" (silence), "reset" (refused, or dropped before an answer began) or
+"bad_response" (the body broke off, or outgrew MAX_ANSWER_BYTES).
 
-- `http1` (the default): our lean HTTP/1.1 client, `workers/http1.py`;
-- `aiohttp`, `EndpointHTTP` here: one aiohttp session per endpoint;
-- `openai`, `SDKHTTP` here: the openai SDK's `AsyncOpenAI` on its aiohttp transport
-  (`DefaultAioHttpClient`), with the SDK's retries off (the LLM layer retries).
-
-All have the SDK's semantics: Bearer auth, JSON body, `timeout_s` as the connect timeout
-and as the longest silence between two reads (so a provider that sends keep-alive blank
-lines while a request waits is not timed out), a pool as large as the endpoint's
-concurrency, built once. They differ in CPU per request: `make bench` prints our request
-layer on each of them in one run (docs/decisions.md has the numbers).
+- **Timeouts.** `timeout_s` bounds connecting and every silence between two reads of the
+  socket (aiohttp's `sock_connect` and `sock_read`); there is no total timeout. Every byte
+  counts as progress (a token, DeepSeek's keep-alive blank lines and `: keep-alive`
+  comments), so an answer that keeps coming is never cut off, however long, and one that
+  stops is given up `timeout_s` after its last byte.
+- **Reading.** The body stays in aiohttp's buffer until it is complete, so an answer wakes
+  its task once rather than once per chunk; a stream's first chunks are looked at only
+  until its first token arrives, to time it.
+- **Size.** The buffer is also the cap: aiohttp stops reading a connection whose unread
+  body reaches MAX_ANSWER_BYTES (and stops its silence timer with it), so while the body
+  waits it is looked at every `timeout_s`: over the cap, it is refused as too large; not
+  grown since the last look, it is a silence. (A 32k-token stream is about 10 MiB.)
+- **Proxies.** `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` (and proxy credentials in `.netrc`) are
+  honoured with aiohttp's own rules, resolved once per endpoint: its `trust_env` would
+  resolve them in a thread on every request, and would also apply `.netrc` logins to the
+  endpoint, clashing with the Bearer key. A loopback endpoint (the embedded one, a local
+  vLLM) is never proxied.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 import aiohttp
-import httpx2  # the openai SDK's HTTP layer: its limits, timeouts and responses
-import openai
 import orjson
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
+
+from workers.answers import first_content
+
+MAX_ANSWER_BYTES = 32 * 2**20
 
 
 class TransportError(Exception):
-    """No HTTP answer: `kind` is "timeout" or "reset" (refused, dropped, cut short)."""
+    """No whole HTTP answer: `kind` is "timeout", "reset" or "bad_response"."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -40,8 +55,10 @@ class TransportError(Exception):
 @dataclass(frozen=True, slots=True)
 class Reply:
     status: int
-    headers: Mapping[str, str]  # read with lower-case names (aiohttp's and httpx's are case-insensitive)
+    headers: Mapping[str, str]  # read with lower-case names (aiohttp's are case-insensitive)
     body: bytes
+    streamed: bool = False  # the body is server-sent events (`stream: true` was honoured)
+    first_token_s: float | None = None  # a stream's first token, seconds after sending
 
     def error_message(self) -> str:
         """The provider's error message (OpenAI's `{"error": {"message": ...}}`), or the body."""
@@ -59,7 +76,7 @@ def one_line(text: str) -> str:
 
 
 def request_headers(api_key: str) -> dict[str, str]:
-    """The headers every transport sends with a chat completion (the SDK's add its own)."""
+    """The headers sent with every chat completion."""
     return {
         "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/json",
@@ -68,32 +85,45 @@ def request_headers(api_key: str) -> dict[str, str]:
     }
 
 
-class Transport(Protocol):
-    async def post_chat(self, payload: bytes) -> Reply: ...
-
-    async def aclose(self) -> None: ...
-
-
 class EndpointHTTP:
     """The aiohttp connection pool of one endpoint, opened in the running event loop on first use."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._url = URL(base_url.rstrip("/") + "/chat/completions")
         self._headers = request_headers(api_key)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._connections = max(1, connections)
         self._session: aiohttp.ClientSession | None = None
 
-    async def post_chat(self, payload: bytes) -> Reply:
+    def _open(self) -> aiohttp.ClientSession:
+        proxy, proxy_auth = _env_proxy(self._url)
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=self._timeout,
+            read_bufsize=MAX_ANSWER_BYTES // 2,  # reading pauses at twice this unread
+            proxy=proxy,
+            proxy_auth=proxy_auth,
+        )
+
+    async def post_chat(self, payload: bytes, stream: bool) -> Reply:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections), timeout=self._timeout
-            )
+            self._session = self._open()
+        sent = time.monotonic()
         try:
             async with self._session.post(self._url, data=payload, headers=self._headers) as response:
-                return Reply(response.status, response.headers, await response.read())
+                received = response.content
+                streamed = stream and response.content_type == "text/event-stream"
+                head, first_token_s = b"", None
+                if streamed and response.status == 200:
+                    head = await _until_first_token(received)
+                    first_token_s = time.monotonic() - sent
+                await self._until_end(received)
+                body = head + received.read_nowait()
+                return Reply(response.status, response.headers, body, streamed, first_token_s)
         except TimeoutError as exc:  # aiohttp's socket timeouts are TimeoutErrors too
-            raise TransportError("timeout", f"no answer within {self._timeout.sock_read} s") from exc
+            raise self._silence() from exc
+        except aiohttp.ClientPayloadError as exc:  # the answer had begun
+            raise TransportError("bad_response", f"answer cut short: {one_line(str(exc))}") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise TransportError("reset", f"{type(exc).__name__}: {exc}") from exc
 
@@ -101,54 +131,57 @@ class EndpointHTTP:
         if self._session is not None:
             await self._session.close()
 
+    async def _until_end(self, received: aiohttp.StreamReader) -> None:
+        """Wait for the end of the body (left in the buffer), looking at it every `timeout_s`."""
+        looked_at = -1
+        while True:
+            look = asyncio.timeout(self._timeout.sock_read)
+            try:
+                async with look:
+                    await received.wait_eof()
+                return
+            except TimeoutError:
+                if not look.expired():  # aiohttp's own silence timer
+                    raise
+            if received.total_bytes >= MAX_ANSWER_BYTES:
+                raise _too_large()
+            if received.total_bytes == looked_at:  # reading paused, and nothing came since
+                raise self._silence()
+            looked_at = received.total_bytes
 
-class SDKHTTP:
-    """The same POST through the openai SDK's `AsyncOpenAI` on its aiohttp transport, built
-    once per endpoint in the running event loop on first use."""
+    def _silence(self) -> TransportError:
+        return TransportError("timeout", f"nothing received for {self._timeout.sock_read} s")
 
-    def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
-        self._base_url = base_url
-        self._api_key = api_key
-        self._timeout_s = timeout_s
-        self._connections = max(1, connections)
-        self._client: openai.AsyncOpenAI | None = None
 
-    def _open(self) -> openai.AsyncOpenAI:
-        pool = httpx2.Limits(max_connections=self._connections, max_keepalive_connections=self._connections)
-        return openai.AsyncOpenAI(
-            base_url=self._base_url,
-            api_key=self._api_key,
-            max_retries=0,
-            timeout=httpx2.Timeout(None, connect=self._timeout_s, read=self._timeout_s),
-            http_client=openai.DefaultAioHttpClient(limits=pool),
-        )
+async def _until_first_token(received: aiohttp.StreamReader) -> bytes:
+    """Read a stream's chunks until one carries the first token, or the stream ends."""
+    head, scanned = b"", 0
+    while chunk := await received.readany():
+        head += chunk
+        found, scanned = first_content(head, scanned)
+        if found:
+            break
+        if len(head) >= MAX_ANSWER_BYTES:
+            raise _too_large()
+    return head
 
-    async def post_chat(self, payload: bytes) -> Reply:
-        if self._client is None:
-            self._client = self._open()
-        try:
-            response = await self._client.post(
-                "/chat/completions",
-                cast_to=httpx2.Response,
-                content=payload,
-                options={"headers": {"Content-Type": "application/json"}},
-            )
-        except openai.APIStatusError as exc:
-            return Reply(exc.status_code, exc.response.headers, exc.response.content)
-        except openai.APIConnectionError as exc:  # APITimeoutError included
-            raise self._transport_error(exc) from exc
-        return Reply(response.status_code, response.headers, response.content)
 
-    def _transport_error(self, exc: openai.APIConnectionError) -> TransportError:
-        """Classify by the root cause: the SDK's aiohttp transport reports a dropped
-        connection (aiohttp's ServerDisconnectedError) as a connect timeout."""
-        root: BaseException = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
-        if isinstance(root, TimeoutError) or (root is exc and isinstance(exc, openai.APITimeoutError)):
-            return TransportError("timeout", f"no answer within {self._timeout_s} s")
-        return TransportError("reset", f"{type(root).__name__}: {root}")
+def _too_large() -> TransportError:
+    return TransportError("bad_response", f"answer larger than {MAX_ANSWER_BYTES} bytes")
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+
+def _env_proxy(url: URL) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for `url` (None: go direct)."""
+    if url.host is None or url.host == "localhost" or _loopback(url.host):
+        return None, None
+    try:
+        return get_env_proxy_for_url(url)
+    except LookupError:  # no proxy for this scheme, or NO_PROXY names the host
+        return None, None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

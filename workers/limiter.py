@@ -146,6 +146,11 @@ class EndpointLimiter:
             elif remaining is not None:
                 bucket.sync(remaining)
 
+    @property
+    def limits_tokens(self) -> bool:
+        """Whether a tokens-per-minute limit is in force (configured, or learned from headers)."""
+        return self._tokens is not None
+
     def cooldown(self, seconds: float) -> None:
         """Hold every new request of this endpoint for `seconds` (e.g. a 429's retry-after)."""
         self._cooldown_until = max(self._cooldown_until, self._clock() + seconds)
@@ -281,13 +286,17 @@ class Ticket:
         actual_tokens: int,
         headers: Mapping[str, str],
         latency_s: float,
-        ttft_s: float | None = None,
-        completion_tokens: int | None = None,
+        *,
+        first_token_s: float | None,
+        completion_tokens: int,
     ) -> None:
-        """Answered after `latency_s` (its first content after `ttft_s` when streamed): feed it
-        to the concurrency limit, correct the token estimate, then read the provider's headers
-        (which already count this request's real usage)."""
-        self._limiter.concurrency.succeeded(self._send, latency_s, ttft_s, completion_tokens)
+        """Answered after `latency_s` (sent to last byte), its first token after `first_token_s`
+        (None when not streamed), with `completion_tokens` written: feed it to the concurrency
+        limit, correct the token estimate (`actual_tokens`: prompt + completion), then read the
+        provider's headers (which already count this request's real usage). The time to the
+        first token is the wait (queueing, prefill); the rest is writing, about
+        `completion_tokens` / the model's output speed."""
+        self._limiter.concurrency.succeeded(self._send, latency_s, first_token_s, completion_tokens)
         if self._tokens is not None:
             self._tokens.give_back(self._estimate - actual_tokens)
         self._limiter.observe(headers)

@@ -1,21 +1,41 @@
 """The LLM layer: one client per OpenAI-compatible endpoint, with a response cache.
 
 `LLMClient` turns (messages, generation parameters) into a `Completion`: `prepare` the
-body, `replay` a stored answer, or `send` it; the stages reach it through
-`workers/fallback.py`, which chooses between a stage's endpoints. It knows nothing about
-AgentRefine. Every completed answer is stored under the SHA-256 of the request body exactly
-as sent (model, messages, parameters; serialised once, hashed and sent as the same bytes),
-so asking again — after a crash, or in a resumed run — replays the stored answer instead of
-paying for it. The `seed` is part of that body: the stages derive it from the sample and
-attempt, so a deliberate re-ask gets a fresh answer while a replay hits the cache.
+body, look for a `stored` answer, and `complete` it (asking the endpoint when nothing is
+stored); the stages reach it through `workers/fallback.py`, which chooses between a stage's
+endpoints. It knows nothing about AgentRefine.
 
-Transport faults (5xx, timeouts, resets, unreadable bodies) are retried here with
-backoff, `max_retries` times. A 429 is backpressure, not a failure: it cools down only
-this endpoint for the `retry-after` the provider sent, cuts its concurrency, and is retried
-for up to RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is wrong:
-`FatalEndpointError` stops the run with one line. A 400/413/422 fails only its request (its
-sample); the endpoint's `CircuitBreaker` stops the run when such refusals, or transport
-faults, keep coming. Bad *content* (invalid JSON, `finish_reason: length`) is not retried
+**The store key** is the SHA-256 of the question: the request body without the keys that
+only say how long the answer may be (`max_tokens`) or how it is delivered (`stream`,
+`stream_options`), so a resumed run finds its stored answers whatever max_tokens it would
+send now (`workers/sizing.py` learns it from the answers, and it differs between runs).
+The `seed` is part of it: the stages derive it from the sample and attempt, so a deliberate
+re-ask gets a fresh answer while a replay hits the cache. (Stores written before this key
+was chosen hashed the body with the stage's max_tokens; they are still read.)
+
+**Charge-aware max_tokens.** Where the endpoint limits tokens per minute (configured, or
+learned from its headers), a request is sent with max_tokens sized to the stage's answers
+(`CompletionSizes`), not the stage's cap, since OpenAI charges the limit with prompt +
+max_tokens when it admits a request; the TPM reservation is what is sent. An answer cut by
+`finish_reason: length` below the cap is stored (it was paid) and asked again at the cap
+with a seed derived from the first (`at_cap_seed`), so no sample is lost to the tighter
+limit and a resumed run replays both. The cut attempt is counted as outcome
+`cut_below_cap`, and the whole answer's usage and cost include it.
+
+**Streaming.** With `stream: true` (the default) the answer comes as server-sent events
+(with `stream_options.include_usage`, so the usage is exact), which lets a silence timeout
+between chunks tell a hung request from a long answer (`workers/http.py`) and times the
+first token; it is assembled when the stream ends (`workers/answers.py`), so what is stored
+and returned is the same message a non-streaming request gets.
+
+Transport faults (5xx, timeouts, resets, unreadable or cut bodies, and blank content in
+JSON mode, which DeepSeek sometimes sends) are retried here with backoff, `max_retries`
+times. A 429 is backpressure, not a failure: it cools down only this endpoint for the
+`retry-after` the provider sent, cuts its concurrency, and is retried for up to
+RATE_LIMIT_PATIENCE_S. 401/403/404 mean the configuration is wrong: `FatalEndpointError`
+stops the run with one line. A 400/413/422 fails only its request (its sample); the
+endpoint's `CircuitBreaker` stops the run when such refusals, or transport faults, keep
+coming. Bad *content* (invalid JSON, `finish_reason: length` at the cap) is not retried
 here: it goes back to the stage's policy. After `stop_sending()` (a graceful stop) stored
 answers are still replayed but nothing new is sent: `SendingStopped`.
 
@@ -30,6 +50,7 @@ import asyncio
 import hashlib
 import random
 import time
+from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,10 +63,11 @@ from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
 from service.store import Store, StoredResponse
+from workers.answers import parse_answer, parse_stream
 from workers.breaker import CircuitBreaker
-from workers.http import Reply, TransportError, one_line
+from workers.http import EndpointHTTP, Reply, TransportError, one_line
 from workers.limiter import EndpointLimiter
-from workers.transports import open_transport
+from workers.sizing import CompletionSizes
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -53,6 +75,7 @@ RATE_LIMIT_PATIENCE_S = 600.0  # give a request up after this long of uninterrup
 FATAL_STATUSES = frozenset((401, 403, 404))  # the configuration is wrong: retrying cannot help
 REQUEST_SPECIFIC = frozenset((400, 413, 422))  # statuses caused by one request, not by the configuration
 REFUSALS = FATAL_STATUSES | REQUEST_SPECIFIC  # answers that are never retried
+STREAM = {"stream": True, "stream_options": {"include_usage": True}}
 
 log = structlog.get_logger()
 
@@ -71,6 +94,9 @@ class SendingStopped(Exception):
 
 @dataclass(frozen=True)
 class Completion:
+    """An answer as the stages see it: the message, and what it cost in all (an attempt cut
+    below the cap and its re-ask at the cap included)."""
+
     content: str
     finish_reason: str | None
     usage: Usage
@@ -78,6 +104,33 @@ class Completion:
     model: str
     endpoint: str
     cached: bool
+    answers: int = 1  # paid answers it took: 2 when one was cut below the cap and asked again
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The generation parameters of one request (the seed also tells re-asks from replays);
+    `max_tokens` is the stage's cap."""
+
+    temperature: float
+    max_tokens: int
+    seed: int
+    json_mode: bool = True
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """One request ready to send: its store key, the exact bytes, the TPM reservation, the
+    max_tokens sent against the stage's cap, and what it was made from (for the re-ask)."""
+
+    key: str
+    payload: bytes
+    estimate: int
+    max_tokens: int
+    cap: int
+    json_mode: bool
+    messages: list[dict[str, str]]
+    generation: Generation
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -88,6 +141,12 @@ def request_key(body: dict[str, Any]) -> str:
 def estimate_tokens(messages: list[dict[str, str]]) -> int:
     """A cheap prompt-size estimate (about 4 characters a token) for TPM reservations."""
     return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages) + 3
+
+
+def at_cap_seed(seed: int) -> int:
+    """The seed of the re-ask at the cap of an answer cut below it: a request of its own."""
+    digest = hashlib.sha256(f"{seed}:at-cap".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 class LLMClient:
@@ -108,14 +167,11 @@ class LLMClient:
         self._metrics = metrics or RunMetrics(stats)
         self._budget = budget or Budget(None, stats)
         self.limiter = EndpointLimiter(endpoint.limits, endpoint.name)
+        self.sizes: defaultdict[str, CompletionSizes] = defaultdict(CompletionSizes)  # by stage
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        self._http = open_transport(
-            endpoint.transport,
-            base_url,
-            endpoint.api_key(),
-            endpoint.timeout_s,
-            endpoint.limits.max_concurrency,
+        self._http = EndpointHTTP(
+            base_url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
         )
 
     async def aclose(self) -> None:
@@ -125,39 +181,65 @@ class LLMClient:
         """Graceful stop: requests already sent finish and are stored; no new one is sent."""
         self._sending = False
 
-    def prepare(self, messages: list[dict[str, str]], generation: Generation) -> PreparedRequest:
-        """The request body as this endpoint will receive it, and its store key."""
+    def prepare(
+        self, messages: list[dict[str, str]], generation: Generation, stage: str, at_cap: bool = False
+    ) -> PreparedRequest:
+        """The request as this endpoint will receive it, and its store key. max_tokens is
+        sized to the stage's answers where the endpoint charges it against a TPM limit;
+        `at_cap`: the stage's cap whatever was learned."""
         ep = self.endpoint
-        body: dict[str, Any] = {
-            "model": ep.model,
-            "messages": messages,
-            "temperature": generation.temperature,
-            ep.max_tokens_param: generation.max_tokens,
-        }
-        if generation.json_mode and ep.json_mode:
-            body["response_format"] = {"type": "json_object"}
-        if ep.send_seed:
-            body["seed"] = generation.seed
-        body.update(ep.extra_body)
+        json_mode = generation.json_mode and ep.json_mode
+        body = self._question(messages, generation, json_mode)
+        key = request_key(body if ep.send_seed else {**body, "seed": generation.seed})
+        cap = generation.max_tokens
+        sized = ep.size_max_tokens and not at_cap and self.limiter.limits_tokens
+        max_tokens = self.sizes[stage].max_tokens(cap) if sized else cap
+        body[ep.max_tokens_param] = max_tokens
+        if ep.stream:
+            body.update(STREAM)
         payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        # the key hashes the body as sent, plus the seed when it is not sent
-        key = (
-            hashlib.sha256(payload).hexdigest()
-            if ep.send_seed
-            else request_key({**body, "seed": generation.seed})
-        )
-        return PreparedRequest(key, payload, estimate_tokens(messages) + generation.max_tokens)
+        estimate = estimate_tokens(messages) + max_tokens
+        return PreparedRequest(key, payload, estimate, max_tokens, cap, json_mode, messages, generation)
 
-    def replay(self, request: PreparedRequest, stage: str) -> Completion | None:
-        """The stored answer to this request, if it was ever answered."""
+    def stored(self, request: PreparedRequest, stage: str) -> StoredResponse | None:
+        """The stored answer to this request, if it was ever answered (a replay: counted)."""
         stored = self._store.get_response(request.key)
-        if stored is None:
-            return None
-        self._stats.cache_hits += 1
-        self._metrics.cache_hit(self.endpoint.name, self.endpoint.model, stage)
-        return _completion(stored, parse_usage(stored.usage), cached=True)
+        if stored is None and self._store.legacy_keys:
+            stored = self._store.get_response(self._legacy_key(request))
+        if stored is not None:
+            self._stats.cache_hits += 1
+            self._metrics.cache_hit(self.endpoint.name, self.endpoint.model, stage)
+        return stored
 
-    async def send(self, request: PreparedRequest, stage: str, sample_id: str | None = None) -> Completion:
+    async def complete(
+        self,
+        request: PreparedRequest,
+        stage: str,
+        sample_id: str | None = None,
+        stored: StoredResponse | None = None,
+    ) -> Completion:
+        """The answer to `request`: `stored` (what `stored()` found), else asked. One cut by
+        max_tokens below the cap is asked again at the cap (or that re-ask replayed)."""
+        first = stored or await self.send(request, stage, sample_id)
+        cached = stored is not None
+        self._learn(stage, first, request.cap)
+        if not _cut_below_cap(first, request.cap):
+            return _completion([first], cached)
+        again = self.prepare(
+            request.messages,
+            replace(request.generation, seed=at_cap_seed(request.generation.seed)),
+            stage,
+            at_cap=True,
+        )
+        second = self.stored(again, stage)
+        cached = cached and second is not None
+        second = second or await self.send(again, stage, sample_id)
+        self._learn(stage, second, request.cap)
+        return _completion([first, second], cached)
+
+    async def send(
+        self, request: PreparedRequest, stage: str, sample_id: str | None = None
+    ) -> StoredResponse:
         """Ask the endpoint (with retries), store the answer, count what it cost. `stage` is a
         metrics label; `sample_id` is kept with the stored answer (for the report)."""
         if not self._sending:
@@ -165,8 +247,9 @@ class LLMClient:
         stored, usage = await self._send(request, stage, sample_id)
         self._store.put_response(request.key, stored)
         self._stats.usage += usage
+        self._stats.tokens_charged += usage.prompt + request.max_tokens
         self._stats.cost_usd += stored.cost_usd
-        return _completion(stored, usage, cached=False)
+        return stored
 
     async def _send(
         self, request: PreparedRequest, stage: str, sample_id: str | None
@@ -181,27 +264,39 @@ class LLMClient:
                 self._budget.check()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
-                    reply = await self._http.post_chat(request.payload)
+                    reply = await self._http.post_chat(request.payload, ep.stream)
                 except TransportError as exc:
                     outcome, last_error = exc.kind, str(exc)
                 else:
                     if reply.status == 200:
                         try:
-                            stored = parse_answer(reply.body, ep)
-                        except ValueError as exc:  # not a chat completion (cut short, not JSON)
+                            stored = self._answer(reply, request)
+                        except ValueError as exc:  # not a whole chat completion
                             self.limiter.observe(reply.headers)
                             outcome, last_error = "bad_response", one_line(str(exc))
                         else:
-                            self._stats.requests["ok"] += 1
                             self._breaker.success()
                             tokens = parse_usage(stored.usage)
                             cost = cost_usd(tokens, ep.price)
-                            latency = self._report(stage, "ok", sent, tokens, cost)
+                            cut = stored.finish_reason == "length" and request.max_tokens < request.cap
+                            outcome = "cut_below_cap" if cut else "ok"
+                            self._stats.requests[outcome] += 1
+                            latency = self._report(stage, outcome, sent, tokens, cost, request, reply)
                             ticket.succeeded(
-                                tokens.total, reply.headers, latency, completion_tokens=tokens.completion
+                                tokens.total,
+                                reply.headers,
+                                latency,
+                                first_token_s=reply.first_token_s,
+                                completion_tokens=tokens.completion,
                             )
                             stored = replace(
-                                stored, cost_usd=cost, stage=stage, sample_id=sample_id, latency_s=latency
+                                stored,
+                                cost_usd=cost,
+                                stage=stage,
+                                sample_id=sample_id,
+                                latency_s=latency,
+                                max_tokens=request.max_tokens,
+                                max_tokens_cap=request.cap,
                             )
                             return stored, tokens
                     else:
@@ -233,69 +328,93 @@ class LLMClient:
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
 
+    def _answer(self, reply: Reply, request: PreparedRequest) -> StoredResponse:
+        """The answer in a 200's body; ValueError when it is not a whole one."""
+        parse = parse_stream if reply.streamed else parse_answer
+        stored = parse(reply.body, self.endpoint.name, self.endpoint.model)
+        if request.json_mode and not stored.content.strip() and stored.finish_reason != "length":
+            raise ValueError("blank answer in JSON mode")
+        return stored
+
     def _report(
-        self, stage: str, outcome: str, sent: float, usage: Usage | None = None, cost: float = 0.0
+        self,
+        stage: str,
+        outcome: str,
+        sent: float,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+        request: PreparedRequest | None = None,
+        reply: Reply | None = None,
     ) -> float:
         """Tell the metrics how one HTTP attempt ended; return its latency."""
         latency = time.monotonic() - sent
         ep = self.endpoint
         self._metrics.request(
-            RequestEvent(ep.name, ep.model, stage, outcome, latency, usage or Usage(), cost)
+            RequestEvent(
+                ep.name,
+                ep.model,
+                stage,
+                outcome,
+                latency,
+                usage or Usage(),
+                cost,
+                max_tokens=request.max_tokens if request else 0,
+                first_token_s=reply.first_token_s if reply else None,
+            )
         )
         return latency
 
+    def _learn(self, stage: str, answer: StoredResponse, cap: int) -> None:
+        """Feed an answer's length to the stage's sizes. One cut by max_tokens counts as the
+        cap: all that is known is that it needed more, and leaving it out would teach the
+        sizes that long answers are rarer than they are (only the short ones would be seen)."""
+        usage = parse_usage(answer.usage)
+        self.sizes[stage].observe(usage.prompt, cap if answer.finish_reason == "length" else usage.completion)
 
-@dataclass(frozen=True)
-class Generation:
-    """The generation parameters of one request (the seed also tells re-asks from replays)."""
+    def _question(
+        self, messages: list[dict[str, str]], generation: Generation, json_mode: bool
+    ) -> dict[str, Any]:
+        """The request body without max_tokens and the stream keys."""
+        ep = self.endpoint
+        body: dict[str, Any] = {
+            "model": ep.model,
+            "messages": messages,
+            "temperature": generation.temperature,
+        }
+        if json_mode:
+            body["response_format"] = {"type": "json_object"}
+        if ep.send_seed:
+            body["seed"] = generation.seed
+        body.update(ep.extra_body)
+        return body
 
-    temperature: float
-    max_tokens: int
-    seed: int
-    json_mode: bool = True
-
-
-@dataclass(frozen=True)
-class PreparedRequest:
-    """One request ready to send: its store key, the exact bytes, the TPM reservation."""
-
-    key: str
-    payload: bytes
-    estimate: int
-
-
-def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
-    """The first choice of a chat completion body; ValueError when it is not one. Whitespace
-    before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed."""
-    data = orjson.loads(body)
-    choices = data.get("choices") if isinstance(data, dict) else None
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("response has no choices")
-    choice = choices[0]
-    message = choice.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    usage = data.get("usage")
-    if not isinstance(content, str | None) or not isinstance(usage, dict | None):
-        raise ValueError("response has a malformed message or usage")
-    model = data.get("model")
-    return StoredResponse(
-        content=content or "",
-        finish_reason=choice.get("finish_reason"),
-        usage=usage or {},
-        model=model if isinstance(model, str) and model else endpoint.model,
-        endpoint=endpoint.name,
-    )
+    def _legacy_key(self, request: PreparedRequest) -> str:
+        """The key stores written before this one used: the body with the stage's max_tokens."""
+        generation = request.generation
+        body = self._question(request.messages, generation, request.json_mode)
+        return request_key({**body, self.endpoint.max_tokens_param: request.cap, "seed": generation.seed})
 
 
-def _completion(stored: StoredResponse, usage: Usage, cached: bool) -> Completion:
+def _cut_below_cap(answer: StoredResponse, cap: int) -> bool:
+    """Cut by a sized max_tokens: a re-ask at the cap may finish it."""
+    return answer.finish_reason == "length" and answer.max_tokens is not None and answer.max_tokens < cap
+
+
+def _completion(answers: list[StoredResponse], cached: bool) -> Completion:
+    """The last answer, with the usage and cost of all of them."""
+    usage = Usage()
+    for answer in answers:
+        usage += parse_usage(answer.usage)
+    last = answers[-1]
     return Completion(
-        content=stored.content,
-        finish_reason=stored.finish_reason,
+        content=last.content,
+        finish_reason=last.finish_reason,
         usage=usage,
-        cost_usd=stored.cost_usd,
-        model=stored.model,
-        endpoint=stored.endpoint,
+        cost_usd=sum(answer.cost_usd for answer in answers),
+        model=last.model,
+        endpoint=last.endpoint,
         cached=cached,
+        answers=len(answers),
     )
 
 

@@ -44,11 +44,11 @@ class SampleJob:
         return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
     def charge(self, stage: str, completion: Completion) -> None:
-        """Add one LLM answer's tokens and cost to this sample."""
+        """Add one LLM answer's tokens, cost and paid answers (two after a re-ask at the cap)."""
         self.usage += completion.usage
         self.cost_usd += completion.cost_usd
         self.models[stage] = completion.model
-        self.requests += 1
+        self.requests += completion.answers
 
     def note(self, stage: str, attempt: int, failure: Failure | None, action: str) -> None:
         """Record one checked attempt: its rule failure (if any) and what the policy did next."""

@@ -22,6 +22,8 @@ from simulator.settings import SimSettings
 
 # keys that change how an answer is delivered, not what it says
 TRANSPORT_KEYS = frozenset(("stream", "stream_options"))
+# keys that only limit how long it may be (with the above: left out of `request_digest`)
+LIMIT_KEYS = frozenset(("max_tokens", "max_completion_tokens"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,12 @@ def content_digest(body: dict[str, Any]) -> str:
     if any(k in body for k in TRANSPORT_KEYS):
         body = {k: v for k, v in body.items() if k not in TRANSPORT_KEYS}
     return canonical_digest(body)
+
+
+def request_digest(body: dict[str, Any]) -> str:
+    """The digest /_sim/stats counts requests by: the question asked (the canonical body
+    without TRANSPORT_KEYS and LIMIT_KEYS), as the service keys its store."""
+    return canonical_digest({k: v for k, v in body.items() if k not in TRANSPORT_KEYS | LIMIT_KEYS})
 
 
 def request_rng(digest: str, seed: int, index: int = 0) -> random.Random:

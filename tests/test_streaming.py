@@ -1,0 +1,224 @@
+"""Streaming and the transport in the LLM layer, over real HTTP on loopback against small
+scripted servers (aiohttp.web, one scripted answer per request): a stream that stalls
+midway is given up after the silence timeout while a long answer that keeps coming
+(keep-alive comments included) arrives whole; a stream cut short is retried as a bad
+response, never accepted; blank content in JSON mode is retried; the first token is timed
+and handed to the limiter with the completion tokens; an answer over the size cap is
+refused; requests go through the proxy the environment names."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from metrics.prometheus import RunMetrics
+from metrics.stats import RunStats
+from service.config import Endpoint
+from service.store import Store
+from workers import http
+from workers.limiter import Ticket
+from workers.llm import Completion, Generation, LLMClient, RequestFailed
+
+MESSAGES = [{"role": "user", "content": "Say something."}]
+USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+SILENCE_S = 1.0  # the clients' timeout_s: connect, and the longest silence between two reads
+GAP_S = SILENCE_S / 10  # a pause of a server that keeps making progress
+
+Step = bytes | float | None  # bytes written, seconds of silence, or None: drop the connection
+
+
+def event(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> bytes:
+    chunk = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "model": "m",
+        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish}],
+        **extra,
+    }
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+ROLE = event({"role": "assistant", "content": ""})
+END = event(finish="stop")
+USAGE_EVENT = b"data: " + orjson.dumps({"id": "chatcmpl-1", "choices": [], "usage": USAGE}) + b"\n\n"
+DONE = b"data: [DONE]\n\n"
+
+
+def stream(*pieces: str) -> list[Step]:
+    """A whole stream of these content pieces."""
+    return [ROLE, *(event({"content": p}) for p in pieces), END, USAGE_EVENT, DONE]
+
+
+async def scripted(answers: list[list[Step]], seen: list[str] | None = None) -> tuple[web.AppRunner, str]:
+    """A server that answers its n-th request with the n-th script, as server-sent events
+    (and notes in `seen` the URL each request asked for)."""
+    queue = iter(answers)
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        if seen is not None:
+            seen.append(str(request.url))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for step in next(queue):
+            if step is None:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+            else:
+                await response.write(step)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+
+
+def ask(
+    tmp_path: Path,
+    answers: list[list[Step]],
+    json_mode: bool = False,
+    proxy: tuple[pytest.MonkeyPatch, list[str]] | None = None,
+    **endpoint: Any,
+) -> tuple[Completion | Exception, RunStats, RunMetrics]:
+    """One request through an LLMClient against a server giving these answers in turn;
+    `proxy`: the server is instead named by HTTP_PROXY, for an endpoint that does not exist
+    (the URLs it was asked for are noted in the list)."""
+    stats = RunStats(target=1)
+    metrics = RunMetrics(stats)
+    tmp_path.mkdir(exist_ok=True)
+    store = Store(tmp_path / "db")
+
+    async def go() -> Completion | Exception:
+        runner, url = await scripted(answers, proxy[1] if proxy else None)
+        if proxy is not None:
+            proxy[0].setenv("HTTP_PROXY", url.removesuffix("/v1"))
+            url = "http://api.example.invalid/v1"
+        spec = {"model": "m", "name": "s", "base_url": url, "timeout_s": SILENCE_S, "max_retries": 1}
+        client = LLMClient(Endpoint(**{**spec, **endpoint}), url, store, stats, metrics)
+        try:
+            request = client.prepare(MESSAGES, Generation(0.7, 100, seed=1, json_mode=json_mode), "script")
+            return await client.complete(request, "script")
+        except RequestFailed as exc:
+            return exc
+        finally:
+            await client.aclose()
+            await runner.cleanup()
+
+    try:
+        return asyncio.run(go()), stats, metrics
+    finally:
+        store.close()
+
+
+def test_a_stream_that_stalls_midway_is_given_up_after_the_silence_timeout(tmp_path: Path) -> None:
+    stall = [ROLE, event({"content": "Half an ans"}), 5 * SILENCE_S, *stream("wer.")[1:]]
+    result, stats, _ = ask(tmp_path, [stall], max_retries=0)
+    assert isinstance(result, RequestFailed) and f"nothing received for {SILENCE_S} s" in str(result)
+    assert stats.requests == {"timeout": 1}
+
+
+def test_a_long_answer_that_keeps_coming_arrives_whole(tmp_path: Path) -> None:
+    # it waits (keep-alive comments only) and then writes, each for longer than the silence
+    # timeout: progress, never silence, so it is not cut off (a total timeout would cut it)
+    wait = [b": keep-alive\n\n", GAP_S] * 15
+    pieces = [f"word{i} " for i in range(30)]
+    writing = [step for piece in pieces for step in (event({"content": piece}), GAP_S / 2)]
+    result, stats, _ = ask(tmp_path, [[*wait, ROLE, *writing, END, USAGE_EVENT, DONE]])
+    assert isinstance(result, Completion), result
+    assert result.content == "".join(pieces) and result.finish_reason == "stop"
+    assert (result.usage.prompt, result.usage.completion) == (11, 7)  # exact, from the usage chunk
+    assert stats.requests == {"ok": 1}
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        pytest.param([ROLE, event({"content": "Hi"}), END, USAGE_EVENT], id="no [DONE]"),
+        pytest.param([ROLE, event({"content": "Hi"}), END, DONE], id="no usage"),
+        pytest.param([ROLE, event({"content": "Hi"}), USAGE_EVENT, DONE], id="no finish_reason"),
+        pytest.param([ROLE, event({"content": "Hi"}), None], id="connection dropped"),
+        pytest.param([ROLE, b'data: {"error": {"message": "overloaded"}}\n\n', DONE], id="error event"),
+        pytest.param([USAGE_EVENT, DONE], id="no choices"),
+    ],
+)
+def test_a_stream_cut_short_is_retried_as_a_bad_response(tmp_path: Path, cut: list[Step]) -> None:
+    result, stats, _ = ask(tmp_path, [cut, stream("Hello", " there.")])
+    assert isinstance(result, Completion) and result.content == "Hello there."
+    assert stats.requests == {"bad_response": 1, "ok": 1}
+    store = Store(tmp_path / "db")
+    assert [row.finish_reason for row in store.response_rows()] == ["stop"]  # the cut one is not kept
+    store.close()
+
+
+@pytest.mark.parametrize("blank", ["", " \n\t "])
+def test_blank_content_in_json_mode_is_retried_and_elsewhere_left_to_the_stage(
+    tmp_path: Path, blank: str
+) -> None:
+    answers = [stream(blank), stream('{"ok": true}')]
+    result, stats, _ = ask(tmp_path / "json", answers, json_mode=True)
+    assert isinstance(result, Completion) and result.content == '{"ok": true}'
+    assert stats.requests == {"bad_response": 1, "ok": 1}
+    result, stats, _ = ask(tmp_path / "text", answers, json_mode=False)
+    assert isinstance(result, Completion) and result.content == blank and stats.requests == {"ok": 1}
+
+
+def test_the_first_token_is_timed_and_handed_to_the_limiter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, Any]] = []
+    succeeded: Callable[..., None] = Ticket.succeeded
+
+    def spy(ticket: Ticket, *args: Any, **kwargs: Any) -> None:
+        seen.append({"latency_s": args[2], **kwargs})
+        succeeded(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(Ticket, "succeeded", spy)
+    delay = GAP_S
+    answer = [ROLE, delay, event({"content": "Late"}), delay, *stream(" words.")[1:]]
+    result, _, metrics = ask(tmp_path, [answer])
+    assert isinstance(result, Completion) and result.content == "Late words."
+    [reported] = seen
+    assert reported["completion_tokens"] == 7
+    assert delay <= reported["first_token_s"] <= reported["latency_s"] - delay
+    histogram = {
+        s.name: s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name.startswith("agentrefine_llm_time_to_first_token_seconds")
+    }
+    assert histogram["agentrefine_llm_time_to_first_token_seconds_count"] == 1
+    assert histogram["agentrefine_llm_time_to_first_token_seconds_sum"] == reported["first_token_s"]
+
+
+def test_an_answer_over_the_size_cap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http, "MAX_ANSWER_BYTES", 2**16)
+    huge = [ROLE, *(event({"content": "x" * 1000}) for _ in range(300)), END, USAGE_EVENT, DONE]
+    result, stats, _ = ask(tmp_path, [huge], max_retries=0)
+    assert isinstance(result, RequestFailed) and f"answer larger than {2**16} bytes" in str(result)
+    assert stats.requests == {"bad_response": 1}
+
+
+def test_requests_go_through_the_proxy_the_environment_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the endpoint's host does not exist: only through the proxy (the scripted server) can it answer
+    seen: list[str] = []
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    result, _, _ = ask(tmp_path, [stream("Proxied.")], proxy=(monkeypatch, seen))
+    assert isinstance(result, Completion) and result.content == "Proxied."
+    assert seen == ["http://api.example.invalid/v1/chat/completions"]
