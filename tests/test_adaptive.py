@@ -71,7 +71,7 @@ def test_concurrency_settles_near_the_knee_of_a_queueing_endpoint(tmp_path: Path
     # of 64 a request would wait for ten others. The controller sees latency climb and stays
     # near the knee; the bound is loose so that a slow or loaded machine cannot fail it.
     knee = 6
-    with simulator({**FAST_SIM, "latency_median_s": 0.05, "latency_sigma": 0.2, "queue_knee": knee}) as url:
+    with simulator({**FAST_SIM, "latency_median_s": 0.05, "latency_sigma": 0.2, "max_num_seqs": knee}) as url:
         stats, client, seen = run_requests(url, tmp_path / "db", 1500, Limits(max_concurrency=64))
         by_status = sim_stats(url)["by_status"]
     assert stats.requests == {"ok": 1500} and "429" not in by_status
