@@ -52,6 +52,7 @@ class Answer:
     fault: str | None
     admitted_at: float
     outcome: str | None = None  # the by_status entry once it is known
+    sent_at: float = 0.0  # time.monotonic() of the last byte sent (admission before any)
 
     @property
     def decode_tokens(self) -> int:
@@ -59,13 +60,14 @@ class Answer:
         return max((n for _, n in self.contents), default=0)
 
     @property
-    def used_tokens(self) -> int:
-        return self.prompt_tokens + sum(n for _, n in self.contents)
+    def completion_tokens(self) -> int:
+        return sum(n for _, n in self.contents)
 
 
 async def deliver(request: web.Request, st: SimState, answer: Answer) -> web.StreamResponse:
     """Send the answer (see the module docstring); count how it ended."""
     st.load.admitted(answer.charged_tokens)
+    answer.sent_at = time.monotonic()
     generation = st.model.generation(answer.prompt_tokens, answer.decode_tokens)
     try:
         if answer.fault == "5xx":
@@ -80,13 +82,16 @@ async def deliver(request: web.Request, st: SimState, answer: Answer) -> web.Str
     finally:
         generation.close()
         st.load.ended()
-        st.by_status[answer.outcome or ("hang" if answer.fault == "hang" else "499")] += 1
+        if answer.outcome is None and answer.fault == "hang":
+            answer.outcome = "hang"  # the client gave up on the silence
+            st.load.hang_given_up(time.monotonic() - answer.sent_at)
+        st.by_status[answer.outcome or "499"] += 1
 
 
 def _generated(st: SimState, answer: Answer) -> None:
     """The answer was generated in full: refund the unused charge, count the tokens used."""
-    st.limiter.reconcile(answer.charged_tokens, answer.used_tokens)
-    st.load.generated(answer.used_tokens)
+    st.limiter.reconcile(answer.charged_tokens, answer.prompt_tokens + answer.completion_tokens)
+    st.load.generated(answer.prompt_tokens, answer.completion_tokens)
 
 
 def _complete(st: SimState, answer: Answer, generation: Generation) -> None:
@@ -152,14 +157,14 @@ def _body(st: SimState, answer: Answer, generation: Generation) -> bytes:
 
 
 async def _keep_alive(
-    resp: web.StreamResponse, waiting: asyncio.Future[None], line: bytes, every_s: float
+    resp: web.StreamResponse, answer: Answer, waiting: asyncio.Future[None], line: bytes, every_s: float
 ) -> None:
     """Write `line` every `every_s` until `waiting` is done (and raise what it raised)."""
     try:
         while not waiting.done():
             await asyncio.wait({waiting}, timeout=every_s)
             if not waiting.done():
-                await resp.write(line)
+                await _write(resp, answer, line)
     finally:
         waiting.cancel()  # the client went away while we waited
     waiting.result()
@@ -175,7 +180,9 @@ async def _keepalive_answer(
         status=200, headers={**_headers(st, answer), "Content-Type": "application/json"}
     )
     await resp.prepare(request)
-    await _keep_alive(resp, asyncio.ensure_future(generation.whole()), b"\n", s.keepalive_s * s.time_scale)
+    await _keep_alive(
+        resp, answer, asyncio.ensure_future(generation.whole()), b"\n", s.keepalive_s * s.time_scale
+    )
     if answer.fault == "reset":
         answer.outcome = "reset"
         _abort(request)
@@ -199,13 +206,13 @@ async def _stream(
         resp.headers.update(_sse_headers(st, answer))
         await resp.prepare(request)
         waiting = asyncio.ensure_future(generation.first_token())
-        await _keep_alive(resp, waiting, b": keep-alive\n\n", s.keepalive_s * s.time_scale)
+        await _keep_alive(resp, answer, waiting, b": keep-alive\n\n", s.keepalive_s * s.time_scale)
     else:
         await generation.first_token()
         resp.headers.update(_sse_headers(st, answer))
         await resp.prepare(request)
     chunks = _Chunks(answer, st.fingerprint)
-    await resp.write(chunks.first())
+    await _write(resp, answer, chunks.first())
     stop_at = None
     if answer.fault in ("reset", "truncated", "hang"):
         stop_at = int(answer.decode_tokens * st.rng.uniform(1 / 3, 2 / 3))
@@ -216,9 +223,9 @@ async def _stream(
         done = decoding.done.done()
         decoded = decoding.decoded()
         if stop_at is not None and decoded >= stop_at:
-            await _write(resp, chunks.up_to(stop_at))
+            await _write(resp, answer, chunks.up_to(stop_at))
             return await _break_stream(request, st, answer, resp)
-        await _write(resp, chunks.up_to(decoded))
+        await _write(resp, answer, chunks.up_to(decoded))
         if done:
             break
         await asyncio.wait({decoding.done}, timeout=interval)
@@ -228,9 +235,10 @@ async def _stream(
     return resp
 
 
-async def _write(resp: web.StreamResponse, data: bytes) -> None:
+async def _write(resp: web.StreamResponse, answer: Answer, data: bytes) -> None:
     if data:
         await resp.write(data)
+        answer.sent_at = time.monotonic()
 
 
 def _sse_headers(st: SimState, answer: Answer) -> dict[str, str]:

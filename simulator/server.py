@@ -12,9 +12,13 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embed
   (past authorisation, validation, the concurrency cap and rate limits: what a provider
   bills) and of the complete answers; digest is the sha256 hex of the request body
   serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``. ``?digests=0`` leaves them out;
-- ``in_flight``, ``tokens`` (``charged``: prompt + max_tokens at admission, as the provider
-  counts it; ``used``: prompt + completion), ``answers`` (count and summed seconds queued, to
-  first token, in all): `simulator.load`;
+- ``admitted`` (requests taken on), ``in_flight`` (``now``, ``max``, ``mean`` since start,
+  ``request_seconds``: its time integral, ``uptime_s``), ``tokens`` (``charged``: prompt +
+  max_tokens at admission, as the provider counts it; ``used`` = ``prompt`` + ``completion``
+  of the answers generated in full), ``answers`` (``generated``, ``complete``, and the summed
+  seconds of the complete ones ``queued_s``, ``ttft_s``, ``latency_s``), ``hangs``
+  (``given_up``: hung requests the client left, ``silence_s`` / ``max_silence_s``: how long
+  it had heard nothing when it did): `simulator.load`;
 - ``batch``: sequences ``running`` (in the batch) and ``queued`` (waiting for a place);
 - ``limits``: the profile, time_scale, and the limits in force per real minute (rpm, tpm;
   0 = none), max_concurrent, max_num_seqs and the ``knee`` (`simulator.latency.knee`).
@@ -283,6 +287,9 @@ def _answer(
     s = st.settings
     seed_digest = content_digest(body)
     gens = [generate(body, s, i, seed_digest) for i in range(body.get("n") or 1)]
+    if s.min_completion_tokens:
+        least = min(s.min_completion_tokens, max_tokens_of(body) or s.min_completion_tokens)
+        gens = [replace(g, content=tokens.pad_to_tokens(g.content, least)) for g in gens]
     if fault == "length":
         gens = [
             replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens

@@ -68,6 +68,9 @@ class SimSettings:
     output_tokens_per_s: float = 0.0
     # one SSE event per this many seconds of decoding (holding the tokens decoded since the last)
     stream_interval_s: float = 0.4
+    # > 0: every answer is padded with whitespace to at least this many completion tokens (never
+    # beyond its max_tokens): with a low output_tokens_per_s, an answer that takes 10 minutes
+    min_completion_tokens: int = 0
     rpm: int = 0
     tpm: int = 0
     # seconds of refill a full RPM/TPM bucket holds: 60 lets a fresh key burst a minute's
@@ -136,7 +139,13 @@ class SimSettings:
             raise ValueError("settings 'rpm', 'tpm' and 'max_context_tokens' must be >= 0 (0 = unlimited)")
         if self.burst_s <= 0:
             raise ValueError("setting 'burst_s' must be > 0")
-        for name in ("max_num_seqs", "batch_half_speed", "max_concurrent", "keepalive_s"):
+        for name in (
+            "max_num_seqs",
+            "batch_half_speed",
+            "max_concurrent",
+            "keepalive_s",
+            "min_completion_tokens",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"setting '{name}' must be >= 0 (0 = off)")
         if self.usage_style not in USAGE_STYLES:

@@ -75,8 +75,11 @@ def test_models_and_stats_shape() -> None:
             assert stats["tokens"] == {
                 "charged": usage["prompt_tokens"] + 1024,  # no max_tokens: 1024 assumed at admission
                 "used": usage["total_tokens"],
+                "prompt": usage["prompt_tokens"],
+                "completion": usage["completion_tokens"],
             }
-            assert stats["answers"]["count"] == 1 and stats["concurrency_429"] == 0
+            assert stats["admitted"] == 1 and stats["concurrency_429"] == 0
+            assert stats["answers"]["generated"] == stats["answers"]["complete"] == 1
             assert stats["in_flight"]["now"] == 0 and stats["in_flight"]["max"] == 1
             assert stats["batch"] == {"running": 0, "queued": 0}
             assert stats["limits"] == {

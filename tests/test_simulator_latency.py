@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -144,7 +145,8 @@ def test_answer_takes_ttft_plus_decode_compressed_by_time_scale() -> None:
         assert whole - 0.01 <= took <= whole + SLACK_S
         assert ttft - 0.01 <= st["answers"]["ttft_s"] <= ttft + SLACK_S
         assert whole - 0.01 <= st["answers"]["latency_s"] <= took
-        assert st["tokens"] == {"charged": usage["prompt_tokens"] + 4096, "used": usage["total_tokens"]}
+        assert st["tokens"]["charged"] == usage["prompt_tokens"] + 4096
+        assert st["tokens"]["used"] == usage["total_tokens"]
 
     asyncio.run(main())
 
@@ -196,6 +198,8 @@ def test_stream_faults_strike_mid_answer() -> None:
             assert b"data: [DONE]" not in [line for _, line in lines], fault
             assert st["by_status"] == {fault: 1} and st["in_flight"]["now"] == 0, fault
             outcomes[fault] = ended
+            if fault == "hang":  # the client left after its 0.5 s read timeout of silence
+                assert st["hangs"]["given_up"] == 1 and 0.45 <= st["hangs"]["max_silence_s"] <= 0.5 + SLACK_S
         # a stall is silence on an open connection (the client's read timeout ends it); a
         # reset is an error; a truncated stream simply ends early
         assert outcomes["hang"] == "SocketTimeoutError" and outcomes["truncated"] is None
@@ -205,6 +209,32 @@ def test_stream_faults_strike_mid_answer() -> None:
             s.post(root + "/v1/chat/completions", json=body(stream=True)) as r,
         ):
             assert r.status in (500, 502, 503) and "error" in await r.json()
+
+    asyncio.run(main())
+
+
+def test_a_long_slow_answer_keeps_progressing_and_arrives_whole() -> None:
+    # 2000 tokens at 2000/600 tokens/s: a 10-minute answer, at time_scale 0.005 three seconds
+    scale = 0.005
+    settings = {
+        **NO_NOISE,
+        "latency_median_s": 1.0,
+        "min_completion_tokens": 2000,
+        "output_tokens_per_s": 2000 / 600,
+        "time_scale": scale,
+    }
+
+    async def main() -> None:
+        async with endpoint(**settings) as (root, s):
+            lines, ended = await events(s, root, body(stream=True))
+        parsed = chunks(lines)
+        assert ended is None and lines[-1][1] == b"data: [DONE]"
+        assert parsed[-1][1]["usage"]["completion_tokens"] == 2000
+        assert lines[-1][0] >= 601 * scale - 0.01
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(lines)]
+        assert max(gaps) < 60 * scale  # never a minute of model time without a byte
+        text = content_of(parsed)
+        assert orjson.loads(text) and text.endswith(" \n")  # the answer, then its padding
 
     asyncio.run(main())
 
@@ -299,7 +329,8 @@ def test_tpm_is_charged_prompt_plus_max_tokens_and_refunded_to_what_the_answer_u
                 scaled = r.headers.copy()
             scaled_stats = await stats(s, root)
         usage = answer["usage"]
-        assert st["tokens"] == {"charged": usage["prompt_tokens"] + 16_000, "used": usage["total_tokens"]}
+        assert st["tokens"]["charged"] == usage["prompt_tokens"] + 16_000
+        assert st["tokens"]["used"] == usage["total_tokens"]
         # the headers are written after the refund: the bucket lacks only what the answer used
         assert remaining >= 200_000 - usage["total_tokens"] - 5
         # under time_scale the limits are announced per real minute: 1 / time_scale times more
