@@ -26,49 +26,25 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from simulator import faults, tokens
+from simulator import answer as answers
+from simulator import faults
+from simulator.answer import Answer
 from simulator.latency import Generation
 from simulator.state import SimState
 
 MIN_STREAM_INTERVAL_S = 0.02  # real seconds between SSE events at most time scales: CPU stays low
 
 
-@dataclass
-class Answer:
-    """An admitted request and the answer generated for it (not yet delivered)."""
-
-    body: dict[str, Any]
-    digest: str
-    prompt_tokens: int
-    completion: dict[str, Any]  # the chat.completion object, usage included
-    contents: list[tuple[str, int]]  # each choice's content and its completion tokens
-    charged_tokens: int  # what the rate limiter took (refunded down to use at the end)
-    fault: str | None
-    admitted_at: float
-    outcome: str | None = None  # the by_status entry once it is known
-    sent_at: float = 0.0  # time.monotonic() of the last byte sent (admission before any)
-
-    @property
-    def decode_tokens(self) -> int:
-        """Tokens the sequence decodes: the choices are decoded side by side."""
-        return max((n for _, n in self.contents), default=0)
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(n for _, n in self.contents)
-
-
 async def deliver(request: web.Request, st: SimState, answer: Answer) -> web.StreamResponse:
     """Send the answer (see the module docstring); count how it ended."""
     st.load.admitted(answer.charged_tokens)
     answer.sent_at = time.monotonic()
-    generation = st.model.generation(answer.prompt_tokens, answer.decode_tokens)
+    generation = st.model.generation(answer.prompt_tokens)
     try:
         if answer.fault == "5xx":
             return await _server_error(st, answer, generation)
@@ -86,6 +62,18 @@ async def deliver(request: web.Request, st: SimState, answer: Answer) -> web.Str
             answer.outcome = "hang"  # the client gave up on the silence
             st.load.hang_given_up(time.monotonic() - answer.sent_at)
         st.by_status[answer.outcome or "499"] += 1
+
+
+async def _first_token(st: SimState, answer: Answer, generation: Generation) -> None:
+    """A place in the batch, the time to first token; then the text, and its decoding starts."""
+    await generation.first_token()
+    answers.write(st, answer)
+    generation.decode(answer.decode_tokens)
+
+
+async def _whole(st: SimState, answer: Answer, generation: Generation) -> None:
+    await _first_token(st, answer, generation)
+    await generation.last_token()
 
 
 def _generated(st: SimState, answer: Answer) -> None:
@@ -130,7 +118,7 @@ async def _server_error(st: SimState, answer: Answer, generation: Generation) ->
 async def _whole_answer(
     request: web.Request, st: SimState, answer: Answer, generation: Generation
 ) -> web.Response:
-    await generation.whole()
+    await _whole(st, answer, generation)
     if answer.fault == "reset":
         answer.outcome = "reset"
         _abort(request)
@@ -181,7 +169,11 @@ async def _keepalive_answer(
     )
     await resp.prepare(request)
     await _keep_alive(
-        resp, answer, asyncio.ensure_future(generation.whole()), b"\n", s.keepalive_s * s.time_scale
+        resp,
+        answer,
+        asyncio.ensure_future(_whole(st, answer, generation)),
+        b"\n",
+        s.keepalive_s * s.time_scale,
     )
     if answer.fault == "reset":
         answer.outcome = "reset"
@@ -205,10 +197,10 @@ async def _stream(
     if s.keepalive_s > 0:
         resp.headers.update(_sse_headers(st, answer))
         await resp.prepare(request)
-        waiting = asyncio.ensure_future(generation.first_token())
+        waiting = asyncio.ensure_future(_first_token(st, answer, generation))
         await _keep_alive(resp, answer, waiting, b": keep-alive\n\n", s.keepalive_s * s.time_scale)
     else:
-        await generation.first_token()
+        await _first_token(st, answer, generation)
         resp.headers.update(_sse_headers(st, answer))
         await resp.prepare(request)
     chunks = _Chunks(answer, st.fingerprint)
@@ -315,8 +307,3 @@ class _Chunks:
 
 
 _OPEN = {"finish_reason": None, "logprobs": None}
-
-
-def count_contents(contents: list[str]) -> list[tuple[str, int]]:
-    """Each content with its completion tokens."""
-    return [(content, tokens.count_text(content)) for content in contents]

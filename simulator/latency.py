@@ -180,20 +180,20 @@ class Decoding:
 
 
 class Generation:
-    """One answer being generated: a place in the batch, the time to first token, decoding.
-    `close()` (idempotent) gives the place back; it happens by itself at the last token."""
+    """One answer being generated: a place in the batch, the time to first token, then its
+    decoding. `close()` (idempotent) gives the place back; it happens by itself at the last
+    token."""
 
-    def __init__(self, model: Model, prompt_tokens: int, completion_tokens: int) -> None:
+    def __init__(self, model: Model, prompt_tokens: int) -> None:
         self._model = model
         self._prompt_tokens = prompt_tokens
-        self.completion_tokens = completion_tokens
         self.decoding: Decoding | None = None
         self._placed = False
         self.queued_s = 0.0  # real seconds spent waiting for a place in the batch
         self.first_token_at = 0.0  # time.monotonic() of the first token
 
     async def first_token(self) -> None:
-        """Wait for a place in the batch, then the time to first token; decoding starts."""
+        """Wait for a place in the batch, then the time to first token."""
         batch = self._model.batch
         waited = time.monotonic()
         await batch.enter()
@@ -201,21 +201,19 @@ class Generation:
         self.queued_s = time.monotonic() - waited
         await asyncio.sleep(self._model.ttft_s(self._prompt_tokens))
         self.first_token_at = time.monotonic()
-        self.decoding = batch.decode(self.completion_tokens)
+
+    def decode(self, tokens: int) -> None:
+        """Start decoding the answer's `tokens` tokens (after `first_token`)."""
+        self.decoding = self._model.batch.decode(tokens)
         self.decoding.done.add_done_callback(lambda _: self.close())
 
     def decoded(self) -> int:
         return self.decoding.decoded() if self.decoding is not None else 0
 
     async def last_token(self) -> None:
-        """Wait until the whole answer is decoded (after `first_token`)."""
+        """Wait until the whole answer is decoded (after `decode`)."""
         assert self.decoding is not None
         await self.decoding.done
-
-    async def whole(self) -> None:
-        """First token, then the last."""
-        await self.first_token()
-        await self.last_token()
 
     def close(self) -> None:
         if self.decoding is not None:
@@ -246,5 +244,5 @@ class Model:
         prefill = prompt_tokens / s.prefill_tokens_per_s if s.prefill_tokens_per_s > 0 else 0.0
         return self.base_s() + prefill * s.time_scale
 
-    def generation(self, prompt_tokens: int, completion_tokens: int) -> Generation:
-        return Generation(self, prompt_tokens, completion_tokens)
+    def generation(self, prompt_tokens: int) -> Generation:
+        return Generation(self, prompt_tokens)

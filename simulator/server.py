@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -40,8 +38,9 @@ from aiohttp import web
 
 from simulator import embeddings as embedding_content
 from simulator import faults, tokens
-from simulator.content import canonical_digest, content_digest, generate, max_tokens_of, wants_json
-from simulator.delivery import Answer, count_contents, deliver
+from simulator.answer import Answer
+from simulator.content import canonical_digest, max_tokens_of, wants_json
+from simulator.delivery import deliver
 from simulator.settings import SimSettings
 from simulator.state import SimState
 
@@ -204,7 +203,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     digest = canonical_digest(body)
     st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
-    answer = _answer(st, body, digest, prompt_tokens, decision.charged_tokens, fault, started)
+    answer = Answer(body, digest, prompt_tokens, decision.charged_tokens, fault, started)
     return await deliver(request, st, answer)
 
 
@@ -271,51 +270,6 @@ def _no_such_model(name: str) -> web.Response:
             "model_not_found",
         ),
     )
-
-
-def _answer(
-    st: SimState,
-    body: dict[str, Any],
-    digest: str,
-    prompt_tokens: int,
-    charged_tokens: int,
-    fault: str | None,
-    admitted_at: float,
-) -> Answer:
-    """The answer to this request, generated at admission (its length sets its latency); a
-    "length" fault cuts it, "empty_choices" drops its choices."""
-    s = st.settings
-    seed_digest = content_digest(body)
-    gens = [generate(body, s, i, seed_digest) for i in range(body.get("n") or 1)]
-    if s.min_completion_tokens:
-        least = min(s.min_completion_tokens, max_tokens_of(body) or s.min_completion_tokens)
-        gens = [replace(g, content=tokens.pad_to_tokens(g.content, least)) for g in gens]
-    if fault == "length":
-        gens = [
-            replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens
-        ]
-    contents = count_contents([g.content for g in gens])
-    cached = st.cache.cached_tokens(body["messages"])
-    completion_tokens = sum(n for _, n in contents)
-    completion = {
-        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": g.content, "refusal": None},
-                "finish_reason": g.finish_reason,
-                "logprobs": None,
-            }
-            for i, g in enumerate(gens)
-            if fault != "empty_choices"
-        ],
-        "usage": tokens.usage_block(prompt_tokens, completion_tokens, cached, s.usage_style),
-        "system_fingerprint": st.fingerprint,
-    }
-    return Answer(body, digest, prompt_tokens, completion, contents, charged_tokens, fault, admitted_at)
 
 
 async def list_models(request: web.Request) -> web.Response:
