@@ -10,6 +10,8 @@ SECTIONS: dict[str, str] = {
     "throughput": "bench.throughput",
     "dedup": "bench.dedup",
     "metrics": "bench.metrics",
+    "providers": "bench.providers",
+    "hangs": "bench.hangs",
 }
 
 
