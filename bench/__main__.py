@@ -11,6 +11,8 @@ SECTIONS: dict[str, str] = {
     "dedup": "bench.dedup",
     "metrics": "bench.metrics",
     "concurrency": "bench.concurrency",
+    "providers": "bench.providers",
+    "hangs": "bench.hangs",
 }
 
 

@@ -54,7 +54,7 @@ class Scenario:
         """The binding limit, per second (requests, or tokens for tpm)."""
         if self.binding == "knee":
             mean_latency = self.sim["latency_median_s"] * math.exp(self.sim["latency_sigma"] ** 2 / 2)
-            return self.sim["queue_knee"] / mean_latency
+            return self.sim["max_num_seqs"] / mean_latency
         return self.sim[self.binding] / 60.0
 
 
@@ -89,7 +89,7 @@ SCENARIOS = [
     Scenario(
         "queueing: no 429s, 16 served at once, the rest queue",
         500,
-        {**LATENCY, "queue_knee": 16, "faults": NO_FAULTS},
+        {**LATENCY, "max_num_seqs": 16, "faults": NO_FAULTS},
         {"max_concurrency": 128},
         binding="knee",
     ),
@@ -170,7 +170,7 @@ def report(scenario: Scenario, rows: dict[str, dict[str, Any]]) -> str:
             lines.append(
                 f"  {client}: concurrency {f['concurrency']:.1f} of max "
                 f"{scenario.limits['max_concurrency'] if client == 'ours' else f['concurrency']:.0f}, "
-                f"median latency {f['latency_s']:.2f} s; knee {scenario.sim['queue_knee']}"
+                f"median latency {f['latency_s']:.2f} s; knee {scenario.sim['max_num_seqs']}"
             )
     return "\n".join(lines)
 

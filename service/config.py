@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from simulator.settings import SimSettings
+
 TRANSPORTS = ("aiohttp",)  # how an endpoint is spoken to (workers/http.py); http1 and openai were removed
 
 ENV_PREFIX = "AGENTREFINE__"
@@ -426,6 +428,8 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
                 f"{where('endpoints', name)}: endpoints.{name}: give exactly one of base_url "
                 "(a real endpoint) or embedded (settings of the built-in endpoint)"
             )
+        if ep.embedded is not None:
+            _check_embedded(ep.embedded, f"{where('endpoints', name, 'embedded')}: endpoints.{name}.embedded")
         if ep.max_tokens_param not in ("max_tokens", "max_completion_tokens"):
             raise ConfigError(
                 f"{where('endpoints', name, 'max_tokens_param')}: endpoints.{name}.max_tokens_param: "
@@ -462,6 +466,14 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
     if not 0 <= config.metrics.port <= 65535:
         raise ConfigError(f"{where('metrics', 'port')}: metrics.port: must be 0-65535 (0: a free port)")
     return config
+
+
+def _check_embedded(settings: dict[str, Any], place: str) -> None:
+    """The embedded endpoint's settings (its profile and every key) are checked before any work."""
+    try:
+        SimSettings.from_dict(settings)
+    except ValueError as exc:
+        raise ConfigError(f"{place}: {exc}") from None
 
 
 def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endpoint]) -> None:

@@ -38,7 +38,7 @@ class TokenBucket:
 
     def __init__(
         self,
-        per_minute: int,
+        per_minute: float,
         clock: Callable[[], float] = time.monotonic,
         burst_s: float = 60.0,
         start_full: bool = True,
@@ -93,8 +93,8 @@ class RateLimiter:
 
     def __init__(
         self,
-        rpm: int,
-        tpm: int,
+        rpm: float,
+        tpm: float,
         clock: Callable[[], float] = time.monotonic,
         burst_s: float = 60.0,
         start_full: bool = True,
@@ -108,7 +108,7 @@ class RateLimiter:
         """Charge one request and its estimated tokens, or say which limit is exceeded."""
         # like OpenAI, a request larger than the whole per-minute budget is charged as
         # the whole budget (documented deviation: OpenAI rejects it as too large)
-        charged = min(estimated_tokens, self.tpm) if self.tokens else estimated_tokens
+        charged = min(estimated_tokens, math.floor(self.tpm)) if self.tokens else estimated_tokens
         if self.requests is not None:
             wait = self.requests.wait_for(1)
             if wait > 0:
@@ -132,11 +132,11 @@ class RateLimiter:
         """The `x-ratelimit-*` headers for the limits that are set."""
         h: dict[str, str] = {}
         if self.requests is not None:
-            h["x-ratelimit-limit-requests"] = str(self.rpm)
+            h["x-ratelimit-limit-requests"] = str(round(self.rpm))
             h["x-ratelimit-remaining-requests"] = str(max(0, math.floor(self.requests.level())))
             h["x-ratelimit-reset-requests"] = format_duration(self.requests.reset_after())
         if self.tokens is not None:
-            h["x-ratelimit-limit-tokens"] = str(self.tpm)
+            h["x-ratelimit-limit-tokens"] = str(round(self.tpm))
             h["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(self.tokens.level())))
             h["x-ratelimit-reset-tokens"] = format_duration(self.tokens.reset_after())
         return h
@@ -146,10 +146,11 @@ class RateLimiter:
         kind = decision.limited or "requests"
         wait = format_duration(decision.retry_after_s)
         if kind == "requests":
-            limit, used, requested = self.rpm, self.rpm - max(0, math.floor(self.requests.level())), 1
+            limit = round(self.rpm)
+            used, requested = limit - max(0, math.floor(self.requests.level())), 1
         else:
-            limit = self.tpm
-            used = self.tpm - max(0, math.floor(self.tokens.level()))
+            limit = round(self.tpm)
+            used = limit - max(0, math.floor(self.tokens.level()))
             requested = decision.requested_tokens
         unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
         message = (

@@ -1,29 +1,39 @@
 """The simulator's aiohttp app: an OpenAI-compatible chat completions endpoint.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embeddings`),
-``GET /v1/models`` (and ``/v1/models/{id}``),
-and ``GET /_sim/stats`` (test/ops): ``{"requests": n, "by_status": {"200": n, ...},
-"received": {digest: count}, "answered": {digest: count}}`` where digest is the sha256
-hex of the request body without ``stream``, ``stream_options``, ``max_tokens`` and
-``max_completion_tokens``, serialised by ``orjson.dumps(body, option=OPT_SORT_KEYS)``
-(`content.request_digest`: the question, however long or however delivered its answer).
-``by_status`` counts HTTP statuses plus ``"reset"`` (connection aborted),
-``"truncated"`` (a 200 with a cut body), ``"empty_choices"`` and ``"length"`` (200s with
-those faults), ``"hang"`` (client gone before the delayed answer) and ``"499"`` (client
-gone before a normal answer). ``received`` counts every request taken on for generation
-(past authorisation, validation and rate limits: what a provider bills), ``answered``
-only complete 200 answers.
+``GET /v1/models`` (and ``/v1/models/{id}``), and ``GET /_sim/stats`` (tests, `make bench`):
+
+- ``requests``: every chat and embeddings request; ``by_status``: HTTP statuses plus
+  ``"reset"`` (connection aborted), ``"truncated"`` (a cut body or stream), ``"empty_choices"``
+  and ``"length"`` (200s with those faults), ``"hang"`` (client gone during a hang) and
+  ``"499"`` (client gone before the answer); ``concurrency_429``: the 429s of those for the
+  cap on concurrent requests (``max_concurrent``);
+- ``received`` / ``answered``: ``{digest: count}`` of the requests taken on for generation
+  (past authorisation, validation, the concurrency cap and rate limits: what a provider
+  bills) and of the complete answers; digest is the sha256 hex of the request body without
+  ``stream``, ``stream_options``, ``max_tokens`` and ``max_completion_tokens``, serialised by
+  ``orjson.dumps(body, option=OPT_SORT_KEYS)`` (`content.request_digest`: the question,
+  however long or however delivered its answer, as the service keys its store).
+  ``?digests=0`` leaves them out;
+- ``admitted`` (requests taken on), ``in_flight`` (``now``, ``max``, ``mean`` since start,
+  ``request_seconds``: its time integral, ``uptime_s``), ``tokens`` (``charged``: prompt +
+  max_tokens at admission, as the provider counts it; ``used`` = ``prompt`` + ``completion``
+  of the answers generated in full), ``answers`` (``generated``, ``complete``, and the summed
+  seconds of the complete ones ``queued_s``, ``ttft_s``, ``latency_s``), ``hangs``
+  (``given_up``: hung requests the client left, ``silence_s`` / ``max_silence_s``: how long
+  it had heard nothing when it did): `simulator.load`;
+- ``batch``: sequences ``running`` (in the batch) and ``queued`` (waiting for a place);
+- ``limits``: the profile, time_scale, and the limits in force per real minute (rpm, tpm;
+  0 = none), max_concurrent, max_num_seqs and the ``knee`` (`simulator.latency.knee`).
+
+The simulator is built with aiohttp's handler cancellation: a client that goes away ends
+its request at once (its place in the batch and under the cap is freed), as at a provider.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 import time
-import uuid
-from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -31,54 +41,16 @@ from aiohttp import web
 
 from simulator import embeddings as embedding_content
 from simulator import faults, tokens
-from simulator.content import (
-    canonical_digest,
-    content_digest,
-    generate,
-    max_tokens_of,
-    request_digest,
-    wants_json,
-)
-from simulator.limits import Decision, RateLimiter
+from simulator.answer import Answer
+from simulator.content import canonical_digest, max_tokens_of, request_digest, wants_json
+from simulator.delivery import deliver
 from simulator.settings import SimSettings
+from simulator.state import SimState
 
 STATE: web.AppKey[SimState] = web.AppKey("sim_state")
 DEFAULT_COMPLETION_ESTIMATE = 1024
 MAX_CHOICES = 8
-STREAM_CHUNK_CHARS = 256
 _ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
-
-
-class SimState:
-    """Mutable per-app state: RNG for faults and latency, limits, cache, stats."""
-
-    def __init__(self, settings: SimSettings) -> None:
-        self.settings = settings
-        self.rng = random.Random(f"sim-faults:{settings.seed}")
-        self.limiter = RateLimiter(
-            settings.rpm, settings.tpm, burst_s=settings.burst_s, start_full=settings.start_full
-        )
-        self.slots = asyncio.Semaphore(settings.queue_knee) if settings.queue_knee else None
-        self.cache = tokens.PrefixCache()
-        self.requests = 0
-        self.by_status: Counter[str] = Counter()
-        self.received: Counter[str] = Counter()
-        self.answered: Counter[str] = Counter()
-        self.fingerprint = "fp_" + canonical_digest(settings.to_dict())[:10]
-
-    async def serve(self) -> None:
-        """Wait for a free place in the batch (`queue_knee`), then for the request's latency."""
-        if self.slots is None:
-            await asyncio.sleep(self.latency())
-            return
-        async with self.slots:
-            await asyncio.sleep(self.latency())
-
-    def latency(self) -> float:
-        s = self.settings
-        if s.latency_median_s <= 0:
-            return 0.0
-        return self.rng.lognormvariate(math.log(s.latency_median_s), s.latency_sigma)
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -221,55 +193,32 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "context_length_exceeded",
             ),
         )
+    if s.max_concurrent and st.load.in_flight >= s.max_concurrent:
+        st.by_status["429"] += 1
+        st.concurrency_429 += 1
+        return _json(429, _concurrency_error(s.max_concurrent))
     limit = max_tokens_of(body)
-    n = body.get("n") or 1
-    decision = st.limiter.admit(prompt_tokens + (limit or DEFAULT_COMPLETION_ESTIMATE) * n)
+    decision = st.limiter.admit(prompt_tokens + (limit or DEFAULT_COMPLETION_ESTIMATE) * (body.get("n") or 1))
     if decision.limited:
         st.by_status["429"] += 1
         headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
         return _json(429, st.limiter.error_body(decision), headers)
-
     digest = request_digest(body)
     st.received[digest] += 1
     fault = faults.choose_fault(st.rng, s.faults)
-    if s.keepalive_s > 0 and fault != "5xx":
-        return await _keepalive_answer(request, st, body, prompt_tokens, decision, fault)
-    await st.serve()
-    if fault == "5xx":
-        status, err = faults.server_error(st.rng)
-        st.by_status[str(status)] += 1
-        return _json(status, err, st.limiter.headers())
-    if fault == "reset":
-        st.by_status["reset"] += 1
-        if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError  # nothing is sent; aiohttp drops the connection quietly
-    if fault == "hang":
-        await asyncio.sleep(s.faults.hang_s)
-    if request.transport is None or request.transport.is_closing():
-        st.by_status["hang" if fault == "hang" else "499"] += 1
-        raise asyncio.CancelledError
+    answer = Answer(body, digest, prompt_tokens, decision.charged_tokens, fault, started)
+    return await deliver(request, st, answer)
 
-    completion = _completion(st, body, prompt_tokens, decision, fault)
-    headers = {
-        **st.limiter.headers(),
-        "x-request-id": "req_" + uuid.uuid4().hex[:24],
-        "openai-processing-ms": str(int((time.monotonic() - started) * 1000)),
-    }
-    if body.get("stream") is True:
-        return await _stream(request, st, completion, body, headers, fault, digest)
-    payload = orjson.dumps(completion)
-    if fault == "truncated":
-        st.by_status["truncated"] += 1
-        return web.Response(
-            status=200,
-            body=faults.truncate_body(payload, st.rng),
-            content_type="application/json",
-            headers=headers,
-        )
-    st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
-    st.answered[digest] += 1
-    return web.Response(status=200, body=payload, content_type="application/json", headers=headers)
+
+def _concurrency_error(cap: int) -> dict[str, Any]:
+    """DeepSeek-style refusal beyond the key's concurrent requests (no rate-limit headers)."""
+    return error_body(
+        f"Rate Limit Reached: this API key has {cap} requests in progress, the most it may have "
+        "at once. Please pace your requests reasonably.",
+        "rate_limit_reached_error",
+        None,
+        "rate_limit_reached",
+    )
 
 
 async def embeddings(request: web.Request) -> web.Response:
@@ -297,7 +246,7 @@ async def embeddings(request: web.Request) -> web.Response:
         st.by_status["429"] += 1
         headers = {**st.limiter.headers(), **st.limiter.retry_headers(decision)}
         return _json(429, st.limiter.error_body(decision), headers)
-    await asyncio.sleep(st.latency())
+    await asyncio.sleep(st.model.base_s())
     st.by_status["200"] += 1
     st.answered[canonical_digest(body)] += 1
     return _json(200, embedding_content.response(body, prompt_tokens), st.limiter.headers())
@@ -326,180 +275,6 @@ def _no_such_model(name: str) -> web.Response:
     )
 
 
-def _completion(
-    st: SimState, body: dict[str, Any], prompt_tokens: int, decision: Decision, fault: str | None
-) -> dict[str, Any]:
-    """The chat completion for this request (a "length" fault cuts it, "empty_choices" drops
-    its choices)."""
-    s = st.settings
-    n = body.get("n") or 1
-    seed_digest = content_digest(body)
-    gens = [generate(body, s, i, seed_digest) for i in range(n)]
-    if fault == "length":
-        gens = [
-            replace(g, content=faults.cut_content(g.content, st.rng), finish_reason="length") for g in gens
-        ]
-    completion_tokens = sum(tokens.count_text(g.content) for g in gens)
-    st.limiter.reconcile(decision.charged_tokens, prompt_tokens + completion_tokens)
-    cached = st.cache.cached_tokens(body["messages"])
-    completion = {
-        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": body["model"],
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": g.content, "refusal": None},
-                "finish_reason": g.finish_reason,
-                "logprobs": None,
-            }
-            for i, g in enumerate(gens)
-            if fault != "empty_choices"
-        ],
-        "usage": tokens.usage_block(prompt_tokens, completion_tokens, cached, s.usage_style),
-        "system_fingerprint": st.fingerprint,
-    }
-    return completion
-
-
-async def _keepalive_answer(
-    request: web.Request,
-    st: SimState,
-    body: dict[str, Any],
-    prompt_tokens: int,
-    decision: Decision,
-    fault: str | None,
-) -> web.StreamResponse:
-    """DeepSeek's way: 200 at once, a blank line (a `: keep-alive` comment when streaming)
-    every `keepalive_s` while the request waits, then the JSON body (or the events). A reset
-    drops the connection after the blank lines; a hang goes silent; a truncated answer cuts
-    the body."""
-    stream = body.get("stream") is True
-    resp = web.StreamResponse(
-        status=200,
-        headers={
-            **st.limiter.headers(),
-            "Content-Type": "text/event-stream" if stream else "application/json",
-            "x-request-id": "req_" + uuid.uuid4().hex[:24],
-        },
-    )
-    await resp.prepare(request)
-    waiting = asyncio.ensure_future(st.serve())
-    try:
-        while not waiting.done():
-            await asyncio.wait({waiting}, timeout=st.settings.keepalive_s)
-            if not waiting.done():
-                await resp.write(b": keep-alive\n\n" if stream else b"\n")
-    except ConnectionResetError:
-        waiting.cancel()
-        st.by_status["499"] += 1
-        return resp
-    if fault == "reset":
-        st.by_status["reset"] += 1
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
-    if fault == "hang":
-        await asyncio.sleep(st.settings.faults.hang_s)
-        st.by_status["hang"] += 1
-        return resp
-    completion = _completion(st, body, prompt_tokens, decision, fault)
-    if stream:
-        return await _stream(request, st, completion, body, {}, fault, request_digest(body), resp)
-    payload = orjson.dumps(completion)
-    if fault == "truncated":
-        st.by_status["truncated"] += 1
-        payload = faults.truncate_body(payload, st.rng)
-    else:
-        st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
-        st.answered[request_digest(body)] += 1
-    await resp.write(payload)
-    await resp.write_eof()
-    return resp
-
-
-async def _stream(
-    request: web.Request,
-    st: SimState,
-    completion: dict[str, Any],
-    body: dict[str, Any],
-    headers: dict[str, str],
-    fault: str | None,
-    digest: str,
-    resp: web.StreamResponse | None = None,
-) -> web.StreamResponse:
-    """Server-sent events like OpenAI's `stream: true` (a truncated fault cuts the stream),
-    on `resp` if it was prepared already."""
-    if resp is None:
-        resp = web.StreamResponse(
-            status=200, headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-        )
-        await resp.prepare(request)
-    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
-    base["object"] = "chat.completion.chunk"
-    events: list[bytes] = []
-    for ch in completion["choices"]:
-        i, content = ch["index"], ch["message"]["content"]
-        events.append(
-            orjson.dumps(
-                {
-                    **base,
-                    "choices": [
-                        {
-                            "index": i,
-                            "delta": {"role": "assistant", "content": ""},
-                            "finish_reason": None,
-                            "logprobs": None,
-                        }
-                    ],
-                }
-            )
-        )
-        for k in range(0, len(content), STREAM_CHUNK_CHARS):
-            events.append(
-                orjson.dumps(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": i,
-                                "delta": {"content": content[k : k + STREAM_CHUNK_CHARS]},
-                                "finish_reason": None,
-                                "logprobs": None,
-                            }
-                        ],
-                    }
-                )
-            )
-        events.append(
-            orjson.dumps(
-                {
-                    **base,
-                    "choices": [
-                        {"index": i, "delta": {}, "finish_reason": ch["finish_reason"], "logprobs": None}
-                    ],
-                }
-            )
-        )
-    opts = body.get("stream_options")
-    if isinstance(opts, dict) and opts.get("include_usage"):
-        events.append(orjson.dumps({**base, "choices": [], "usage": completion["usage"]}))
-    if fault == "truncated":
-        events = events[: max(1, len(events) // 2)]
-    data = b"".join(b"data: " + e + b"\n\n" for e in events)
-    await resp.write(data if fault == "truncated" else data + b"data: [DONE]\n\n")
-    if fault == "truncated":
-        st.by_status["truncated"] += 1
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
-    await resp.write_eof()
-    st.by_status[fault if fault in ("empty_choices", "length") else "200"] += 1
-    st.answered[digest] += 1
-    return resp
-
-
 async def list_models(request: web.Request) -> web.Response:
     st = request.app[STATE]
     if not _authorised(request, st):
@@ -523,15 +298,18 @@ def _model(name: str) -> dict[str, Any]:
 
 async def stats(request: web.Request) -> web.Response:
     st = request.app[STATE]
-    return _json(
-        200,
-        {
-            "requests": st.requests,
-            "by_status": dict(st.by_status),
-            "received": dict(st.received),
-            "answered": dict(st.answered),
-        },
-    )
+    body: dict[str, Any] = {
+        "requests": st.requests,
+        "by_status": dict(st.by_status),
+        "concurrency_429": st.concurrency_429,
+        **st.load.snapshot(),
+        "batch": {"running": st.model.batch.running, "queued": st.model.batch.queued},
+        "limits": st.limits(),
+    }
+    if request.query.get("digests", "1") != "0":
+        body["received"] = dict(st.received)
+        body["answered"] = dict(st.answered)
+    return _json(200, body)
 
 
 def build_app(settings: SimSettings) -> web.Application:
@@ -550,7 +328,9 @@ async def start(
     settings: SimSettings, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 1.0
 ) -> tuple[web.AppRunner, int]:
     """Start the app in the running loop; returns the runner (call `cleanup()`) and the bound port."""
-    runner = web.AppRunner(build_app(settings), access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        build_app(settings), access_log=None, shutdown_timeout=shutdown_timeout, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -1,8 +1,15 @@
 """Settings of the embedded OpenAI-compatible simulator.
 
 `SimSettings.from_dict` builds the frozen settings from a plain dict (for example
-parsed from JSON or YAML) and raises `ValueError` naming the offending key when a
-key is unknown or a value has the wrong type or range.
+parsed from JSON or YAML) laid over the named `profile` (`simulator.profiles`), and raises
+`ValueError` naming the offending key when a key or profile is unknown or a value has the
+wrong type or range.
+
+The latency model (`simulator.latency`): an answer's first token comes after a lognormal
+base (`latency_median_s`, `latency_sigma`) plus the prompt's prefill
+(`prefill_tokens_per_s`), its completion tokens follow at `output_tokens_per_s` (0: at
+once, as one piece). Every duration (latency, decode, keep-alive period, hang, the
+rate-limit windows) is multiplied by `time_scale`.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from simulator.profiles import DEFAULT_PROFILE, with_profile
 
 USAGE_STYLES = ("openai", "deepseek")
 
@@ -43,11 +52,25 @@ class FlawSettings:
 class SimSettings:
     """All simulator settings; every field has a default."""
 
+    # the named profile these settings start from (simulator.profiles); keys given override it
+    profile: str = DEFAULT_PROFILE
     models: list[str] = field(default_factory=lambda: ["sim-gpt-4o"])
     embedding_models: list[str] = field(default_factory=lambda: ["text-embedding-3-small"])
     seed: int = 0
+    # every duration is multiplied by this (0.02: fifty times faster, same shape); the RPM/TPM
+    # limits grow by its inverse, so the endpoint stays as busy relative to its limits
+    time_scale: float = 1.0
+    # time to first token: a lognormal base (median, sigma) plus prompt tokens / prefill speed
     latency_median_s: float = 0.05
     latency_sigma: float = 0.5
+    prefill_tokens_per_s: float = 0.0  # 0: prefill takes no time
+    # decode speed of one sequence, completion tokens per second (0: the answer is out at once)
+    output_tokens_per_s: float = 0.0
+    # one SSE event per this many seconds of decoding (holding the tokens decoded since the last)
+    stream_interval_s: float = 0.4
+    # > 0: every answer is padded with whitespace to at least this many completion tokens (never
+    # beyond its max_tokens): with a low output_tokens_per_s, an answer that takes 10 minutes
+    min_completion_tokens: int = 0
     rpm: int = 0
     tpm: int = 0
     # seconds of refill a full RPM/TPM bucket holds: 60 lets a fresh key burst a minute's
@@ -55,11 +78,16 @@ class SimSettings:
     burst_s: float = 60.0
     # false: the buckets start empty, as for a key that another job has just used
     start_full: bool = True
-    # > 0: at most this many requests are served at once and the rest wait their turn, like a
-    # vLLM server with a full batch: latency climbs with the number in flight, never a 429
-    queue_knee: int = 0
-    # > 0: like DeepSeek, answer 200 at once and send a blank line every keepalive_s seconds
-    # while the request waits, then the JSON body
+    # > 0: continuous batching like vLLM: at most this many sequences in the batch (prefill to
+    # last token), the rest wait in a queue (their time to first token grows); never a 429
+    max_num_seqs: int = 0
+    # > 0: a sequence decodes at output_tokens_per_s / (1 + batch / batch_half_speed) with
+    # `batch` sequences in the batch, so the batch's throughput rises and flattens
+    batch_half_speed: float = 0.0
+    # > 0: like DeepSeek, at most this many requests at once per key; beyond: 429
+    max_concurrent: int = 0
+    # > 0: like DeepSeek, answer 200 at once and send a blank line (a `: keep-alive` SSE
+    # comment when streaming) every keepalive_s seconds while the request waits
     keepalive_s: float = 0.0
     faults: FaultSettings = field(default_factory=FaultSettings)
     flaws: FlawSettings = field(default_factory=FlawSettings)
@@ -80,6 +108,7 @@ class SimSettings:
             d = {}
         if not isinstance(d, dict):
             raise ValueError("simulator settings must be a JSON object")
+        d = with_profile(d)
         plain = {k: v for k, v in d.items() if k not in ("faults", "flaws")}
         kwargs = _check_fields(cls, plain, "")
         if "faults" in d:
@@ -99,14 +128,26 @@ class SimSettings:
     def _validate(self) -> None:
         if not self.models or not all(isinstance(m, str) and m for m in self.models):
             raise ValueError("setting 'models' must be a non-empty list of non-empty strings")
-        if self.latency_median_s < 0 or self.latency_sigma < 0:
-            raise ValueError("settings 'latency_median_s' and 'latency_sigma' must be >= 0")
+        if self.time_scale <= 0:
+            raise ValueError("setting 'time_scale' must be > 0")
+        if self.stream_interval_s <= 0:
+            raise ValueError("setting 'stream_interval_s' must be > 0")
+        for name in ("latency_median_s", "latency_sigma", "prefill_tokens_per_s", "output_tokens_per_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting '{name}' must be >= 0 (0 = no time)")
         if self.rpm < 0 or self.tpm < 0 or self.max_context_tokens < 0:
             raise ValueError("settings 'rpm', 'tpm' and 'max_context_tokens' must be >= 0 (0 = unlimited)")
         if self.burst_s <= 0:
             raise ValueError("setting 'burst_s' must be > 0")
-        if self.queue_knee < 0 or self.keepalive_s < 0:
-            raise ValueError("settings 'queue_knee' and 'keepalive_s' must be >= 0 (0 = off)")
+        for name in (
+            "max_num_seqs",
+            "batch_half_speed",
+            "max_concurrent",
+            "keepalive_s",
+            "min_completion_tokens",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"setting '{name}' must be >= 0 (0 = off)")
         if self.usage_style not in USAGE_STYLES:
             raise ValueError(f"setting 'usage_style' must be one of {USAGE_STYLES}, got {self.usage_style!r}")
         f = self.faults

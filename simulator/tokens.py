@@ -47,6 +47,15 @@ def cut_to_tokens(text: str, max_tokens: int) -> str:
     return text[:lo]
 
 
+def pad_to_tokens(text: str, tokens: int) -> str:
+    """`text` followed by whitespace that makes it count as at least `tokens` tokens (four
+    characters a token: alternating, so never a cheap run)."""
+    padded = text
+    while (missing := tokens - count_text(padded)) > 0:  # once, unless text ends in a run
+        padded += " \n" * (2 * missing)
+    return padded
+
+
 def message_text(message: Any) -> str:
     """The text of one chat message (string content or a list of text parts)."""
     if not isinstance(message, dict):

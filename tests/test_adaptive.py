@@ -77,7 +77,7 @@ def test_a_queueing_endpoint_stops_the_ramp_far_below_the_ceiling(tmp_path: Path
     # machine cannot fail it: finding the knee itself is tests/test_concurrency.py's part,
     # against models whose timing no load on this machine can disturb.
     knee = 6
-    with simulator({**FAST_SIM, "latency_median_s": 0.05, "latency_sigma": 0.2, "queue_knee": knee}) as url:
+    with simulator({**FAST_SIM, "latency_median_s": 0.05, "latency_sigma": 0.2, "max_num_seqs": knee}) as url:
         stats, client, seen = run_requests(url, tmp_path / "db", 1000, Limits(max_concurrency=256))
         by_status = sim_stats(url)["by_status"]
     assert stats.requests == {"ok": 1000} and "429" not in by_status

@@ -101,6 +101,21 @@ def test_endpoint_needs_url_or_embedded(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("embedded", "message"),
+    [
+        ("{profile: gpt-5-like}", "setting 'profile': unknown profile 'gpt-5-like'; known: fast, gpt-4o"),
+        ("{profile: vllm-like, max_num_seqs: many}", "setting 'max_num_seqs' must be of type int"),
+        ("{time_scale: 0}", "setting 'time_scale' must be > 0"),
+    ],
+)
+def test_embedded_settings_are_checked_with_the_config(tmp_path: Path, embedded: str, message: str) -> None:
+    path = write(tmp_path, f"generator: a\nendpoints:\n  a:\n    model: m\n    embedded: {embedded}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert str(err.value).startswith(f"{path}:5: endpoints.a.embedded: {message}")
+
+
+@pytest.mark.parametrize(
     ("dedup", "message"),
     [
         ("dedup:\n  index: annoy\n", "dedup.index: expected flat, ivf or hnsw, got 'annoy'"),

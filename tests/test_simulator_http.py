@@ -65,12 +65,31 @@ def test_models_and_stats_shape() -> None:
             status, _, _ = await post(s, url, chat(model="nope"))
             async with s.get(url.removesuffix("/v1") + "/_sim/stats") as r:
                 stats = await r.json()
+            async with s.get(url.removesuffix("/v1") + "/_sim/stats?digests=0") as r:
+                brief = await r.json()
             digest = hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-            assert stats == {
-                "requests": 2,
-                "by_status": {"200": 1, "404": 1},
-                "received": {digest: 1},
-                "answered": {digest: 1},
+            assert stats["requests"] == 2 and stats["by_status"] == {"200": 1, "404": 1}
+            assert stats["received"] == {digest: 1} and stats["answered"] == {digest: 1}
+            assert "received" not in brief and "answered" not in brief
+            usage = resp["usage"]
+            assert stats["tokens"] == {
+                "charged": usage["prompt_tokens"] + 1024,  # no max_tokens: 1024 assumed at admission
+                "used": usage["total_tokens"],
+                "prompt": usage["prompt_tokens"],
+                "completion": usage["completion_tokens"],
+            }
+            assert stats["admitted"] == 1 and stats["concurrency_429"] == 0
+            assert stats["answers"]["generated"] == stats["answers"]["complete"] == 1
+            assert stats["in_flight"]["now"] == 0 and stats["in_flight"]["max"] == 1
+            assert stats["batch"] == {"running": 0, "queued": 0}
+            assert stats["limits"] == {
+                "profile": "fast",
+                "time_scale": 1.0,
+                "rpm": 0,
+                "tpm": 0,
+                "max_concurrent": 0,
+                "max_num_seqs": 0,
+                "knee": None,
             }
 
     asyncio.run(main())

@@ -144,13 +144,20 @@ def test_a_long_answer_that_keeps_coming_arrives_whole(tmp_path: Path) -> None:
     assert stats.requests == {"ok": 1}
 
 
+def stored_finish_reasons(tmp_path: Path) -> list[str | None]:
+    store = Store(tmp_path / "db")
+    try:
+        return [row.finish_reason for row in store.response_rows()]
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     "cut",
     [
         pytest.param([ROLE, event({"content": "Hi"}), END, USAGE_EVENT], id="no [DONE]"),
         pytest.param([ROLE, event({"content": "Hi"}), END, DONE], id="no usage"),
         pytest.param([ROLE, event({"content": "Hi"}), USAGE_EVENT, DONE], id="no finish_reason"),
-        pytest.param([ROLE, event({"content": "Hi"}), None], id="connection dropped"),
         pytest.param([ROLE, b'data: {"error": {"message": "overloaded"}}\n\n', DONE], id="error event"),
         pytest.param([USAGE_EVENT, DONE], id="no choices"),
     ],
@@ -159,9 +166,14 @@ def test_a_stream_cut_short_is_retried_as_a_bad_response(tmp_path: Path, cut: li
     result, stats, _ = ask(tmp_path, [cut, stream("Hello", " there.")])
     assert isinstance(result, Completion) and result.content == "Hello there."
     assert stats.requests == {"bad_response": 1, "ok": 1}
-    store = Store(tmp_path / "db")
-    assert [row.finish_reason for row in store.response_rows()] == ["stop"]  # the cut one is not kept
-    store.close()
+    assert stored_finish_reasons(tmp_path) == ["stop"]  # the cut one is not kept
+
+
+def test_a_connection_dropped_mid_stream_is_retried_as_a_reset(tmp_path: Path) -> None:
+    result, stats, _ = ask(tmp_path, [[ROLE, event({"content": "Hi"}), None], stream("Hello", " there.")])
+    assert isinstance(result, Completion) and result.content == "Hello there."
+    assert stats.requests == {"reset": 1, "ok": 1}
+    assert stored_finish_reasons(tmp_path) == ["stop"]  # the cut one is not kept
 
 
 @pytest.mark.parametrize("blank", ["", " \n\t "])

@@ -4,8 +4,8 @@
 `{base_url}/chat/completions` and returns every HTTP answer as a `Reply` (status, headers
 with lower-case names, the whole body, and for a stream the time to its first token): the
 caller classifies it. When there is no whole answer it raises `TransportError` of kind
-"timeout" (silence), "reset" (refused, or dropped before an answer began) or
-"bad_response" (the body broke off, or outgrew MAX_ANSWER_BYTES).
+"timeout" (silence), "reset" (refused, or the connection dropped, before or during the
+answer) or "bad_response" (the answer outgrew MAX_ANSWER_BYTES).
 
 - **Timeouts.** `timeout_s` bounds connecting and every silence between two reads of the
   socket (aiohttp's `sock_connect` and `sock_read`); there is no total timeout. Every byte
@@ -122,8 +122,8 @@ class EndpointHTTP:
                 return Reply(response.status, response.headers, body, streamed, first_token_s)
         except TimeoutError as exc:  # aiohttp's socket timeouts are TimeoutErrors too
             raise self._silence() from exc
-        except aiohttp.ClientPayloadError as exc:  # the answer had begun
-            raise TransportError("bad_response", f"answer cut short: {one_line(str(exc))}") from exc
+        except aiohttp.ClientPayloadError as exc:  # the connection dropped mid-answer
+            raise TransportError("reset", f"answer cut short: {one_line(str(exc))}") from exc
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise TransportError("reset", f"{type(exc).__name__}: {exc}") from exc
 
