@@ -97,11 +97,11 @@ async def run_check(check: Check, url: str, scale: float, folder: Path) -> Outco
     store = Store(folder / f"{check.endpoint}-{check.hang}.sqlite")
     client = LLMClient(endpoint, url, store, RunStats(target=1))
     generation = Generation(temperature=0.9, max_tokens=config.stages.script.max_tokens, seed=1)
-    request = client.prepare(script_messages(PERSONA, None), generation)
+    request = client.prepare(script_messages(PERSONA, None), generation, "script")
     started = time.monotonic()
     error, finish, tokens = None, None, 0
     try:
-        completion = await client.send(request, "script")
+        completion = await client.complete(request, "script")
         finish, tokens = completion.finish_reason, completion.usage.completion
     except RequestFailed as exc:
         error = str(exc)

