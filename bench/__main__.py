@@ -10,6 +10,7 @@ SECTIONS: dict[str, str] = {
     "throughput": "bench.throughput",
     "dedup": "bench.dedup",
     "metrics": "bench.metrics",
+    "cpu": "bench.cpu",
 }
 
 
