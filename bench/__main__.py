@@ -13,6 +13,7 @@ SECTIONS: dict[str, str] = {
     "concurrency": "bench.concurrency",
     "providers": "bench.providers",
     "hangs": "bench.hangs",
+    "cpu": "bench.cpu",
 }
 
 

@@ -182,7 +182,7 @@ class Dedup:
     ivf: Ivf = field(default_factory=Ivf)
     hnsw: Hnsw = field(default_factory=Hnsw)
     batch_size: int = 64
-    threads: int = 2  # ONNX Runtime threads of the local embedder
+    threads: int = 1  # ONNX Runtime threads of each local embedder
 
 
 @dataclass(frozen=True)

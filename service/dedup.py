@@ -6,6 +6,7 @@ and the script check used by the script stage."""
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from dedup.embedder import Embedder
 from dedup.exact import text_hash
@@ -41,6 +42,10 @@ class RunDedup:
                 "keep its embedder or start a new run directory"
             )
         store.set_meta("dedup_embedder", names)
+        # BLAS on one thread: OpenBLAS's second thread busy-waits after every product, and the
+        # dedup's products (at most 64 queries against the index) gained nothing from it: it was
+        # ~13% of the service's CPU on two cores
+        threadpool_limits(1, user_api="blas")
         self._store = store
         settings = config.dedup
         self.personas = Deduplicator(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from dedup.calibrate import load_labelled, score
-from dedup.minilm import MiniLMEmbedder, micro_batches
+from dedup.minilm import MiniLMEmbedder
 from service.config import Dedup
 from tests.conftest import LABELLED_PERSONAS, LABELLED_SCRIPTS
 
@@ -56,22 +56,14 @@ def test_a_lower_threshold_flags_more(local_embedders: dict[str, MiniLMEmbedder]
     assert loose.distinct_kept < 1.0  # same-theme personas start to collide
 
 
-def test_micro_batches_keep_to_the_text_and_token_budgets() -> None:
-    lengths = [12, 256, 40, 40, 200, 9, 128, 31, 300]
-    batches = micro_batches(lengths, most=3, tokens=400)
-    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
-    for batch in batches:
-        longest = max(lengths[i] for i in batch)
-        assert len(batch) <= 3 and (len(batch) * longest <= 400 or len(batch) == 1)
-    assert [lengths[batch[0]] for batch in batches] == sorted(lengths[batch[0]] for batch in batches)
-
-
-def test_a_text_embeds_the_same_alone_or_padded_among_longer_ones(
+def test_a_text_embeds_the_same_alone_or_among_others(
     local_embedders: dict[str, MiniLMEmbedder],
 ) -> None:
+    """The int8 models scale activations per tensor: a vector must not depend on its batch."""
     longer = "Goal: repair the loom in the weaving hall. " * 12
     texts = ["Goal: find the key.", longer, "Goal: feed the bees."]
     for embedder in local_embedders.values():
         together = embedder.embed_now(texts)
         alone = np.vstack([embedder.embed_now([text]) for text in texts])
-        assert np.allclose(together, alone, atol=1e-5)
+        assert np.array_equal(together, alone)
+        assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)

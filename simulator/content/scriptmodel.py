@@ -39,6 +39,17 @@ def compile_pattern(pattern: str) -> Any | None:
         return None
 
 
+def full_groups(pattern: Any, text: str) -> list[str | None] | None:
+    """The groups of `pattern` fully matching `text` (None: no match).
+
+    RE2 matches UTF-8 bytes either way; given bytes, google-re2's wrapper skips turning byte
+    offsets back into character offsets, which was half of the simulator's RE2 time."""
+    m = pattern.fullmatch(text.encode())
+    if m is None:
+        return None
+    return [g.decode() if g is not None else None for g in m.groups()]
+
+
 def strip_fence(text: str) -> str:
     """Text without a surrounding Markdown code fence."""
     t = text.strip()
@@ -71,10 +82,9 @@ class Action:
 
     def match_values(self, command: str) -> list[str] | None:
         """Captured values when the pattern fully matches `command`, else None."""
-        m = self.pattern.fullmatch(command)
-        if m is None:
+        groups = full_groups(self.pattern, command)
+        if groups is None:
             return None
-        groups = m.groups()
         return [g if g is not None else "" for g in groups]
 
     def accepts(self, command: str) -> bool:

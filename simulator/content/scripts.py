@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from simulator.content.patterns import PatternStyle, build_pattern
-from simulator.content.scriptmodel import compile_pattern, fill
+from simulator.content.scriptmodel import compile_pattern, fill, full_groups
 from simulator.content.worlds import DISTRACTOR_FORMS, FORMS, ROLE_NAMES, WORLDS, ZERO_FORMS, Form, World
 
 _WORD = re.compile(r"[A-Za-zÀ-ÿ]+")
@@ -281,9 +281,9 @@ def _plan_ok(gen: GeneratedScript) -> bool:
     for step in gen.plan:
         spec = acts[step.template]
         pattern = compile_pattern(spec["verification code"])
-        m = pattern.fullmatch(step.command) if pattern is not None else None
+        groups = full_groups(pattern, step.command) if pattern is not None else None
         names = list(spec["parameters"])
-        if m is None or list(m.groups()) != [step.values[n] for n in names]:
+        if groups != [step.values[n] for n in names]:
             return False
         if any(step.values[n] not in spec["parameters"][n] for n in names):
             return False
@@ -404,8 +404,7 @@ def _self_check(template: str, spec: dict[str, Any]) -> None:
         for value in params[name]:
             vals = dict(first)
             vals[name] = value
-            m = pattern.fullmatch(fill(template, vals))
-            if m is not None and list(m.groups()) == [vals[n] for n in names]:
+            if full_groups(pattern, fill(template, vals)) == [vals[n] for n in names]:
                 kept.append(value)
         params[name] = kept if len(kept) >= 1 else params[name]
 
