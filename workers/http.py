@@ -28,6 +28,8 @@ import httpx2  # the openai SDK's HTTP layer: its limits, timeouts and responses
 import openai
 import orjson
 
+from service.redact import redact
+
 
 class TransportError(Exception):
     """No HTTP answer: `kind` is "timeout" or "reset" (refused, dropped, cut short)."""
@@ -44,13 +46,15 @@ class Reply:
     body: bytes
 
     def error_message(self) -> str:
-        """The provider's error message (OpenAI's `{"error": {"message": ...}}`), or the body."""
+        """The provider's error message (OpenAI's `{"error": {"message": ...}}`), or the body,
+        with any API key it echoes redacted (before it is cut to one line)."""
         try:
             error = orjson.loads(self.body).get("error")
             message = error.get("message") if isinstance(error, dict) else error
         except (orjson.JSONDecodeError, AttributeError):
             message = None
-        return one_line(message if isinstance(message, str) else self.body.decode("utf-8", "replace"))
+        text = message if isinstance(message, str) else self.body.decode("utf-8", "replace")
+        return one_line(redact(text))
 
 
 def one_line(text: str) -> str:

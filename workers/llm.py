@@ -41,6 +41,7 @@ from metrics.prometheus import RequestEvent, RunMetrics
 from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
 from service.config import Endpoint
+from service.redact import redact
 from service.store import Store, StoredResponse
 from workers.breaker import CircuitBreaker
 from workers.http import Reply, TransportError, one_line
@@ -264,7 +265,8 @@ class PreparedRequest:
 
 def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
     """The first choice of a chat completion body; ValueError when it is not one. Whitespace
-    before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed."""
+    before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed. An
+    API key the content echoes is redacted before anything stores or uses it."""
     data = orjson.loads(body)
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -277,7 +279,7 @@ def parse_answer(body: bytes, endpoint: Endpoint) -> StoredResponse:
         raise ValueError("response has a malformed message or usage")
     model = data.get("model")
     return StoredResponse(
-        content=content or "",
+        content=redact(content or ""),
         finish_reason=choice.get("finish_reason"),
         usage=usage or {},
         model=model if isinstance(model, str) and model else endpoint.model,
