@@ -110,15 +110,18 @@ class JobQueue(Generic[Job]):
         self, first_stage: str, source: AsyncIterator[Job], may_admit: Callable[[int], bool]
     ) -> None:
         async for job in source:
-            while not self._stopped.is_set() and not (
+            while not self._changed_course() and not (
                 self._in_flight < self._max_in_flight and may_admit(self._in_flight)
             ):
                 self._changed.clear()
                 await self._changed.wait()
-            if self._stopped.is_set():
+            if self._changed_course():  # closed too: nothing is admitted after close()
                 return
             self._in_flight += 1
             self._put(first_stage, job)
+
+    def _changed_course(self) -> bool:
+        return self._stopped.is_set() or self._closed.is_set()
 
     def _put(self, stage: str, job: Job) -> None:
         self._queues[stage].put_nowait(job)
