@@ -1,7 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
-# and `make bench` prints the benchmark figures (SECTIONS="..." to pick some);
+# and `make bench` prints the benchmark figures (SECTIONS="..." to pick some, QUICK=1 for the
+# scaled-down versions the test suite runs);
 # `make chaos` kills and resumes a run N=500 10 times, then runs it through a fault storm;
 # `make check-trainers` / `make check-datasets OUT=dir`: the export against real trainers and
 # datasets versions (each installed into its own throw-away venv; not part of `make test`).
@@ -16,6 +17,7 @@ PERSONAS ?=
 OUT ?=
 GENERATOR ?=
 CHAOS_ARGS ?=
+QUICK ?=
 
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
@@ -35,7 +37,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) -m bench $(SECTIONS)
+	$(PY) -m bench $(if $(QUICK),--quick) $(SECTIONS)
 
 chaos: $(STAMP)
 	$(PY) -m bench.chaos $(CHAOS_ARGS)

@@ -1,4 +1,13 @@
-"""`python -m bench [SECTION ...]`: run the named sections (all by default) in order."""
+"""`python -m bench [--quick] [SECTION ...]`: run the named sections (all by default) in order.
+
+A section is a module whose `main(argv: list[str]) -> int | None` prints its figures (a
+non-zero return means its own checks failed). `--quick` is passed on to each section in
+`argv`: the section then runs a scaled-down version that takes seconds, with the same
+figures printed (not comparable to the full ones). The test suite runs every section that
+way (tests/test_bench.py), so the benches cannot rot. To add a section: add it to SECTIONS,
+give its `main` a quick mode, and give tests/test_bench.py the figures to look for.
+`make bench` runs them all (`SECTIONS="a b"` to pick some, `QUICK=1` for the quick versions).
+"""
 
 from __future__ import annotations
 
@@ -14,19 +23,26 @@ SECTIONS: dict[str, str] = {
     "providers": "bench.providers",
     "hangs": "bench.hangs",
     "cpu": "bench.cpu",
+    "chaos": "bench.chaos",
 }
+QUICK = "--quick"
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(SECTIONS)
+    options = [arg for arg in argv if arg == QUICK]
+    names = [arg for arg in argv if arg != QUICK] or list(SECTIONS)
     unknown = [name for name in names if name not in SECTIONS]
     if unknown:
         print(f"bench: unknown section {unknown[0]!r}; known: {', '.join(SECTIONS)}", file=sys.stderr)
         return 2
+    failed = []
     for name in names:
-        print(f"\n== {name} ==", flush=True)
-        importlib.import_module(SECTIONS[name]).main([])
-    return 0
+        print(f"\n== {name}{' (quick)' if options else ''} ==", flush=True)
+        if importlib.import_module(SECTIONS[name]).main(options):
+            failed.append(name)
+    if failed:
+        print(f"bench: checks failed in {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

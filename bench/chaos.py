@@ -14,6 +14,9 @@ kept. Then an uninterrupted run of the same seed against a fresh endpoint, for c
 Fault storm: the shipped config, its embedded endpoint started by the service itself,
 with 3% 5xx, 2% resets, 1% hangs and 2% truncated bodies at once (timeout 10 s, hang 60 s).
 
+`--quick` (the `chaos` section of `python -m bench --quick`, run by the test suite): N=20,
+2 kills, and a fault storm of N=10 with every fault three times as likely and a 2 s timeout.
+
 Exit status 0 when every check holds (exactly N accepted, no duplicate id or persona,
 `agentrefine validate` clean, no stored answer sent again, requests sent twice no more than
 were in flight at the kills), 1 otherwise.
@@ -45,6 +48,7 @@ from simulator.process import sim_stats, simulator_process
 ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = "local"  # the config.yaml endpoint whose embedded settings the crash loop uses
 STORM_FAULTS = {"p_5xx": 0.03, "p_reset": 0.02, "p_hang": 0.01, "p_truncated_body": 0.02, "hang_s": 60}
+QUICK_STORM = {"p_5xx": 0.09, "p_reset": 0.06, "p_hang": 0.03, "p_truncated_body": 0.06, "hang_s": 30}
 POLL_S = 0.02
 
 
@@ -262,16 +266,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="N=20, 2 kills, a storm of 10: seconds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.kills = 20, 2
+    storm_n, faults, timeout_s = (10, QUICK_STORM, 2.0) if args.quick else (args.n, STORM_FAULTS, 10.0)
     with tempfile.TemporaryDirectory(prefix="chaos-") as tmp:
         started = time.monotonic()
-        report = crash_loop(Path(tmp), args.n, args.kills, args.seed)
+        report = crash_loop(Path(tmp), args.n, args.kills, args.seed, max_delay_s=0.1 if args.quick else 0.3)
         print_crash_report(report)
         print(f"  ({time.monotonic() - started:.0f} s)\n")
-        summary, validation = fault_storm(Path(tmp), args.n)
-        print_storm(summary, validation, STORM_FAULTS)
+        summary, validation = fault_storm(Path(tmp), storm_n, faults, timeout_s)
+        print_storm(summary, validation, faults)
     problems = report.problems()
-    if summary["accepted"] != args.n or "(FAILED)" in validation:
+    if summary["accepted"] != storm_n or "(FAILED)" in validation:
         problems.append("fault storm did not end with N valid samples")
     for problem in problems:
         print(f"CHECK FAILED: {problem}")

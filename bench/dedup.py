@@ -11,6 +11,9 @@
    BENCH_DEDUP_HNSW=1 (building it takes minutes); index memory.
 4. Event-loop lag (p50/p99/max of a 10 ms ticker) and LLM requests/s while the LLM client
    talks to the embedded endpoint, without and with the embedder working beside it.
+
+`--quick` (the test suite runs it): the same figures on small sizes (128/64 texts, a 4k
+stream, a 16k fill, 1 s lag phases); seconds instead of minutes, not comparable.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
@@ -61,12 +65,24 @@ def texts_of(words: int, count: int, seed: int) -> list[str]:
     return out
 
 
-def embedding_throughput(embedder: MiniLMEmbedder) -> None:
+@dataclass(frozen=True)
+class Sizes:
+    persona_texts: int = 1024
+    task_texts: int = 256
+    stream: int = 65_536
+    fill: int = 1_000_000
+    lag_phase_s: float = LAG_PHASE_S
+
+
+QUICK = Sizes(persona_texts=128, task_texts=64, stream=4096, fill=16_384, lag_phase_s=1.0)
+
+
+def embedding_throughput(embedder: MiniLMEmbedder, sizes: Sizes) -> None:
     async def embed_all(texts: list[str]) -> None:
         for start in range(0, len(texts), BATCH):
             await embedder.embed(texts[start : start + BATCH])
 
-    for label, words, count in (("persona", 35, 1024), ("task", 105, 256)):
+    for label, words, count in (("persona", 35, sizes.persona_texts), ("task", 105, sizes.task_texts)):
         texts = texts_of(words, count, seed=words)
         asyncio.run(embed_all(texts[:BATCH]))  # warm-up
         wall, cpu = time.perf_counter(), time.process_time()
@@ -130,9 +146,9 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def index_costs() -> None:
+def index_costs(sizes: Sizes) -> None:
     threshold = Dedup().persona.threshold
-    data = synthetic_stream(65_536)
+    data = synthetic_stream(sizes.stream)
     indexes: list[tuple[str, VectorIndex]] = [("exact (flat)", FlatIndex())]
     if os.environ.get("BENCH_DEDUP_HNSW") == "1":
         indexes.append(("hnsw m32 efs128", _hnsw()))
@@ -140,12 +156,12 @@ def index_costs() -> None:
         before = rss_mb()
         seconds, cpu, dups = stream(DedupSet("bench", index, threshold), data)
         print(
-            f"64k stream, {label}: {seconds / len(data) * 1e6:6.0f} us/item search+add "
+            f"{_count(len(data))} stream, {label}: {seconds / len(data) * 1e6:6.0f} us/item search+add "
             f"({cpu / len(data) * 1e6:.0f} us CPU), {dups} duplicates, index +{rss_mb() - before:.0f} MB RSS"
         )
     probe_faiss_flat(data)
     del data
-    fill = synthetic_stream(1_000_000, seed=1)
+    fill = synthetic_stream(sizes.fill, seed=1)
     probe = near_copies(fill, 4 * BATCH)
     ivf = Dedup().ivf
     large: list[tuple[str, VectorIndex]] = [
@@ -159,12 +175,17 @@ def index_costs() -> None:
         per_item, cpu, dups, built, memory = fill_and_probe(index, fill, probe, threshold)
         exact_dups = exact_dups or dups
         print(
-            f"1M fill, {label}: {per_item:6.0f} us/item search+add ({cpu:.0f} us CPU) at 1M items; "
+            f"{_count(len(fill))} fill, {label}: {per_item:6.0f} us/item search+add ({cpu:.0f} us CPU) "
+            f"at {_count(len(fill))} items; "
             f"found {dups}/{exact_dups} of the duplicates exact search finds; built in {built:.0f} s, "
             f"index {memory:.0f} MB RSS"
         )
     if os.environ.get("BENCH_DEDUP_HNSW") != "1":
         print("(HNSW skipped: set BENCH_DEDUP_HNSW=1; building it to 1M takes ~12 min here)")
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1024}k"
 
 
 def _hnsw() -> HNSWIndex:
@@ -200,7 +221,7 @@ def probe_faiss_flat(data: np.ndarray) -> None:
             search()
         timings[label] = (time.perf_counter() - started) / 5 / BATCH * 1e6
     print(
-        f"exact search at 64k rows: ours {timings['ours']:.0f} us/item, faiss IndexFlatIP "
+        f"exact search at {_count(len(data))} rows: ours {timings['ours']:.0f} us/item, faiss IndexFlatIP "
         f"{timings['faiss']:.0f} us/item ({timings['faiss'] / timings['ours']:.1f}x slower)"
     )
 
@@ -222,7 +243,7 @@ def fill_and_probe(
     return seconds / len(probe) * 1e6, cpu / len(probe) * 1e6, dups, built, memory
 
 
-async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
+async def loop_lag(embedder: MiniLMEmbedder, workdir: Path, phase_s: float) -> None:
     sim = EmbeddedEndpoint(
         "bench", {"latency_median_s": 0.05, "latency_sigma": 0.3, "seed": 3}, workdir / "sim.log"
     )
@@ -269,7 +290,7 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
             ]
             if embedding:
                 tasks.append(asyncio.create_task(embedding_load()))
-            await asyncio.sleep(LAG_PHASE_S)
+            await asyncio.sleep(phase_s)
             stop.set()
             for outcome in await asyncio.gather(*tasks, return_exceptions=True):
                 if isinstance(outcome, Exception):
@@ -278,8 +299,8 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
             print(
                 f"event loop, {label:20s}: lag p50 {np.percentile(lag_ms, 50):5.1f} ms, "
                 f"p99 {np.percentile(lag_ms, 99):5.1f} ms, max {lag_ms.max():6.1f} ms; "
-                f"{done[0] / LAG_PHASE_S:4.0f} LLM requests/s, "
-                f"{done[1] / LAG_PHASE_S:4.0f} personas embedded/s"
+                f"{done[0] / phase_s:4.0f} LLM requests/s, "
+                f"{done[1] / phase_s:4.0f} personas embedded/s"
             )
     finally:
         await client.aclose()
@@ -288,16 +309,17 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
+    sizes = QUICK if "--quick" in argv else Sizes()
     started = time.perf_counter()
     embedders = {kind: MiniLMEmbedder(model) for kind, model in MODEL_FOR_KIND.items()}
     print(f"local embedders loaded in {time.perf_counter() - started:.2f} s")
     for kind, embedder in embedders.items():
         print(f"{kind} embedder: {embedder.name}")
-        embedding_throughput(embedder)
+        embedding_throughput(embedder, sizes)
     labelled_scores(embedders)
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(loop_lag(embedders["persona"], Path(workdir)))
-    index_costs()
+        asyncio.run(loop_lag(embedders["persona"], Path(workdir), sizes.lag_phase_s))
+    index_costs(sizes)
     for embedder in embedders.values():
         embedder.close()
     return 0

@@ -4,6 +4,8 @@
 - one scrape of a run's registry (default config: one endpoint, three stages);
 - the report (report.md + 5 PNGs, matplotlib import included) of a store holding
   1000 accepted samples and 3000 answers.
+
+`--quick`: a tenth of the events, scrapes and samples (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import generate_latest
 
 from metrics.prometheus import RequestEvent, RunMetrics
@@ -27,36 +30,39 @@ SAMPLES = 1000
 
 
 def main(argv: list[str]) -> None:
-    metrics = RunMetrics(RunStats(target=SAMPLES), budget_usd=100.0)
+    scale = 10 if "--quick" in argv else 1
+    events, scrapes, samples = EVENTS // scale, SCRAPES // scale, SAMPLES // scale
+    metrics = RunMetrics(RunStats(target=samples), budget_usd=100.0)
     state = LimiterState(
         in_flight=4, concurrency=96, remaining_requests=100.0, remaining_tokens=1e6, cooldown_s=0
     )
     metrics.add_endpoint("local", "sim-gpt-4o", ["personas", "script", "trajectory"], lambda: state)
     event = RequestEvent("local", "sim-gpt-4o", "trajectory", "ok", 0.3, Usage(2000, 1024, 900, 0), 0.0125)
     started = time.process_time()
-    for _ in range(EVENTS):
+    for _ in range(events):
         metrics.request(event)
-    print(f"request event: {(time.process_time() - started) / EVENTS * 1e6:.1f} µs CPU")
+    print(f"request event: {(time.process_time() - started) / events * 1e6:.1f} µs CPU")
     started = time.process_time()
-    for _ in range(SCRAPES):
+    for _ in range(scrapes):
         body = generate_latest(metrics.registry)
     series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-    print(f"scrape: {(time.process_time() - started) / SCRAPES * 1e3:.2f} ms CPU, {series} series")
+    print(f"scrape: {(time.process_time() - started) / scrapes * 1e3:.2f} ms CPU, {series} series")
     with tempfile.TemporaryDirectory() as folder:
-        store = _filled_store(Path(folder))
+        store = _filled_store(Path(folder), samples)
         started = time.process_time()
         write_report(store, Path(folder))
         store.close()
         print(
-            f"report of {SAMPLES} samples / {3 * SAMPLES} answers: {time.process_time() - started:.2f} s CPU"
+            f"report of {samples} samples / {3 * samples} answers: {time.process_time() - started:.2f} s CPU"
         )
 
 
-def _filled_store(folder: Path) -> Store:
+def _filled_store(folder: Path, samples: int) -> Store:
     store = Store(folder / "state.sqlite")
-    for i in range(SAMPLES):
+    vector = np.zeros(384, dtype=np.float32).tobytes()  # the persona's embedding, as admission stores it
+    for i in range(samples):
         sample = f"s{i}"
-        store.admit(sample, i, "bench", f"persona {i}", {}, f"h{i}")
+        store.admit(sample, i, "bench", f"persona {i}", {}, f"h{i}", vector)
         for n, stage in enumerate(("script", "trajectory", "trajectory")):
             usage = {
                 "prompt_tokens": 1500,
@@ -65,5 +71,5 @@ def _filled_store(folder: Path) -> Store:
             }
             answer = StoredResponse("{}", "stop", usage, "sim-gpt-4o", "local", 0.011, stage, sample, 0.3)
             store.put_response(f"{sample}:{n}", answer)
-        store.accept(sample, {"id": sample}, ["T4>continue"] if i % 3 else [], SAMPLES)
+        store.accept(sample, {"id": sample}, ["T4>continue"] if i % 3 else [], samples)
     return store

@@ -1,7 +1,9 @@
-"""The report's PNG plots (matplotlib, Agg backend: no display needed)."""
+"""The report's PNG plots (matplotlib, Agg backend: no display needed), each drawn in memory
+and then written atomically: a disk that fills leaves the old plot or none, never a torn one."""
 
 from __future__ import annotations
 
+import io
 from itertools import accumulate
 from pathlib import Path
 
@@ -13,11 +15,16 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from metrics.report import ReportData, utc_clock
+from service.rundir import storage_error, write_atomic
 
 
 def draw(data: ReportData, folder: Path) -> list[Path]:
-    """Draw every plot the data has something for into `folder`; return their paths."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Draw every plot the data has something for into `folder`; return their paths. A
+    failed write raises `RunDirectoryError` naming the file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(folder, exc) from None
     drawn = []
     for name, plot in (
         ("throughput", _throughput),
@@ -30,8 +37,10 @@ def draw(data: ReportData, folder: Path) -> list[Path]:
         if figure is None:
             continue
         path = folder / f"{name}.png"
-        figure.savefig(path, dpi=100)
+        image = io.BytesIO()
+        figure.savefig(image, dpi=100, format="png")
         plt.close(figure)
+        write_atomic(path, image.getvalue())
         drawn.append(path)
     return drawn
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from metrics.usage import Charge, Usage, parse_usage
+from service.rundir import write_atomic
 from service.store import Store
 
 BIN_WIDTHS_S = (10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
@@ -109,13 +110,14 @@ def collect(store: Store) -> ReportData:
 
 
 def write_report(store: Store, out: Path) -> Path:
-    """Write `report.md` and the plots under `report/`; return the report's path."""
+    """Write `report.md` and the plots under `report/` (each atomically; a failed write raises
+    `RunDirectoryError` naming the file); return the report's path."""
     from metrics import plots  # matplotlib takes ~0.4 s to import: only the report pays for it
 
     data = collect(store)
     images = plots.draw(data, out / "report")
     path = out / "report.md"
-    path.write_text(render(data, [image.relative_to(out) for image in images]), encoding="utf-8")
+    write_atomic(path, render(data, [image.relative_to(out) for image in images]).encode())
     return path
 
 

@@ -9,7 +9,8 @@ one persona at a time, as the job queue asks for work: a malformed line is rejec
 file:line reason (or stops the run in strict mode), a duplicate is rejected naming the
 sample it duplicates and the similarity, and every other persona is admitted as a new sample
 (its embedding stored in the same transaction). The stored cursor therefore only ever passes
-personas whose outcome is stored.
+personas whose outcome is stored. A source whose items come out of order (persona expansion)
+may have taken some personas above the cursor before a crash: a resumed run skips those.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ class Admission:
             yield SampleJob(
                 pending.id, pending.position, pending.source, pending.persona, pending.persona_meta
             )
-        async for batch in ready_batches(source(self._store.cursor()), self._batch_size):
+        cursor = self._store.cursor()
+        taken = self._store.consumed_after(cursor)
+        async for ready in ready_batches(source(cursor), self._batch_size):
+            batch = [item for item in ready if item.position not in taken]
             candidates = [self._candidate(item) for item in batch if isinstance(item, Persona)]
             screened = iter(zip(candidates, await self._dedup.screen(candidates), strict=True))
             for item in batch:
@@ -80,6 +84,7 @@ class Admission:
                     item.meta,
                     candidate.digest,
                     verdict.vector.tobytes(),
+                    item.resume_after(),
                 )
                 self._dedup.keep(candidate, verdict)
                 yield SampleJob(candidate.id, item.position, item.source, item.text, item.meta)
@@ -93,7 +98,7 @@ class Admission:
             raise PersonaInputError(f"{item.source}: {item.reason}")
         log.warning("persona_line_skipped", where=item.source, reason=item.reason)
         record = {"kind": "malformed", "rule": "malformed", "source": item.source, "message": item.reason}
-        self._store.reject_input(item.position, "malformed", "malformed", record)
+        self._store.reject_input(item.position, "malformed", "malformed", record, item.resume_after())
         self._stats.malformed += 1
         self._on_reject(record)
 
@@ -106,6 +111,6 @@ class Admission:
             "duplicate_of": duplicate_of,
             "similarity": round(similarity, 4),
         }
-        self._store.reject_input(item.position, "duplicate", "persona_duplicate", record)
+        self._store.reject_input(item.position, "duplicate", "persona_duplicate", record, item.resume_after())
         self._stats.duplicates["persona"] += 1
         self._on_reject(record)

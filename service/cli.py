@@ -3,11 +3,18 @@
 `agentrefine report OUT` writes a run's report (also written at the end of every run);
 `agentrefine export OUT --format F [--mask M]` writes its samples for a trainer.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
-run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key. Every user
-error (configuration, input, endpoint refusal or outage, run directory) is one line on
-stderr and exit status 2; an interrupted run exits 128 + the signal (130 for SIGINT, 143
-for SIGTERM) and a run stopped by `run.max_cost_usd` exits 3; both resume with the same
-command.
+run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key.
+
+Exit status of `run`, with the summary's `result:` line saying why:
+- 0: the target was reached;
+- 2: a user error (configuration, input, endpoint refusal or outage, run directory, a
+  resume that would mix settings), one line on stderr naming the place;
+- 3: stopped by `run.max_cost_usd`;
+- 4: stopped short of the target: the persona source ran out, or dried up
+  (`run.acceptance_floor`); the result line says what became of the personas and what to change;
+- 130 / 143: interrupted by SIGINT / SIGTERM (128 + the signal).
+All but 2 resume with the same command. Lines printed from outside text (errors quoting a
+provider or a path) have API keys redacted and control characters escaped.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import resource
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -25,14 +33,20 @@ from service.card import write_card
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
+from service.logs import printable
 from service.personas import PersonaInputError
-from service.run import INTERRUPTED, Run, install_signal_handlers
-from service.rundir import RunDirectoryBusy, RunDirectoryError
+from service.redact import redact
+from service.resume import ResumeConflict
+from service.run import Run, install_signal_handlers
+from service.rundir import RESUME_HINT, RunDirectoryBusy, RunDirectoryError, file_mode, storage_error
 from service.store import Store
 from service.summary import format_summary
 from service.validate import validate_run
 from workers.breaker import EndpointDown
 from workers.llm import FatalEndpointError
+
+EXIT_USER_ERROR = 2
+EXIT_STATUS = {"target": 0, "budget": 3, "short": 4}  # "interrupted": 128 + the signal
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +60,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--generator", help="endpoint name for every stage (generator)")
     run.add_argument("--strict", action="store_true", help="stop at the first malformed persona line")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    run.add_argument(
+        "--allow-change",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="resume although KEY (a setting that shapes the data, e.g. personas.source) changed",
+    )
     check = sub.add_parser("validate", help="check a run directory's samples against the data contract")
     check.add_argument("out", help="run directory")
     report = sub.add_parser("report", help="write OUT/report.md, OUT/report/*.png and the card OUT/README.md")
@@ -65,38 +86,45 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.out)
     if args.command == "export":
         return main_export(args.out, args.format, args.mask)
-    overrides = list(args.set)
-    for key, value in (
-        ("run.n", args.n),
-        ("personas.path", args.personas),
-        ("run.out", args.out),
-        ("generator", args.generator),
-        ("personas.strict", "true" if args.strict else None),
-    ):
-        if value is not None:
-            overrides.append(f"{key}={value}")
+    options = [
+        (option, key, value)
+        for option, key, value in (
+            ("-n", "run.n", args.n),
+            ("--personas", "personas.path", args.personas),
+            ("--out", "run.out", args.out),
+            ("--generator", "generator", args.generator),
+            ("--strict", "personas.strict", True if args.strict else None),
+        )
+        if value is not None
+    ]
+    out = args.out or ""
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, args.set, options=options)
+        out = config.run.out
         raise_open_file_limit()  # a request in flight is a connection: thousands may be needed
-        run = Run(config)
+        run = Run(config, args.allow_change)
         summary = uvloop.run(_run(run))
     except (
         ConfigError,
         PersonaInputError,
         RunDirectoryBusy,
         RunDirectoryError,
+        ResumeConflict,
         FatalEndpointError,
         EndpointDown,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return _error(f"{exc.filename or out}: {exc.strerror or exc} ({RESUME_HINT})")
     print(format_summary(summary, config.run.out))
-    if summary["result"].startswith("budget reached"):
-        return 3
-    return 128 + run.stop_signal if run.stop_signal is not None and summary["result"] == INTERRUPTED else 0
+    if run.ending.kind == "interrupted" and run.stop_signal is not None:
+        return 128 + run.stop_signal
+    return EXIT_STATUS[run.ending.kind]
+
+
+def _error(message: str) -> int:
+    print(f"error: {printable(redact(message))}", file=sys.stderr)
+    return EXIT_USER_ERROR
 
 
 def raise_open_file_limit() -> None:
@@ -122,14 +150,19 @@ def _validate(out: str) -> int:
 def _report(out: str) -> int:
     database = Path(out) / "state.sqlite"
     if not database.is_file():
-        print(f"error: {out}: not a run directory (no state.sqlite)", file=sys.stderr)
-        return 2
-    store = Store(database)
-    try:
-        print(write_report(store, Path(out)))
-        print(write_card(store, Path(out), store.get_meta("license") or "apache-2.0"))
-    finally:
-        store.close()
+        return _error(f"{out}: not a run directory (no state.sqlite)")
+    with file_mode(database.stat().st_mode & 0o777):  # the report is as private as the store
+        try:
+            store = Store(database)
+            try:
+                print(write_report(store, Path(out)))
+                print(write_card(store, Path(out), store.get_meta("license") or "apache-2.0"))
+            finally:
+                store.close()
+        except RunDirectoryError as exc:
+            return _error(str(exc))
+        except sqlite3.Error as exc:
+            return _error(str(storage_error(database, exc)))
     return 0
 
 

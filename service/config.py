@@ -3,8 +3,14 @@
 The YAML file is read as a node tree so that every error can name the file, the line and
 the dotted key (`config.yaml:12: endpoints.openai.limits.rpm: expected int, got 'fast'`).
 Overrides are dotted assignments (`run.n=500`) from `--set` or from environment variables
-`AGENTREFINE__RUN__N=500`; they are applied to the tree before validation, so they are
-checked exactly like the file.
+`AGENTREFINE__RUN__N=500`, and the CLI's own options (`-n 500`, named as such in errors);
+they are applied to the tree before validation, so they are checked exactly like the file.
+
+Every number has a range (`bounded(...)` on its field), checked at load time: a negative
+limit, a zero concurrency, a temperature of 5 or a 23-digit N is refused with the place, not
+silently changed or found at the end of the run. The file is trusted no further than its
+size: at most MAX_CONFIG_BYTES, and at most MAX_CONFIG_VALUES values once YAML aliases are
+followed (an alias "bomb" is refused before it is expanded).
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ TRANSPORTS = ("aiohttp",)  # how an endpoint is spoken to (workers/http.py); htt
 
 ENV_PREFIX = "AGENTREFINE__"
 LOCAL_EMBEDDER = "minilm"  # dedup.embedder value for the bundled MiniLM models (dedup/minilm.py)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000  # mappings, lists and scalars, aliases followed
 
 
 class ConfigError(Exception):
@@ -33,23 +41,60 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number may take: lo <= value <= hi (lo < value when `above`)."""
+
+    lo: float
+    hi: float
+    above: bool = False
+    note: str = ""  # what a special value means, e.g. "0: no limit"
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is out of range, or None."""
+        low_ok = value > self.lo if self.above else value >= self.lo
+        if low_ok and value <= self.hi:  # false for NaN too
+            return None
+        low = f"above {self.lo}" if self.above else f"at least {self.lo}"
+        note = f" ({self.note})" if self.note else ""
+        return f"must be {low} and at most {self.hi}{note}, got {value}"
+
+
+def bounded(default: Any, lo: float, hi: float, *, above: bool = False, note: str = "") -> Any:
+    """A numeric config field with its range."""
+    return field(default=default, metadata={"range": Range(lo, hi, above, note)})
+
+
+class FileModeRange(Range):
+    """`run.file_mode`: permission bits that leave the owner able to read and write."""
+
+    def problem(self, value: float) -> str | None:
+        if isinstance(value, int) and 0 <= value <= 0o777 and value & 0o600 == 0o600:
+            return None
+        shown = oct(value) if isinstance(value, int) and value >= 0 else value
+        return (
+            f"must be a file mode with owner read and write, in octal as 0600 or 0640 (YAML reads "
+            f"a leading 0 as octal), got {shown}"
+        )
+
+
+@dataclass(frozen=True)
 class Limits:
     """Client-side limits for one endpoint (0 = no limit)."""
 
-    rpm: int = 0
-    tpm: int = 0
+    rpm: int = bounded(0, 0, 10**8, note="0: no limit")
+    tpm: int = bounded(0, 0, 10**11, note="0: no limit")
     # a ceiling: the limiter finds the concurrency the endpoint takes (workers/concurrency.py);
     # 10,000 RPM x 60 s answers need 10,000 in flight
-    max_concurrency: int = 10_000
+    max_concurrency: int = bounded(10_000, 1, 1_000_000)
 
 
 @dataclass(frozen=True)
 class Price:
     """USD per 1M tokens."""
 
-    input: float = 0.0
-    cached_input: float | None = None
-    output: float = 0.0
+    input: float = bounded(0.0, 0, 10_000)
+    cached_input: float | None = bounded(None, 0, 10_000, note="null: the input price")
+    output: float = bounded(0.0, 0, 10_000)
 
 
 @dataclass(frozen=True)
@@ -57,9 +102,9 @@ class Breaker:
     """When an endpoint is down or refuses the configuration, stop the run with one line
     instead of failing sample after sample."""
 
-    failures: int = 50  # consecutive failed tries (5xx, reset, timeout, unreadable answer) ...
-    outage_s: float = 60.0  # ... spanning at least this long with no success in between
-    bad_requests: int = 10  # consecutive 400/413/422 answers: the configuration is wrong
+    failures: int = bounded(50, 1, 10**6)  # consecutive failed tries (5xx, reset, timeout, bad answer) ...
+    outage_s: float = bounded(60.0, 0, 86_400)  # ... spanning at least this long with no success
+    bad_requests: int = bounded(10, 1, 10**6)  # consecutive 400/413/422 answers: the config is wrong
 
 
 @dataclass(frozen=True)
@@ -74,8 +119,9 @@ class Endpoint:
     json_mode: bool = True
     send_seed: bool = True
     max_tokens_param: str = "max_tokens"
-    timeout_s: float = 60.0  # connect, and the longest silence between two reads (no total timeout)
-    max_retries: int = 8
+    # connect, and the longest silence between two reads (no total timeout)
+    timeout_s: float = bounded(60.0, 0, 3600, above=True)
+    max_retries: int = bounded(8, 0, 100)
     transport: str = "aiohttp"
     stream: bool = True  # ask for server-sent events (with usage); false for an endpoint that cannot
     size_max_tokens: bool = True  # under a TPM limit: max_tokens sized to the answers (sizing.py)
@@ -102,10 +148,11 @@ class Stage:
     primary first, then the fallbacks tried in order when it gives up); null: `generator`."""
 
     endpoint: str | list[str] | None = None
-    temperature: float = 0.7
-    max_tokens: int = 4096
-    concurrency: int | None = None  # a cap on samples in this stage at once (None: the limiters pace)
-    attempts: int = 2
+    temperature: float = bounded(0.7, 0, 2)
+    max_tokens: int = bounded(4096, 1, 10**7)
+    # a cap on samples in this stage at once (null: the limiters pace)
+    concurrency: int | None = bounded(None, 1, 1_000_000, note="null: no cap")
+    attempts: int = bounded(2, 1, 100)
 
 
 @dataclass(frozen=True)
@@ -121,23 +168,38 @@ class Personas:
 
     path: str | None = None
     strict: bool = False
-    expand_count: int = 5
+    expand_count: int = bounded(5, 1, 100)
+
+
+@dataclass(frozen=True)
+class AcceptanceFloor:
+    """Stop a run whose source has dried up: fewer than `accepted` of the last `personas`
+    personas taken from the source (admitted, or skipped as duplicates) were accepted."""
+
+    accepted: int = bounded(1, 0, 10**6, note="0: never stop for this")
+    personas: int = bounded(200, 1, 10**7)
 
 
 @dataclass(frozen=True)
 class Run:
-    n: int = 1000
+    n: int = bounded(1000, 1, 10**9)
     out: str = "runs/default"
-    seed: int = 0
-    max_in_flight: int = 10_000  # samples in flight at most (a memory ceiling; service/pacing.py)
-    shard_size: int = 10000
+    seed: int = bounded(0, 0, 2**63 - 1)
+    # samples in flight at most (a memory ceiling; service/pacing.py)
+    max_in_flight: int = bounded(10_000, 1, 10**6)
+    shard_size: int = bounded(10000, 1, 10**9)
     sharegpt: bool = False
     refinement_data: bool = True  # false: the paper's "w/o refinement data" ablation (no mistakes)
     license: str = "apache-2.0"  # the dataset card's license id (what your generator's terms allow)
-    progress_interval_s: float = 0.5
-    stop_grace_s: float = 30.0  # after SIGINT/SIGTERM, wait this long for requests in flight
-    max_cost_usd: float | None = None  # stop cleanly once the whole run has spent this much
+    progress_interval_s: float = bounded(0.5, 0, 3600, above=True)
+    # after SIGINT/SIGTERM, wait this long for requests in flight
+    stop_grace_s: float = bounded(30.0, 0, 86_400)
+    # stop cleanly once the whole run has spent this much
+    max_cost_usd: float | None = bounded(None, 0, 10**9, above=True, note="null: no limit")
     report: bool = True  # write report.md and report/*.png at the end of the run
+    # permissions of every file the run creates (directories get x where r is set): 0600 = owner only
+    file_mode: int = field(default=0o600, metadata={"range": FileModeRange(0, 0o777)})
+    acceptance_floor: AcceptanceFloor = field(default_factory=AcceptanceFloor)
 
 
 @dataclass(frozen=True)
@@ -146,28 +208,29 @@ class Metrics:
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 0  # 0: a free port, printed at start
+    port: int = bounded(0, 0, 65535, note="0: a free port")  # printed at start
 
 
 @dataclass(frozen=True)
 class DedupKind:
     """Cosine similarity at or above which an item duplicates a kept one."""
 
-    threshold: float = 0.9
+    threshold: float = bounded(0.9, 0, 1, above=True)
 
 
 @dataclass(frozen=True)
 class Hnsw:
-    m: int = 32
-    ef_construction: int = 64
-    ef_search: int = 128
+    m: int = bounded(32, 2, 1024)
+    ef_construction: int = bounded(64, 1, 10**6)
+    ef_search: int = bounded(128, 1, 10**6)
 
 
 @dataclass(frozen=True)
 class Ivf:
-    nlist: int = 1024
-    nprobe: int = 8
-    train_after: int = 65536  # exact search until this many items, then train the cells on them
+    nlist: int = bounded(1024, 1, 10**7)
+    nprobe: int = bounded(8, 1, 10**7)
+    # exact search until this many items, then train the cells on them
+    train_after: int = bounded(65536, 1, 10**12)
 
 
 @dataclass(frozen=True)
@@ -181,8 +244,8 @@ class Dedup:
     index: str = "flat"  # flat (exact), or ivf / hnsw (approximate, for very large runs)
     ivf: Ivf = field(default_factory=Ivf)
     hnsw: Hnsw = field(default_factory=Hnsw)
-    batch_size: int = 64
-    threads: int = 1  # ONNX Runtime threads of each local embedder
+    batch_size: int = bounded(64, 1, 100_000)
+    threads: int = bounded(1, 1, 1024)  # ONNX Runtime threads of each local embedder
 
 
 @dataclass(frozen=True)
@@ -237,61 +300,106 @@ def load_config(
     path: str | Path,
     overrides: Sequence[str] = (),
     environ: Mapping[str, str] | None = None,
+    options: Sequence[tuple[str, str, Any]] = (),
 ) -> Config:
-    """Read, override and validate a config file; raise ConfigError with one line on any problem."""
+    """Read, override and validate a config file; raise ConfigError with one line on any problem.
+
+    `overrides` are `--set KEY=VALUE` items (VALUE read as YAML); `options` are the CLI's own
+    options as (option, dotted key, value), applied last and named by the option in errors."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: config is larger than {MAX_CONFIG_BYTES >> 20} MiB; is it the right file?"
+        )
     try:
-        node = yaml.compose(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: config is not UTF-8 text (byte {exc.start})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        tree = _Reader(str(path)).read(node) if node is not None else _Located({}, f"{path}:1")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    tree = _from_node(node, str(path)) if node is not None else _Located({}, f"{path}:1")
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(tree.value, dict):
         raise ConfigError(f"{tree.where}: the config must be a mapping")
     env = os.environ if environ is None else environ
     for key in sorted(env):
         if key.startswith(ENV_PREFIX):
             dotted = key[len(ENV_PREFIX) :].lower().replace("__", ".")
-            _apply_override(tree, dotted, env[key], f"environment {key}")
+            _apply_override(tree, dotted, _yaml_value(env[key]), f"environment {key}")
     for item in overrides:
-        dotted, sep, raw = item.partition("=")
+        dotted, sep, raw_value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. run.n=500")
-        _apply_override(tree, dotted.strip(), raw, f"--set {item}")
+        _apply_override(tree, dotted.strip(), _yaml_value(raw_value), f"--set {item}")
+    for option, dotted, value in options:
+        _apply_override(tree, dotted, value, option)
     config = _build(Config, tree, "")
     return _check_references(config, tree, env)
 
 
-def _from_node(node: yaml.Node, filename: str) -> _Located:
-    where = f"{filename}:{node.start_mark.line + 1}"
-    if isinstance(node, yaml.MappingNode):
-        out: dict[str, _Located] = {}
-        for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
-            if not isinstance(key, str):
-                raise ConfigError(f"{filename}:{key_node.start_mark.line + 1}: keys must be strings")
-            child = _from_node(value_node, filename)
-            child.where = f"{filename}:{key_node.start_mark.line + 1}"  # the key's line, also for blocks
-            out[key] = child
-        return _Located(out, where)
-    if isinstance(node, yaml.SequenceNode):
-        return _Located([_from_node(n, filename) for n in node.value], where)
-    return _Located(yaml.safe_load(yaml.serialize(node)), where)
+class _Reader:
+    """A YAML node tree as `_Located` values, following at most MAX_CONFIG_VALUES nodes: an
+    alias is a reference to an earlier node, so a few lines of aliases can stand for billions
+    of values; they are counted as they are followed and refused before they are expanded."""
+
+    def __init__(self, filename: str) -> None:
+        self._filename = filename
+        self._values = 0
+        self._constructor = yaml.constructor.SafeConstructor()
+
+    def read(self, node: yaml.Node) -> _Located:
+        self._values += 1
+        where = f"{self._filename}:{node.start_mark.line + 1}"
+        if self._values > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"{where}: the config holds more than {MAX_CONFIG_VALUES} values once its YAML aliases "
+                "(*name) are expanded; write the values out instead"
+            )
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, _Located] = {}
+            for key_node, value_node in node.value:
+                key = self._scalar(key_node)
+                if not isinstance(key, str):
+                    raise ConfigError(
+                        f"{self._filename}:{key_node.start_mark.line + 1}: keys must be strings"
+                    )
+                child = self.read(value_node)
+                child.where = f"{self._filename}:{key_node.start_mark.line + 1}"  # the key's line
+                out[key] = child
+            return _Located(out, where)
+        if isinstance(node, yaml.SequenceNode):
+            return _Located([self.read(n) for n in node.value], where)
+        return _Located(self._scalar(node), where)
+
+    def _scalar(self, node: yaml.Node) -> Any:
+        """A scalar node's value as YAML reads it (int, float, bool, null, str)."""
+        if not isinstance(node, yaml.ScalarNode):
+            return None  # a mapping or list used as a key: not a string
+        return self._constructor.construct_object(node)
 
 
-def _apply_override(tree: _Located, dotted: str, raw: str, where: str) -> None:
+def _yaml_value(raw: str) -> Any:
+    """An override's VALUE as YAML reads it (`500`, `true`, `[a, b]`), or the text itself."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
+
+
+def _apply_override(tree: _Located, dotted: str, value: Any, where: str) -> None:
     parts = [p for p in dotted.split(".") if p]
     if not parts:
         raise ConfigError(f"{where}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
     node = tree
     for part in parts[:-1]:
         child = node.value.get(part)
@@ -352,7 +460,10 @@ def _build(tp: Any, loc: _Located, path: str) -> Any:
         kwargs = {}
         for name, f in fields.items():
             if name in loc.value:
-                kwargs[name] = _build(hints[name], loc.value[name], _join(path, name))
+                kwargs[name] = value = _build(hints[name], loc.value[name], _join(path, name))
+                bounds: Range | None = f.metadata.get("range")
+                if bounds is not None and value is not None and (problem := bounds.problem(value)):
+                    raise ConfigError(f"{loc.value[name].where}: {_join(path, name)}: {problem}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{loc.where}: {_join(path, name)}: required key is missing")
         return tp(**kwargs)
@@ -417,11 +528,6 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
             config.endpoints,
             f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint",
         )
-        if stage.attempts < 1 or (stage.concurrency or 1) < 1 or stage.max_tokens < 1:
-            raise ConfigError(
-                f"{where('stages', stage_name)}: stages.{stage_name}: attempts, concurrency and "
-                "max_tokens must be at least 1"
-            )
     for name, ep in config.endpoints.items():
         if (ep.base_url is None) == (ep.embedded is None):
             raise ConfigError(
@@ -440,31 +546,19 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
                 f"{where('endpoints', name, 'transport')}: endpoints.{name}.transport: expected "
                 f"{' or '.join(TRANSPORTS)}, got {ep.transport!r}"
             )
-        breaker = ep.breaker
-        if breaker.failures < 1 or breaker.bad_requests < 1 or breaker.outage_s < 0:
-            raise ConfigError(
-                f"{where('endpoints', name, 'breaker')}: endpoints.{name}.breaker: failures and "
-                "bad_requests must be at least 1, outage_s at least 0"
-            )
     _check_dedup(config.dedup, where("dedup"), names, config.endpoints)
-    if config.run.n < 1:
-        raise ConfigError(f"{where('run', 'n')}: run.n: must be at least 1, got {config.run.n}")
-    if config.run.max_in_flight < 1 or config.run.shard_size < 1:
-        raise ConfigError(f"{where('run')}: run: max_in_flight and shard_size must be at least 1")
-    if config.run.stop_grace_s < 0:
-        raise ConfigError(f"{where('run', 'stop_grace_s')}: run.stop_grace_s: must be at least 0")
+    floor = config.run.acceptance_floor
+    if floor.accepted > floor.personas:
+        raise ConfigError(
+            f"{where('run', 'acceptance_floor')}: run.acceptance_floor: accepted ({floor.accepted}) "
+            f"cannot be more than personas ({floor.personas})"
+        )
     for name, ep in config.endpoints_in_use().items():
         if ep.api_key_env is not None and not env.get(ep.api_key_env):
             raise ConfigError(
                 f"{where('endpoints', name, 'api_key_env')}: endpoints.{name}.api_key_env: environment "
                 f"variable {ep.api_key_env} is not set (API keys are read only from the environment)"
             )
-    if config.run.max_cost_usd is not None and config.run.max_cost_usd <= 0:
-        raise ConfigError(
-            f"{where('run', 'max_cost_usd')}: run.max_cost_usd: must be above 0 (null: no limit)"
-        )
-    if not 0 <= config.metrics.port <= 65535:
-        raise ConfigError(f"{where('metrics', 'port')}: metrics.port: must be 0-65535 (0: a free port)")
     return config
 
 
@@ -484,23 +578,6 @@ def _check_dedup(dedup: Dedup, where: str, names: str, endpoints: dict[str, Endp
         )
     if dedup.index not in ("flat", "ivf", "hnsw"):
         raise ConfigError(f"{where}: dedup.index: expected flat, ivf or hnsw, got {dedup.index!r}")
-    for kind in ("persona", "script"):
-        threshold = getattr(dedup, kind).threshold
-        if not 0.0 < threshold <= 1.0:
-            raise ConfigError(f"{where}: dedup.{kind}.threshold: must be in (0, 1], got {threshold}")
-    sizes = (
-        dedup.batch_size,
-        dedup.threads,
-        dedup.ivf.nlist,
-        dedup.ivf.nprobe,
-        dedup.hnsw.m,
-        dedup.hnsw.ef_search,
-    )
-    if min(sizes) < 1:
-        raise ConfigError(
-            f"{where}: dedup: batch_size, threads, ivf.nlist, ivf.nprobe, hnsw.m and hnsw.ef_search "
-            "must be at least 1"
-        )
 
 
 def _check_stage_endpoints(

@@ -2,9 +2,11 @@
 also on stderr in a readable form (the terminal otherwise shows the progress line).
 
 Every line carries the run id; lines caused by a sample's stage work carry `sample_id` and
-`stage` (bound by the run), LLM lines their `endpoint`. API keys never reach a log: the
-values of the endpoints' key variables are replaced wherever they occur, and fields named
-like a credential (authorization, api_key) are dropped, in our lines and in libraries'.
+`stage` (bound by the run), LLM lines their `endpoint`. API keys never reach a log: every
+string is passed through `service.redact` (the run's keys and credential shapes), and fields
+named like a credential (authorization, api_key) are dropped, in our lines and in libraries'.
+Text on the terminal also has its control characters escaped (`printable`): a persona path
+or a provider's message cannot move the cursor, ring the bell or retitle the terminal.
 A log line that cannot be written (disk full) is dropped without a traceback: the run's
 data lives in the store, and the failure that matters is reported once, by the CLI.
 """
@@ -12,25 +14,38 @@ data lives in the store, and the failure that matters is reported once, by the C
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-REDACTED = "[redacted]"
+from service.redact import REDACTED, redact
+
 CREDENTIAL_FIELDS = frozenset(("authorization", "api_key", "api-key", "x-api-key"))
 
 
-def configure(log_path: Path, run_id: str, secrets: Sequence[str] = ()) -> None:
-    redact = _Redactor(secrets)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_MULTILINE_FIELDS = frozenset(("exception", "stack"))  # tracebacks keep their lines
+
+
+def printable(text: str) -> str:
+    """`text` as one line for a terminal: control characters (ESC, BEL, newline, ...) shown
+    escaped, as `\\x1b`."""
+    return _CONTROL.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+def configure(log_path: Path, run_id: str) -> None:
+    """Log to `log_path` (JSON lines) and warnings to stderr, every line with `run_id`; the
+    keys are those given to `service.redact.configure`."""
+    credentials = _Redactor()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redact,
+                credentials,
                 structlog.processors.JSONRenderer(),
             ]
         )
@@ -41,7 +56,8 @@ def configure(log_path: Path, run_id: str, secrets: Sequence[str] = ()) -> None:
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                redact,
+                credentials,
+                _printable_values,
                 structlog.dev.ConsoleRenderer(colors=False),
             ]
         )
@@ -74,9 +90,6 @@ def configure(log_path: Path, run_id: str, secrets: Sequence[str] = ()) -> None:
 class _Redactor:
     """A structlog processor that keeps credentials out of log lines."""
 
-    def __init__(self, secrets: Sequence[str]) -> None:
-        self._secrets = [secret for secret in secrets if secret]
-
     def __call__(self, _logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
         return {
             key: REDACTED if key.lower() in CREDENTIAL_FIELDS else self._clean(value)
@@ -85,11 +98,17 @@ class _Redactor:
 
     def _clean(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
-                value = value.replace(secret, REDACTED)
-            return value
+            return redact(value)
         if isinstance(value, dict):
             return self(None, "", value)
         if isinstance(value, list | tuple):
             return [self._clean(item) for item in value]
         return value
+
+
+def _printable_values(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor for the terminal: control characters in strings escaped."""
+    return {
+        key: printable(value) if isinstance(value, str) and key not in _MULTILINE_FIELDS else value
+        for key, value in event.items()
+    }

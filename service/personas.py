@@ -1,7 +1,9 @@
 """Persona sources, in a fixed order so a resumed run continues where it stopped.
 
 - A file: Persona Hub JSONL (`{"persona": ...}`, other keys kept as metadata) or plain
-  text, one persona per line. A file that cannot be one (missing, empty, binary,
+  text, one persona per line, told apart by the content, not the name: JSONL when the first
+  line that is not blank starts with `{`. A UTF-8 byte order mark is dropped. A file that
+  cannot be one (missing, empty, binary,
   compressed, UTF-16) is refused before any work (`check_persona_file`). A malformed line
   (bad JSON, not UTF-8, NUL bytes, longer than MAX_LINE_BYTES: read past in chunks, never
   held whole) becomes a `Malformed` item with a one-line reason naming file:line; it is
@@ -9,11 +11,15 @@
 - No file: the built-in seed list, expanded breadth-first through the endpoint with the
   Persona Hub persona-to-persona prompt (`workers.personas.PersonaExpander`).
 
-Each item carries its position in the source; positions only grow.
+Each item carries its position in the source and `cursor`: the position a resumed run may
+start after once this item's outcome is stored (a file: the item's own line; expansion,
+whose items come out of order: see `workers.personas`). Persona text is kept on one line,
+with control characters (ESC, BEL, ...) removed: they would reach the training data.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,8 @@ SEED_FILE = Path(__file__).parent / "data" / "seed_personas.txt"
 MAX_LINE_BYTES = 64 * 1024
 MAX_PERSONA_CHARS = 4000
 CHUNK_BYTES = 64 * 1024
+BOM = b"\xef\xbb\xbf"
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x9f]")  # whitespace controls are split on instead
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,10 @@ class Persona:
     source: str
     text: str
     meta: dict[str, Any] = field(default_factory=dict)
+    cursor: int | None = None  # None: the position itself
+
+    def resume_after(self) -> int:
+        return self.position if self.cursor is None else self.cursor
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,9 @@ class Malformed:
     position: int
     source: str
     reason: str
+
+    def resume_after(self) -> int:
+        return self.position
 
 
 SourceItem = Persona | Malformed
@@ -55,7 +70,7 @@ def check_persona_file(path: str | Path) -> None:
     try:
         with path.open("rb") as handle:
             head = handle.read(CHUNK_BYTES)
-            first = _first_non_space(handle, head)
+            first = _first_non_space(handle, head.removeprefix(BOM))
     except OSError as exc:
         raise PersonaInputError(f"{path}: cannot open persona file: {exc.strerror}") from None
     if head.startswith(b"\x1f\x8b"):
@@ -80,6 +95,8 @@ def read_persona_file(path: str | Path, start_after: int = -1) -> Iterator[Sourc
     with handle:
         jsonl = _looks_like_jsonl(path)
         for number, (raw, length) in enumerate(_lines(handle), start=1):
+            if number == 1 and raw is not None:
+                raw = raw.removeprefix(BOM)
             if number <= start_after:
                 continue
             where = f"{path}:{number}"
@@ -124,12 +141,9 @@ def _first_non_space(handle: BinaryIO, head: bytes) -> int | None:
 
 
 def _looks_like_jsonl(path: Path) -> bool:
-    if path.suffix in (".jsonl", ".json", ".ndjson"):
-        return True
-    if path.suffix in (".txt", ".text"):
-        return False
+    """JSONL when the first byte that is not whitespace (after a BOM) is `{`, whatever the name."""
     with path.open("rb") as handle:
-        return _first_non_space(handle, handle.read(CHUNK_BYTES)) == ord("{")
+        return _first_non_space(handle, handle.read(CHUNK_BYTES).removeprefix(BOM)) == ord("{")
 
 
 def _parse_jsonl(number: int, where: str, line: str) -> SourceItem:
@@ -145,8 +159,15 @@ def _parse_jsonl(number: int, where: str, line: str) -> SourceItem:
     return _plain(number, where, persona, obj)
 
 
+def clean_persona(text: str) -> str:
+    """A persona on one line: control characters dropped, whitespace runs made one space."""
+    return " ".join(_CONTROL.sub("", text).split())
+
+
 def _plain(number: int, where: str, text: str, meta: dict[str, Any] | None = None) -> SourceItem:
-    text = " ".join(text.split())
+    text = clean_persona(text)
+    if not text:
+        return Malformed(number, where, "no printable text")
     if len(text) > MAX_PERSONA_CHARS:
         return Malformed(number, where, f"persona is {len(text)} characters (limit {MAX_PERSONA_CHARS})")
     return Persona(number, where, text, meta or {})

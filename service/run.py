@@ -6,9 +6,14 @@ store, then append to the shard; or reject) — each step in its own module.
 
 Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
 sending, lets the requests in flight finish (their answers are stored) for at most
-`run.stop_grace_s`, then stops; a second signal stops at once. Unfinished samples stay in
-the store and resume with the same command. Before any work the persona file, the API
-keys (config) and the run directory's writability are checked.
+`run.stop_grace_s`, then stops; a second signal stops at once. A run can also stop short of
+the target: the persona source runs out, or its recent personas nearly all fail to become
+samples (`run.acceptance_floor`, `service.floor`); it then drains like a signal. How it
+ended is `Run.ending` (the CLI's exit status). Unfinished samples stay in the store and
+resume with the same command. Before any work the persona file, the API keys (config), the
+run directory's writability and, on resume, that the settings shaping the data are those it
+was started with (`service.resume`) are checked. Every file of the run directory is created
+with `run.file_mode` (owner only by default: they hold prompts and answers).
 
 Observability is wired here too: the run's `RunMetrics` (served on `/metrics` while the
 run lives, written to `metrics.prom` at the end), the `Budget` that stops the run at
@@ -18,11 +23,13 @@ run lives, written to `metrics.prom` at the end), the `Budget` that stops the ru
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ from metrics.report import write_report
 from metrics.server import MetricsServer
 from metrics.stats import RunStats
 from metrics.usage import cost_usd, parse_usage
-from service import logs, rundir
+from service import logs, redact, resume, rundir
 from service.admission import Admission
 from service.card import write_card
 from service.config import Config, ConfigError, Stage
@@ -44,13 +51,14 @@ from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.flight import FlightRecorder, InFlight
+from service.floor import AcceptanceFloor
 from service.heap import HeapTrimmer
 from service.pacing import endpoints_want_more, needed_for_target
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
 from service.queue import JobQueue, StageSpec
 from service.store import Store
-from service.summary import build_summary
+from service.summary import build_summary, shortfall
 from workers.breaker import EndpointDown
 from workers.fallback import EndpointChain
 from workers.limiter import EndpointLimiter
@@ -64,9 +72,20 @@ log = structlog.get_logger()
 INTERRUPTED = "interrupted (run the same command to resume)"
 
 
+@dataclass(frozen=True)
+class Ending:
+    """How a run ended: `kind` is target, budget, interrupted or short (stopped before the
+    target: the source ran out or dried up); `reason` is the summary's result line."""
+
+    kind: str
+    reason: str
+
+
 class Run:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, allow_change: Sequence[str] = ()) -> None:
         self.config = config
+        self.allow_change = list(allow_change)
+        self.ending = Ending("short", "stopped")
         self.out = Path(config.run.out)
         self.stats = RunStats(target=config.run.n)
         self.metrics = RunMetrics(self.stats, config.run.max_cost_usd)
@@ -82,24 +101,32 @@ class Run:
         self._embedders: dict[str, Embedder] = {}
         self._dedup: RunDedup | None = None
         self._sample_limiters: list[EndpointLimiter] = []  # those of the script and trajectory stages
+        self._floor = AcceptanceFloor(config.run.acceptance_floor)
+        self._dried_up: str | None = None  # the acceptance floor's line, once it tripped
 
     async def execute(self) -> dict[str, Any]:
         """Run to the target (or until the source runs dry, or a signal) and return the summary."""
         if self.config.personas.path:
             check_persona_file(self.config.personas.path)
-        rundir.prepare(self.out)
-        with rundir.exclusive(self.out / ".lock"):
-            try:
-                return await self._execute_locked()
-            except sqlite3.Error as exc:
-                raise rundir.storage_error(self.out / "state.sqlite", exc) from None
+        with rundir.file_mode(self.config.run.file_mode):
+            rundir.prepare(self.out, self.config.run.file_mode)
+            with rundir.exclusive(self.out / ".lock"):
+                try:
+                    return await self._execute_locked()
+                except sqlite3.Error as exc:
+                    raise rundir.storage_error(self.out / "state.sqlite", exc) from None
 
     async def _execute_locked(self) -> dict[str, Any]:
         store = self._store = Store(self.out / "state.sqlite")
         try:
+            redact.configure(self.config.api_keys())
+            changes = resume.check(store, self.config, self.out, self.allow_change)
             run_id = store.get_meta("run_id") or uuid.uuid4().hex[:12]
             store.set_meta("run_id", run_id)
-            logs.configure(self.out / "run.log", run_id, self.config.api_keys())
+            logs.configure(self.out / "run.log", run_id)
+            for change in changes:
+                _notice(change)
+                log.info("settings_changed", change=change)
             store.set_meta("target", str(self.config.run.n))
             store.price_unpriced(self._price)
             writer = self._writer = OutputWriter(self.out, self.config.run.shard_size)
@@ -109,14 +136,17 @@ class Run:
             self._load_counts(store)
             server = await self._serve_metrics()
             try:
-                reason = await self._until_done()
+                self.ending = await self._until_done()
             finally:
                 if server is not None:
                     await server.stop()
             writer.flush()
-            summary = build_summary(store, self.stats, self.config, reason)
+            summary = build_summary(store, self.stats, self.config, self.ending.reason)
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-            self.metrics.write(self.out / "metrics.prom")
+            try:
+                self.metrics.write(self.out / "metrics.prom")
+            except OSError as exc:
+                raise rundir.storage_error(self.out / "metrics.prom", exc) from None
             store.set_meta("license", self.config.run.license)
             write_card(store, self.out, self.config.run.license)
             if self.config.run.report:
@@ -130,11 +160,11 @@ class Run:
             finally:
                 store.close()
 
-    async def _until_done(self) -> str:
+    async def _until_done(self) -> Ending:
         if self.stats.accepted >= self.config.run.n:
-            return "target reached"
+            return Ending("target", "target reached")
         if self._budget.exhausted:
-            return self._budget.message()
+            return Ending("budget", self._budget.message())
         return await self._generate()
 
     async def _serve_metrics(self) -> MetricsServer | None:
@@ -152,6 +182,12 @@ class Run:
         log.info("metrics_listening", url=url)
         if sys.stderr.isatty():  # beside the progress line; run.log always has it
             print(f"metrics: {url}", file=sys.stderr, flush=True)
+        if not _loopback(settings.host):
+            log.warning(
+                "metrics_exposed",
+                message=f"/metrics listens on {settings.host}: any machine that can reach this one can "
+                "read the run's metrics (metrics.host: 127.0.0.1 keeps them on this machine)",
+            )
         return server
 
     def _price(self, endpoint: str, usage: dict[str, Any]) -> float:
@@ -187,7 +223,7 @@ class Run:
         if self._queue is not None:
             self._queue.stop()
 
-    async def _generate(self) -> str:
+    async def _generate(self) -> Ending:
         assert self._store is not None
         config = self.config
         try:
@@ -228,7 +264,7 @@ class Run:
                 self.stats,
                 config.run.seed,
                 config.personas.strict,
-                self._rejected,
+                self._input_rejected,
                 dedup.personas,
                 config.dedup.batch_size,
             )
@@ -256,12 +292,16 @@ class Run:
                 self._grace_timer.cancel()
             await self._disconnect()
         if self.stats.accepted >= config.run.n:
-            return "target reached"
+            return Ending("target", "target reached")
         if self._budget.exhausted:
-            return self._budget.message()
+            return Ending("budget", self._budget.message())
         if self.stop_signal is not None:
-            return INTERRUPTED
-        return "persona source exhausted before the target" if exhausted else "stopped"
+            return Ending("interrupted", INTERRUPTED)
+        if self._dried_up is not None:
+            cause = f"the persona source dried up: {self._dried_up}"
+            return Ending("short", shortfall(self._store, self.config, cause, dried_up=True))
+        cause = "the persona source ran out" if exhausted else "the run stopped"
+        return Ending("short", shortfall(self._store, self.config, cause, dried_up=False))
 
     async def _admitted(self, jobs: AsyncIterator[SampleJob]) -> AsyncIterator[SampleJob]:
         """Count admitted samples; end the source (in-flight samples finish) when the budget is
@@ -269,6 +309,7 @@ class Run:
         try:
             async for job in jobs:
                 self.metrics.sample_admitted()
+                self._floor.taken(job.id)
                 yield job
         except BudgetExhausted as exc:
             log.warning("persona_source_stopped", reason=str(exc))
@@ -354,6 +395,7 @@ class Run:
             self.stats.dropped += 1
             return
         record = accepted_record(job, self.config.run.sharegpt, self.config.run.refinement_data)
+        self._settled(job.id, True, "accepted")
         if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
             self.metrics.sample_finished("surplus")
             return
@@ -383,7 +425,7 @@ class Run:
         if not isinstance(exc, RequestFailed):
             log.error("run_stopped", sample_id=job.id, error=repr(exc), exc_info=exc)
             raise exc
-        job.error = str(exc)
+        job.error = redact.redact(str(exc))
         self._reject(job, "failed", "failed")
         self.stats.failed += 1
 
@@ -395,11 +437,31 @@ class Run:
             f"sample_{kind}", sample_id=job.id, rule=rule, message=record["message"], requests=job.requests
         )
         self._rejected(record)
+        self._settled(job.id, False, "script duplicates" if kind == "duplicate" else kind)
+
+    def _input_rejected(self, record: dict[str, Any]) -> None:
+        """A persona taken from the source that never became a sample (malformed, duplicate)."""
+        self._rejected(record)
+        if record["kind"] == "duplicate":
+            self._floor.skipped("persona duplicates")
+            self._check_floor()
 
     def _rejected(self, record: dict[str, Any]) -> None:
         assert self._writer is not None
-        self._writer.rejects.append(orjson.dumps(record))
+        self._writer.rejects.append(redact.redact_bytes(orjson.dumps(record)))
         self.metrics.sample_rejected(record)
+
+    def _settled(self, sample_id: str, accepted: bool, outcome: str) -> None:
+        self._floor.settled(sample_id, accepted, outcome)
+        self._check_floor()
+
+    def _check_floor(self) -> None:
+        """Stop taking personas (like a signal: what is in flight finishes and is stored) once
+        the recent ones nearly all failed to become accepted samples."""
+        if self._dried_up is None and self._floor.tripped():
+            self._dried_up = self._floor.message()
+            log.warning("acceptance_floor_reached", reason=self._dried_up)
+            self._drain()
 
     def _load_counts(self, store: Store) -> None:
         states = store.state_counts()
@@ -431,6 +493,15 @@ def install_signal_handlers(run: Run) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, run.interrupt, sig)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def _notice(text: str) -> None:

@@ -9,7 +9,9 @@ It holds
 - every reject (dropped samples, duplicate and malformed personas) in write order;
 - every item kept by dedup (a persona, a script) with its digest and embedding, written in
   the same transaction that admits it, so the dedup index is rebuilt exactly on resume;
-- the persona source cursor: how far the source has been consumed;
+- the persona source cursor: how far the source has been consumed (every position at or
+  below it; a source whose items come out of order also has some consumed above it: the
+  positions of admitted samples and of rejected input, `consumed_after`);
 - for the report and the budget: each answer's stage, sample, latency and cost (priced when
   it was paid) and each accepted sample's acceptance time.
 
@@ -28,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from service.redact import redact_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,6 +87,7 @@ ADDED_COLUMNS = {
         "max_tokens_cap": "INTEGER",  # the stage's cap then: below it, a cut answer was re-asked
     },
     "samples": {"accepted_at": "REAL"},
+    "rejects": {"position": "INTEGER"},  # the source position of a rejected input line or persona
 }
 
 
@@ -247,8 +252,10 @@ class Store:
         persona_meta: dict[str, Any],
         norm_hash: str,
         vector: bytes,
+        cursor: int | None = None,
     ) -> None:
-        """A new sample, its persona kept for dedup (digest and embedding), the cursor past it."""
+        """A new sample, its persona kept for dedup (digest and embedding), the cursor moved to
+        `cursor` (default: past this position)."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO samples (id, position, source, persona, persona_meta, norm_hash, state, updated)"
@@ -256,13 +263,24 @@ class Store:
                 (sample_id, position, source, persona, orjson.dumps(persona_meta), norm_hash, time.time()),
             )
             self._insert_dedup_item("persona", sample_id, norm_hash, vector)
-            self._set_cursor(position)
+            self._set_cursor(position if cursor is None else cursor)
 
-    def reject_input(self, position: int, kind: str, rule: str, record: dict[str, Any]) -> None:
-        """Record a persona that never became a sample (duplicate, malformed) and advance the cursor."""
+    def reject_input(
+        self, position: int, kind: str, rule: str, record: dict[str, Any], cursor: int | None = None
+    ) -> None:
+        """Record a persona that never became a sample (duplicate, malformed) and move the cursor."""
         with self._transaction():
-            self._insert_reject(kind, rule, record)
-            self._set_cursor(position)
+            self._insert_reject(kind, rule, record, position)
+            self._set_cursor(position if cursor is None else cursor)
+
+    def consumed_after(self, cursor: int) -> set[int]:
+        """Source positions above `cursor` already taken (admitted, or rejected as input)."""
+        rows = self._db.execute(
+            "SELECT position FROM samples WHERE position > ?1"
+            " UNION SELECT position FROM rejects WHERE position > ?1",
+            (cursor,),
+        )
+        return {position for (position,) in rows}
 
     def keep_for_dedup(self, kind: str, owner: str, digest: str, vector: bytes) -> None:
         """An item kept by dedup outside admission (a sample's script)."""
@@ -395,9 +413,13 @@ class Store:
             (state, rule, ",".join(failures), record, time.time(), sample_id),
         )
 
-    def _insert_reject(self, kind: str, rule: str, record: dict[str, Any]) -> None:
+    def _insert_reject(
+        self, kind: str, rule: str, record: dict[str, Any], position: int | None = None
+    ) -> None:
+        """A reject record, with any API key a provider's message echoed redacted."""
         self._db.execute(
-            "INSERT INTO rejects (kind, rule, record) VALUES (?, ?, ?)", (kind, rule, orjson.dumps(record))
+            "INSERT INTO rejects (kind, rule, record, position) VALUES (?, ?, ?, ?)",
+            (kind, rule, redact_bytes(orjson.dumps(record)), position),
         )
 
     def _insert_dedup_item(self, kind: str, owner: str, digest: str, vector: bytes) -> None:

@@ -1,7 +1,8 @@
 """The end-of-run summary: what the run directory holds and what this process did.
 
 Totals come from the store, so they are right across interruptions and resumes; request
-outcomes and wall time are this process's own.
+outcomes and wall time are this process's own. A run that ends before its target says why
+in one line (`shortfall`): what became of the personas it read, and what to change.
 """
 
 from __future__ import annotations
@@ -74,6 +75,37 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "cost_usd": round(stats.cost_usd, 6),
         },
     }
+
+
+def shortfall(store: Store, config: Config, cause: str, dried_up: bool) -> str:
+    """The result line of a run that stopped before its target."""
+    states = store.state_counts()
+    rejects = store.reject_counts()
+    dropped = sorted(((n, rule) for (kind, rule), n in rejects.items() if kind == "dropped"), reverse=True)
+    outcomes = {
+        "accepted": states.get("accepted", 0) + states.get("surplus", 0),
+        "dropped" + (f" (last rule {', '.join(f'{r} {n}' for n, r in dropped[:3])})" if dropped else ""): (
+            states.get("dropped", 0)
+        ),
+        "failed": states.get("failed", 0),
+        "script duplicates": states.get("duplicate", 0),
+        "persona duplicates": rejects.get(("duplicate", "persona_duplicate"), 0),
+        "malformed lines": rejects.get(("malformed", "malformed"), 0),
+        "unfinished": states.get("running", 0),
+    }
+    read = ", ".join(f"{n} {what}" for what, n in outcomes.items() if n)
+    if dried_up:
+        hint = (
+            "give other personas, or loosen dedup.persona.threshold / dedup.script.threshold if duplicates "
+            "dominate, or lower run.acceptance_floor.accepted (0 turns this rule off)"
+        )
+    else:
+        hint = "give more personas (--personas FILE) or ask for fewer (-n)"
+    return (
+        f"stopped short: {cause}, at {store.accepted_count()} / {config.run.n} accepted "
+        f"({sum(outcomes.values())} personas read: {read or 'none'}); {hint}; then run the same command "
+        "to continue"
+    )
 
 
 def format_summary(summary: dict[str, Any], out: str) -> str:

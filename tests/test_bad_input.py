@@ -18,11 +18,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from metrics.report import write_report
 from service.personas import MAX_LINE_BYTES, Malformed, Persona, read_persona_file
+from service.rundir import RunDirectoryError
+from service.store import Store
 from service.validate import validate_run
 from tests.conftest import (
     FAST_SIM,
+    JOBS,
     ROOT,
     assert_intact,
     cli,
@@ -32,6 +37,7 @@ from tests.conftest import (
     write_config,
     write_personas,
 )
+from tests.loopback import Loopback, completion, loopback
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
@@ -62,8 +68,11 @@ def first_run(tmp_path: Path, finished: Path) -> tuple[Path, Path, dict[str, byt
 
 
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a run refused with status 2 (after the settings a resume applied,
+    if it got that far)."""
     assert result.returncode == 2, result.stdout + result.stderr
-    [line] = result.stderr.strip().splitlines()
+    *said, line = result.stderr.strip().splitlines()
+    assert all(notice.startswith("resume: ") for notice in said), result.stderr
     assert line.startswith("error: ")
     return line.removeprefix("error: ")
 
@@ -222,3 +231,109 @@ def test_disk_full_while_writing_is_one_line_and_the_run_resumes_cleanly(
     samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
     assert len(samples) == 40 and len({s["id"] for s in samples}) == 40
     assert validate_run(out).ok
+
+
+# --- runs that stop short of N, and what a persona file is --------------------------------
+
+
+def run_personas(tmp_path: Path, url: str, personas: Path, n: int) -> subprocess.CompletedProcess[str]:
+    """A run of `n` from `personas` against the endpoint at `url`, into tmp_path/run."""
+    config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim")
+    args = ["--config", str(config), "--personas", str(personas), "--out", str(tmp_path / "run")]
+    return cli("run", "-n", str(n), *args)
+
+
+def stopped_short(result: subprocess.CompletedProcess[str]) -> str:
+    """The result line of a run that ended before its target (exit status 4)."""
+    assert result.returncode == 4, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("result: ")]
+    return line.removeprefix("result: ")
+
+
+def test_a_persona_file_of_bad_lines_stops_short_with_status_4(tmp_path: Path, endpoint_url: str) -> None:
+    personas = tmp_path / "personas.jsonl"
+    personas.write_text("".join(f'{{"persona": "line {i}"\n' for i in range(5)))  # no closing brace
+    assert stopped_short(run_personas(tmp_path, endpoint_url, personas, 5)) == (
+        "stopped short: the persona source ran out, at 0 / 5 accepted (5 personas read: 5 malformed lines); "
+        "give more personas (--personas FILE) or ask for fewer (-n); then run the same command to continue"
+    )
+
+
+def test_fifty_copies_of_one_persona_stop_short(tmp_path: Path, endpoint_url: str) -> None:
+    personas = tmp_path / "personas.txt"
+    personas.write_text("A baker who works in Porto.\n" * 50)
+    line = stopped_short(run_personas(tmp_path, endpoint_url, personas, 5))
+    assert line.startswith("stopped short: the persona source ran out, at ")
+    assert "/ 5 accepted (50 personas read: " in line and "49 persona duplicates" in line
+
+
+def test_an_endpoint_that_never_answers_json_stops_short(tmp_path: Path) -> None:
+    async def refuse(server: Loopback, request: web.Request, body: bytes) -> web.Response:
+        return completion("I'm sorry, but I can't help with that.")
+
+    personas = write_personas(tmp_path / "personas.txt", 3)
+    with loopback(refuse) as provider:
+        line = stopped_short(run_personas(tmp_path, provider.url, personas, 3))
+    assert line.startswith(
+        "stopped short: the persona source ran out, at 0 / 3 accepted (3 personas read: "
+        "3 dropped (last rule S1 3)); give more personas"
+    )
+
+
+def test_the_format_comes_from_the_content_and_a_bom_is_dropped(tmp_path: Path, endpoint_url: str) -> None:
+    text = write_personas(tmp_path / "text.jsonl", 5)  # plain text, named .jsonl
+    bom = tmp_path / "bom.txt"  # JSONL with a byte order mark, named .txt
+    bom.write_bytes(b"\xef\xbb\xbf" + b"".join(b'{"persona": "A %s in Porto."}\n' % j.encode() for j in JOBS))
+    assert [(p.position, p.text) for p in read_persona_file(text)][:1] == [(1, "A baker who works in Porto.")]
+    assert all(isinstance(p, Persona) for p in read_persona_file(bom))
+    assert next(iter(read_persona_file(bom))).text == "A baker in Porto."
+    result = run_personas(tmp_path, endpoint_url, text, 4)
+    assert result.returncode == 0, result.stderr
+    assert "malformed persona lines skipped: 0" in result.stdout
+
+
+def test_disk_full_while_the_report_is_written_names_the_file_and_leaves_no_torn_plot(
+    tmp_path: Path, finished: Path
+) -> None:
+    _, out, _ = first_run(tmp_path, finished)
+    plots = {path.name: path.read_bytes() for path in (out / "report").glob("*.png")}
+    store = Store(out / "state.sqlite")
+    limit = 4096  # each plot is larger: the first one written fails, as on a full disk (no file name)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(RunDirectoryError) as failed:
+            write_report(store, out)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+        store.close()
+    assert str(failed.value) == (
+        f"{out / 'report' / 'throughput.png'}: File too large (nothing written so far is lost; fix this, "
+        "then run the same command to resume)"
+    )
+    assert {path.name: path.read_bytes() for path in (out / "report").iterdir()} == plots
+    assert cli("report", str(out)).returncode == 0
+
+
+def test_control_characters_reach_neither_the_training_data_nor_the_terminal(
+    tmp_path: Path, endpoint_url: str
+) -> None:
+    personas = tmp_path / "personas.txt"
+    personas.write_text("".join(f"\x1b[31mA {job}\x07 who works\x1b]0;pwned\x07 in Lyon.\n" for job in JOBS))
+    out = tmp_path / "run"
+    result = run_personas(tmp_path, endpoint_url, personas, 3)
+    assert result.returncode == 0, result.stderr
+    exported = b"".join(path.read_bytes() for path in out.glob("samples-*.jsonl"))
+    samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
+    assert samples[0]["persona"].startswith("[31mA ") and samples[0]["persona"].endswith(
+        "who works]0;pwned in Lyon."
+    )
+    assert b"\\u001b" not in exported and b"\\u0007" not in exported and b"\x1b" not in exported
+    hostile = tmp_path / "\x1b[2J\x1b]0;owned\x07personas.txt"
+    missing = run_personas(tmp_path, endpoint_url, hostile, 3)
+    line = one_error_line(missing)
+    assert "\x1b" not in missing.stderr and "\x07" not in missing.stderr
+    escaped = f"{tmp_path}/\\x1b[2J\\x1b]0;owned\\x07personas.txt"
+    assert line == f"{escaped}: cannot open persona file: No such file or directory"

@@ -1,10 +1,14 @@
 """config.yaml loading: the shipped file is valid; errors name file:line and the key."""
 
+import dataclasses
+import re
+import time
+import typing
 from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, load_config
+from service.config import Config, ConfigError, Endpoint, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,7 +86,9 @@ def test_missing_api_key_variable_fails_at_load_naming_it(tmp_path: Path) -> Non
 
 def test_breaker_and_grace_are_checked(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "    breaker: {failures: 0}\n")
-    with pytest.raises(ConfigError, match=r"config.yaml:10: endpoints.b.breaker: failures and bad_requests"):
+    with pytest.raises(
+        ConfigError, match=r"config.yaml:10: endpoints.b.breaker.failures: must be at least 1"
+    ):
         load_config(path, environ={})
     with pytest.raises(ConfigError, match=r"run.stop_grace_s: must be at least 0"):
         load_config(write(tmp_path, MINIMAL), ["run.stop_grace_s=-1"], environ={})
@@ -120,7 +126,10 @@ def test_embedded_settings_are_checked_with_the_config(tmp_path: Path, embedded:
     [
         ("dedup:\n  index: annoy\n", "dedup.index: expected flat, ivf or hnsw, got 'annoy'"),
         ("dedup:\n  embedder: cohere\n", "dedup.embedder: expected minilm or an endpoint name, got 'cohere'"),
-        ("dedup:\n  script: {threshold: 1.5}\n", "dedup.script.threshold: must be in (0, 1], got 1.5"),
+        (
+            "dedup:\n  script: {threshold: 1.5}\n",
+            "dedup.script.threshold: must be above 0 and at most 1, got 1.5",
+        ),
     ],
 )
 def test_bad_dedup_settings_are_one_line_errors(tmp_path: Path, dedup: str, message: str) -> None:
@@ -167,3 +176,87 @@ def test_transport_is_aiohttp_and_streaming_can_be_turned_off(tmp_path: Path) ->
     error = r"config.yaml:10: endpoints.b.transport: expected aiohttp, got 'http1'"
     with pytest.raises(ConfigError, match=error):
         load_config(path, environ={"TEST_KEY_VAR": "k"})
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    # 10 levels of 10 aliases each: 10^10 values once expanded
+    levels = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = write(tmp_path, MINIMAL + "bomb:\n" + "".join(f"  {level}\n" for level in levels))
+    started = time.process_time()
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert time.process_time() - started < 5  # not minutes: refused after 10 000 values
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}:\d+: the config holds more than 10000 values once its YAML aliases "
+        r"\(\*name\) are expanded; write the values out instead",
+        str(err.value),
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "endpoints.a.limits.rpm=-1",
+            "endpoints.a.limits.rpm: must be at least 0 and at most 100000000 (0: no limit)",
+        ),
+        ("endpoints.a.limits.max_concurrency=0", "endpoints.a.limits.max_concurrency: must be at least 1"),
+        (
+            "stages.script.temperature=5",
+            "stages.script.temperature: must be at least 0 and at most 2, got 5.0",
+        ),
+        ("endpoints.a.timeout_s=0", "endpoints.a.timeout_s: must be above 0 and at most 3600, got 0.0"),
+        ("run.n=99999999999999999999999", "run.n: must be at least 1 and at most 1000000000, got 9999999"),
+        ("run.max_cost_usd=.nan", "run.max_cost_usd: must be above 0 and at most 1000000000"),
+        (
+            "run.file_mode=600",
+            "run.file_mode: must be a file mode with owner read and write, in octal as 0600",
+        ),
+        ("run.file_mode=0444", "run.file_mode: must be a file mode with owner read and write"),
+    ],
+)
+def test_every_number_has_a_range_checked_at_load(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL), [override], environ={})
+    assert str(err.value).startswith(f"--set {override}: {message}")
+
+
+def test_an_out_of_range_number_in_the_file_names_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "stages:\n  trajectory:\n    temperature: 5\n")
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(path))}:12: stages.trajectory.temperature: must be"
+    ):
+        load_config(path, environ={})
+
+
+def test_cli_options_are_named_by_the_option(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match=r"^-n: run.n: must be at least 1 and at most 1000000000, got -5$"):
+        load_config(path, environ={}, options=[("-n", "run.n", -5)])
+    config = load_config(path, environ={}, options=[("--personas", "personas.path", "yes")])
+    assert config.personas.path == "yes"  # a file called "yes", not YAML's true
+
+
+def test_every_numeric_setting_has_a_range() -> None:
+    def numeric_fields(tp: type, prefix: str) -> list[str]:
+        found = []
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            kind = hints[f.name]
+            inner = [t for t in typing.get_args(kind) if t is not type(None)] or [kind]
+            if dataclasses.is_dataclass(inner[0]):
+                found += numeric_fields(inner[0], f"{prefix}{f.name}.")
+            elif inner[0] in (int, float) and "range" not in f.metadata:
+                found.append(prefix + f.name)
+        return found
+
+    assert numeric_fields(Config, "") + numeric_fields(Endpoint, "endpoints.X.") == []
+
+
+def test_embedded_endpoint_settings_are_checked_at_load(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "generator: a\nendpoints:\n  a:\n    model: m\n    embedded: {latency_median_s: -1}\n"
+    )
+    with pytest.raises(ConfigError, match=r":5: endpoints.a.embedded: settings 'latency_median_s'"):
+        load_config(path, environ={})

@@ -175,9 +175,9 @@ def test_persona_file_with_duplicates_and_bad_lines(tmp_path: Path) -> None:
         "run", "--config", str(config), "-n", "20", "--personas", str(persona_file), "--out", str(out)
     )
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # 6 distinct personas for 20: stopped short
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["result"] == "persona source exhausted before the target"
+    assert summary["result"].startswith("stopped short: the persona source ran out, at ")
     assert summary["persona_duplicates_skipped"] == 2
     assert summary["malformed_persona_lines"] == 2
     samples = read_jsonl(sorted(out.glob("samples-*.jsonl")))
@@ -193,7 +193,7 @@ def test_persona_file_with_duplicates_and_bad_lines(tmp_path: Path) -> None:
 
     args = ["run", "--config", str(config), "--personas", str(persona_file), "--strict"]
     resumed = cli(*args, "-n", "20", "--out", str(out))
-    assert resumed.returncode == 0  # the bad lines were consumed before: strict mode has nothing to stop on
+    assert resumed.returncode == 4  # the bad lines were consumed before: strict mode has nothing to stop on
     strict = cli(*args, "-n", "5", "--out", str(tmp_path / "strict"))
     assert strict.returncode == 2
     expected = f"error: {persona_file}:5: invalid JSON: unexpected character, expected a string key"

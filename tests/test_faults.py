@@ -31,10 +31,11 @@ from tests.conftest import (
 MAX_IN_FLIGHT = 24  # write_config's run.max_in_flight: no more samples than this ever start
 
 
-def run(config: Path, out: Path, n: int, personas: Path, env: dict[str, str] | None = None) -> Any:
-    return cli(
-        "run", "--config", str(config), "-n", str(n), "--out", str(out), "--personas", str(personas), env=env
-    )
+def run(
+    config: Path, out: Path, n: int, personas: Path, *more: str, env: dict[str, str] | None = None
+) -> Any:
+    args = ["--config", str(config), "-n", str(n), "--out", str(out), "--personas", str(personas), *more]
+    return cli("run", *args, env=env)
 
 
 def sample_states(out: Path) -> Counter[str]:
@@ -117,11 +118,13 @@ def test_refusal_stops_the_run_at_once_with_one_line(
     before = output_files(out)
     with simulator({**FAST_SIM, **sim}) as url:
         config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url, **endpoint}}, "sim")
-        result = run(config, out, 20, personas, env=env)
+        allow = ["--allow-change", "stages"] if "model" in endpoint else []  # resumed with another model
+        result = run(config, out, 20, personas, *allow, env=env)
         requests = sim_stats(url)["requests"]
 
     assert result.returncode == 2
-    [line] = result.stderr.strip().splitlines()
+    *applied, line = result.stderr.strip().splitlines()
+    assert [said.split(":")[0] for said in applied] == ["resume"]  # N 5 -> 20, said
     assert line.startswith(f"error: endpoint sim ({endpoint.get('model', 'sim-gpt-4o')}) answered {status}")
     assert requests <= MAX_IN_FLIGHT  # stopped at once, not one refusal per persona
     assert sample_states(out)["failed"] == 0  # nothing burned: the refused samples resume later

@@ -20,7 +20,7 @@ from metrics.prometheus import RequestEvent, RunMetrics, outcome_label
 from metrics.server import MetricsServer
 from metrics.stats import RunStats
 from metrics.usage import Usage, cost_usd, parse_usage
-from service import logs
+from service import logs, redact
 from service.config import Price
 from service.flight import InFlight
 from service.progress import progress_line
@@ -224,7 +224,8 @@ def test_an_old_store_gets_the_cost_columns_and_its_answers_priced(tmp_path: Pat
 
 def test_logs_never_show_an_api_key(tmp_path: Path) -> None:
     key = "sk-test-0123456789abcdef"
-    logs.configure(tmp_path / "run.log", "run1", [key])
+    redact.configure([key])
+    logs.configure(tmp_path / "run.log", "run1")
     log = structlog.get_logger()
     log.info("request", error=f"Incorrect API key provided: {key}", authorization=f"Bearer {key}")
     log.info("nested", headers={"Authorization": f"Bearer {key}", "x": [key]})

@@ -260,12 +260,37 @@ def test_metrics_port_in_use_is_one_line_and_metrics_and_report_can_be_turned_of
     assert not (tmp_path / "run" / "report.md").exists()
 
 
+def test_metrics_open_to_other_machines_are_warned_about(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "config.yaml", {"sim": {"embedded": FAST_SIM}}, "sim")
+    args = [
+        "run",
+        "--config",
+        str(config),
+        "-n",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "run.report=false",
+    ]
+    exposed = cli(*args, "--set", "metrics.host=0.0.0.0")
+    assert exposed.returncode == 0, exposed.stderr
+    [warning] = [line for line in exposed.stderr.splitlines() if "metrics_exposed" in line]
+    assert (
+        "/metrics listens on 0.0.0.0: any machine that can reach this one can read the run's metrics"
+        in warning
+    )
+    assert "metrics.host: 127.0.0.1 keeps them on this machine" in warning
+    local = cli(*args[:-2], "--out", str(tmp_path / "local"))
+    assert local.returncode == 0 and "metrics_exposed" not in local.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
         ("run.max_cost_usd=0", "run.max_cost_usd: must be above 0"),
         ("run.max_cost_usd=cheap", "run.max_cost_usd: expected a number"),
-        ("metrics.port=70000", "metrics.port: must be 0-65535"),
+        ("metrics.port=70000", r"metrics.port: must be at least 0 and at most 65535 \(0: a free port\)"),
         ("metrics.bind=x", "metrics.bind: unknown key"),
     ],
 )

@@ -2,15 +2,18 @@
 expansion: a bounded frontier, the same order on every pass."""
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from metrics.stats import RunStats
 from service.config import Endpoint, Stage
 from service.personas import Malformed, Persona, PersonaInputError, read_persona_file, seed_personas
 from service.store import Store
 from tests.conftest import FAST_SIM, simulator
+from tests.loopback import Loopback, is_expansion, loopback
 from workers.fallback import EndpointChain
 from workers.llm import LLMClient
 from workers.personas import PersonaExpander
@@ -65,26 +68,59 @@ def test_seed_list_is_distinct() -> None:
     assert len(seeds) >= 40 and len(set(seeds)) == len(seeds)
 
 
-def test_expansion_with_a_full_frontier_goes_on_in_the_same_order(tmp_path: Path) -> None:
-    # a frontier of 4 fills after the first expansion: from then on each expansion keeps one
-    # child for expanding and yields the rest; the order is the same on every (resumed) pass
-    async def take(url: str, start_after: int, count: int) -> list[Persona]:
-        store = Store(tmp_path / "db")
-        client = LLMClient(Endpoint(model="sim-gpt-4o", name="sim", base_url=url), url, store, RunStats(1))
-        expander = PersonaExpander(EndpointChain([client]), Stage(concurrency=3), 5, SEEDS, frontier_cap=4)
-        out: list[Persona] = []
-        async for persona in expander.personas(start_after):
-            out.append(persona)
-            if len(out) == count:
-                break
-        await client.aclose()
-        store.close()
-        return out
+async def expand(
+    url: str, db: Path, start_after: int, count: int, frontier_cap: int = 4, concurrency: int = 3
+) -> list[Persona]:
+    """The first `count` personas the expander yields after `start_after`."""
+    store = Store(db)
+    client = LLMClient(Endpoint(model="sim-gpt-4o", name="sim", base_url=url), url, store, RunStats(1))
+    stage = Stage(concurrency=concurrency)
+    expander = PersonaExpander(EndpointChain([client]), stage, 5, SEEDS, frontier_cap=frontier_cap)
+    out: list[Persona] = []
+    async for persona in expander.personas(start_after):
+        out.append(persona)
+        if len(out) == count:
+            break
+    await client.aclose()
+    store.close()
+    return out
 
-    with simulator(FAST_SIM) as url:
-        first = asyncio.run(take(url, -1, 150))
-        resumed = asyncio.run(take(url, 99, 50))
-    assert [p.position for p in first] == list(range(150))
+
+def test_expansion_positions_do_not_depend_on_timing_and_a_resume_takes_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # answers come in any order, so the order of the personas varies; a position always holds
+    # the same persona, and every item's cursor has every position below it already yielded
+    with simulator({**FAST_SIM, "latency_sigma": 1.0}) as url:
+        first = asyncio.run(expand(url, tmp_path / "a", -1, 150))
+        again = asyncio.run(expand(url, tmp_path / "b", -1, 150))
+        taken = first[:100]
+        cursor = max(p.resume_after() for p in taken)  # what the store keeps
+        above = {p.position for p in taken if p.position > cursor}  # admission skips these
+        resumed = asyncio.run(expand(url, tmp_path / "a", cursor, 60))
     assert [p.text for p in first[:3]] == SEEDS
-    assert resumed == first[100:]
+    by_position = {p.position: p.text for p in first}
+    assert all(by_position[p.position] == p.text for p in again + resumed if p.position in by_position)
+    for index, item in enumerate(first):
+        later = {p.position for p in first[index + 1 :]}
+        assert not [p for p in later if p <= item.resume_after()], "an item below the cursor came later"
+    fresh = [p for p in resumed if p.position not in above]
+    assert fresh and not {p.position for p in fresh} & {p.position for p in taken}
     assert len({p.text for p in first}) > 140  # fresh personas, not one lineage repeated
+
+
+def test_one_hung_expansion_holds_up_only_its_own_children(tmp_path: Path) -> None:
+    hung: list[float] = []
+
+    async def hang_the_first_expansion(server: Loopback, request: web.Request, body: bytes) -> web.Response:
+        if is_expansion(body) and not hung:
+            hung.append(time.monotonic())
+            await asyncio.sleep(3600)
+        return await server.forward(request, body, sim)
+
+    with simulator(FAST_SIM) as sim, loopback(hang_the_first_expansion) as server:
+        items = asyncio.run(expand(server.url, tmp_path / "db", -1, 200, frontier_cap=4096, concurrency=4))
+    assert hung and len(items) == 200  # yielded while the first expansion hung
+    first_seed_children = range(len(SEEDS), len(SEEDS) + 5)
+    assert not [p for p in items if p.position in first_seed_children]
+    assert max(p.resume_after() for p in items) < len(SEEDS)  # a resume would take them up

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from service.redact import redact
 from service.store import StoredResponse
 
 DATA = b"data:"
@@ -101,7 +102,7 @@ def _answer(
     if not isinstance(content, str | None) or not isinstance(usage, dict | None):
         raise ValueError("response has a malformed message or usage")
     return StoredResponse(
-        content=content or "",
+        content=redact(content or ""),  # an API key the content echoes is never stored or used
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         usage=usage or {},
         model=named if isinstance(named, str) and named else model,

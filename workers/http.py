@@ -39,9 +39,11 @@ import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
+from service.redact import redact
 from workers.answers import first_content
 
 MAX_ANSWER_BYTES = 32 * 2**20
+
 
 
 class TransportError(Exception):
@@ -61,13 +63,15 @@ class Reply:
     first_token_s: float | None = None  # a stream's first token, seconds after sending
 
     def error_message(self) -> str:
-        """The provider's error message (OpenAI's `{"error": {"message": ...}}`), or the body."""
+        """The provider's error message (OpenAI's `{"error": {"message": ...}}`), or the body,
+        with any API key it echoes redacted (before it is cut to one line)."""
         try:
             error = orjson.loads(self.body).get("error")
             message = error.get("message") if isinstance(error, dict) else error
         except (orjson.JSONDecodeError, AttributeError):
             message = None
-        return one_line(message if isinstance(message, str) else self.body.decode("utf-8", "replace"))
+        text = message if isinstance(message, str) else self.body.decode("utf-8", "replace")
+        return one_line(redact(text))
 
 
 def one_line(text: str) -> str:
