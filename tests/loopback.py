@@ -26,13 +26,14 @@ class Loopback:
         self.upstream: aiohttp.ClientSession | None = None
 
     async def forward(self, request: web.Request, body: bytes, base_url: str) -> web.Response:
-        """Send the request on to `base_url` (a simulator) and return its answer."""
+        """Send the request on to `base_url` (a simulator) and return its answer, whole (a
+        stream as its events, with its content type)."""
         assert self.upstream is not None
         async with self.upstream.post(
             f"{base_url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
         ) as answer:
             return web.Response(
-                status=answer.status, body=await answer.read(), content_type="application/json"
+                status=answer.status, body=await answer.read(), content_type=answer.content_type
             )
 
 

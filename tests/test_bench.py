@@ -31,6 +31,12 @@ FIGURES: dict[str, list[str]] = {
         rf"scrape: {NUMBER} ms CPU, \d+ series",
         rf"report of 100 samples / 300 answers: {NUMBER} s CPU",
     ],
+    "concurrency": [
+        rf"gpt-4o-like: .* +\d+ +\d+ +{NUMBER} +{NUMBER}% +\d+ +{NUMBER} of the RPM limit",
+        rf"deepseek-like: .*cap 50.* +\d+ +50 +{NUMBER} +{NUMBER}%",
+        rf"vllm-like: .* +\d+ +\d+ +{NUMBER} +{NUMBER}% +\d+ +{NUMBER} of the knee's tokens/s",
+        r"memory: N=300, .*: 300 accepted in",
+    ],
     "chaos": [
         r"crash loop: N=20, 2 SIGKILLs, then resumed each time",
         r"requests sent twice \(same body\): \d+; in flight at the kills: \d+ in all",
@@ -41,7 +47,15 @@ FIGURES: dict[str, list[str]] = {
 }
 
 
-@pytest.mark.parametrize("section", list(SECTIONS))
+# sections whose quick mode a test file of its own runs and reads more closely
+OWN_TEST = {
+    "providers": "test_bench_providers.py",
+    "hangs": "test_bench_providers.py",
+    "cpu": "test_bench_cpu.py",
+}
+
+
+@pytest.mark.parametrize("section", [section for section in SECTIONS if section not in OWN_TEST])
 def test_the_bench_section_runs_quickly_and_prints_its_figures(section: str) -> None:
     assert section in FIGURES, f"bench section {section!r} has no figures to look for in {__file__}"
     result = subprocess.run(
@@ -55,6 +69,12 @@ def test_the_bench_section_runs_quickly_and_prints_its_figures(section: str) -> 
     assert f"== {section} (quick) ==" in result.stdout
     for figure in FIGURES[section]:
         assert re.search(figure, result.stdout), f"{figure!r} not in:\n{result.stdout}"
+
+
+def test_every_section_is_run_quickly_by_some_test() -> None:
+    here = ROOT / "tests"
+    for section, test_file in OWN_TEST.items():
+        assert section in SECTIONS and f"bench.{section}" in (here / test_file).read_text()
 
 
 def test_an_unknown_section_is_one_line() -> None:
