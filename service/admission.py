@@ -15,6 +15,7 @@ may have taken some personas above the cursor before a crash: a resumed run skip
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
@@ -63,31 +64,33 @@ class Admission:
             )
         cursor = self._store.cursor()
         taken = self._store.consumed_after(cursor)
-        async for ready in ready_batches(source(cursor), self._batch_size):
-            batch = [item for item in ready if item.position not in taken]
-            candidates = [self._candidate(item) for item in batch if isinstance(item, Persona)]
-            screened = iter(zip(candidates, await self._dedup.screen(candidates), strict=True))
-            for item in batch:
-                if isinstance(item, Malformed):
-                    self._malformed(item)
-                    continue
-                candidate, verdict = next(screened)
-                if verdict.duplicate_of is not None:
-                    self._duplicate(item, verdict.duplicate_of, verdict.similarity)
-                    continue
-                assert verdict.vector is not None
-                self._store.admit(
-                    candidate.id,
-                    item.position,
-                    item.source,
-                    item.text,
-                    item.meta,
-                    candidate.digest,
-                    verdict.vector.tobytes(),
-                    item.resume_after(),
-                )
-                self._dedup.keep(candidate, verdict)
-                yield SampleJob(candidate.id, item.position, item.source, item.text, item.meta)
+        batches = ready_batches(source(cursor), self._batch_size)
+        async with contextlib.aclosing(batches):
+            async for ready in batches:
+                batch = [item for item in ready if item.position not in taken]
+                candidates = [self._candidate(item) for item in batch if isinstance(item, Persona)]
+                screened = iter(zip(candidates, await self._dedup.screen(candidates), strict=True))
+                for item in batch:
+                    if isinstance(item, Malformed):
+                        self._malformed(item)
+                        continue
+                    candidate, verdict = next(screened)
+                    if verdict.duplicate_of is not None:
+                        self._duplicate(item, verdict.duplicate_of, verdict.similarity)
+                        continue
+                    assert verdict.vector is not None
+                    self._store.admit(
+                        candidate.id,
+                        item.position,
+                        item.source,
+                        item.text,
+                        item.meta,
+                        candidate.digest,
+                        verdict.vector.tobytes(),
+                        item.resume_after(),
+                    )
+                    self._dedup.keep(candidate, verdict)
+                    yield SampleJob(candidate.id, item.position, item.source, item.text, item.meta)
 
     def _candidate(self, persona: Persona) -> Candidate:
         digest = text_hash(persona.text)

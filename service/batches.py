@@ -25,8 +25,9 @@ async def ready_batches(source: AsyncIterator[T], max_size: int) -> AsyncIterato
 
     async def read() -> None:
         try:
-            async for item in source:
-                await buffer.put(item)
+            async with contextlib.aclosing(source) as items:
+                async for item in items:  # closed with the reader: its own work ends too
+                    await buffer.put(item)
         except Exception as exc:  # handed to the consumer, in order
             await buffer.put(_End(exc))
         else:

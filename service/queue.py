@@ -111,20 +111,23 @@ class JobQueue(Generic[Job]):
     async def _feed(
         self, first_stage: str, source: AsyncIterator[Job], may_admit: Callable[[int], bool]
     ) -> None:
-        async for job in source:
-            while not self._ending() and not (
-                self._in_flight < self._max_in_flight and may_admit(self._in_flight)
-            ):
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(ADMISSION_POLL_S):
-                        await self._changed.wait()
-            if self._ending():
-                return
-            self._in_flight += 1
-            task = asyncio.create_task(self._walk(first_stage, job))
-            self._jobs.add(task)
-            task.add_done_callback(self._jobs.discard)
+        """Admit jobs from `source`; the source is closed when feeding ends (stopped, closed,
+        cancelled), so work it has started (a persona expansion) ends with the run."""
+        async with contextlib.aclosing(source) as jobs:
+            async for job in jobs:
+                while not self._ending() and not (
+                    self._in_flight < self._max_in_flight and may_admit(self._in_flight)
+                ):
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(ADMISSION_POLL_S):
+                            await self._changed.wait()
+                if self._ending():
+                    return
+                self._in_flight += 1
+                task = asyncio.create_task(self._walk(first_stage, job))
+                self._jobs.add(task)
+                task.add_done_callback(self._jobs.discard)
 
     def _ending(self) -> bool:
         return self._stopped.is_set() or self._closed.is_set()

@@ -23,6 +23,7 @@ run lives, written to `metrics.prom` at the end), the `Budget` that stops the ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 import sqlite3
@@ -307,10 +308,11 @@ class Run:
         """Count admitted samples; end the source (in-flight samples finish) when the budget is
         reached while it asks for personas."""
         try:
-            async for job in jobs:
-                self.metrics.sample_admitted()
-                self._floor.taken(job.id)
-                yield job
+            async with contextlib.aclosing(jobs) as admitted:
+                async for job in admitted:
+                    self.metrics.sample_admitted()
+                    self._floor.taken(job.id)
+                    yield job
         except BudgetExhausted as exc:
             log.warning("persona_source_stopped", reason=str(exc))
 
