@@ -283,7 +283,7 @@ class LLMClient:
                             self._stats.requests[outcome] += 1
                             latency = self._report(stage, outcome, sent, tokens, cost, request, reply)
                             ticket.succeeded(
-                                tokens.total,
+                                tokens.prompt + request.max_tokens,  # the provider's charge
                                 reply.headers,
                                 latency,
                                 first_token_s=reply.first_token_s,
