@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from metrics import diversity
 from metrics.usage import Charge, Usage, parse_usage
 from service.rundir import write_atomic
 from service.store import Store
@@ -57,6 +58,7 @@ class ReportData:
     answer_times: list[tuple[float, float]]  # (created, cost) of each paid answer, in order
     bins: list[TimeBin]
     bin_width_s: int
+    diversity: diversity.Diversity | None = None
 
     @property
     def accepted(self) -> int:
@@ -106,6 +108,7 @@ def collect(store: Store) -> ReportData:
         answer_times=[(created, cost) for created, cost, _ in answers],
         bins=bins,
         bin_width_s=width,
+        diversity=diversity.measure(store),
     )
 
 
@@ -177,12 +180,29 @@ def render(data: ReportData, images: list[Path]) -> str:
             if b.accepted or b.requests
         ),
         "",
+        *_diversity(data.diversity),
         "## Plots",
         "",
         *(f"![{image.stem}]({image.as_posix()})" for image in images),
         "",
     ]
     return "\n".join(lines)
+
+
+def _diversity(figures: diversity.Diversity | None) -> list[str]:
+    if figures is None or not figures.accepted:
+        return []
+    return [
+        "## Diversity of the accepted samples",
+        "",
+        *diversity.table([("this run", figures)]),
+        "",
+        "Nearest-neighbour cosine: for each accepted script (its Goal + environment, as dedup "
+        "embedded it) and persona, the similarity of the closest other one; lower is more "
+        "diverse (the paper's Figures 6 and 7). The map of the scripts is `report/diversity.png`; "
+        "`agentrefine diversity OUT OTHER_OUT` compares two runs.",
+        "",
+    ]
 
 
 def _bins(accepted: list[float], answers: list[tuple[float, float, int]]) -> tuple[int, list[TimeBin]]:
