@@ -38,7 +38,8 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class FlawSettings:
-    """Share of generated outputs that break one of the SPEC rules on purpose."""
+    """Share of generated outputs that break one of the SPEC rules on purpose (and of judge
+    answers that disagree with what the judged turn shows)."""
 
     script_rate: float = 0.2
     trajectory_rate: float = 0.35
@@ -46,6 +47,8 @@ class FlawSettings:
     # share of correct answers wrapped in a Markdown code fence when the request
     # does not ask for JSON mode (real models do this; SPEC S1 strips fences)
     code_fence_rate: float = 0.1
+    # share of judge answers (the judge stage) that flip one flag the DM turn calls for
+    judge_disagree_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class SimSettings:
             raise ValueError("settings 'faults.p_*' must sum to at most 1")
         if f.hang_s < 0:
             raise ValueError("setting 'faults.hang_s' must be >= 0")
-        for name in ("script_rate", "trajectory_rate", "code_fence_rate"):
+        for name in ("script_rate", "trajectory_rate", "code_fence_rate", "judge_disagree_rate"):
             if not 0.0 <= getattr(self.flaws, name) <= 1.0:
                 raise ValueError(f"setting 'flaws.{name}' must be between 0 and 1")
         if self.flaws.retry_rate_factor < 0:
