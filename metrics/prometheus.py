@@ -7,7 +7,8 @@ several runs in one process (tests) do not mix. Callers report events:
   time to first token, usage, max_tokens sent and cost; `cache_hit(...)` for an answer
   replayed from the store;
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
-  `sample_rejected(record)` and `check_failed(stage, rule)`.
+  `sample_rejected(record)` and `check_failed(stage, rule)`;
+- the judge stage, when it is on (`add_judge()` creates its series): `judged(judgement)`.
 
 State that already lives elsewhere (run totals in `RunStats`, samples per stage, limiter state)
 is read at scrape time by a collector, so it is never stale and costs nothing between
@@ -36,6 +37,7 @@ from prometheus_client.registry import Collector
 
 from metrics.stats import RunStats
 from metrics.usage import Usage
+from workers.judgement import FLAG_KINDS, VERDICTS, Judgement, verdict
 from workers.limiter import LimiterState
 
 # `_created` series would double the series count for no use on a dashboard.
@@ -144,6 +146,7 @@ class RunMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._judge: Counter | None = None  # add_judge()
         for outcome in ("accepted", "surplus", "failed", "malformed"):
             self._samples.labels(outcome, "", "")
         for kind in DEDUP_KINDS:
@@ -154,6 +157,20 @@ class RunMetrics:
                 self._samples.labels("dropped", rule, "")
 
     # -- wiring -------------------------------------------------------------------------
+
+    def add_judge(self) -> None:
+        """Create the judge stage's series at zero (only runs with the judge have them)."""
+        self._judge = Counter(
+            "agentrefine_judge_flags",
+            "DM place_error / logic_error flags checked by the judge stage, by verdict: agree, "
+            "false_flag (the DM set it, the judge would not), missed_flag (the judge would set it, "
+            "the DM did not), unreadable; agreement = agree / all but unreadable, per kind.",
+            ["kind", "verdict"],
+            registry=self.registry,
+        )
+        for kind in FLAG_KINDS:
+            for outcome in VERDICTS:
+                self._judge.labels(kind, outcome)
 
     def add_endpoint(
         self, endpoint: str, model: str, stages: Iterable[str], limiter: Callable[[], LimiterState]
@@ -233,6 +250,15 @@ class RunMetrics:
 
     def check_failed(self, stage: str, rule: str) -> None:
         self._checks.labels(stage, rule).inc()
+
+    def judged(self, judgement: Judgement) -> None:
+        """Count each judged turn's two flags by verdict."""
+        assert self._judge is not None, "add_judge() first"
+        for turn in judgement.turns:
+            for kind in FLAG_KINDS:
+                self._judge.labels(
+                    kind, verdict(turn.dm[kind], None if turn.judge is None else turn.judge[kind])
+                ).inc()
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metrics import diversity
+from metrics import agreement, diversity
 from metrics.usage import Charge, Usage, parse_usage
 from service.rundir import write_atomic
 from service.store import Store
@@ -59,6 +59,7 @@ class ReportData:
     bins: list[TimeBin]
     bin_width_s: int
     diversity: diversity.Diversity | None = None
+    judge: agreement.Agreement | None = None
 
     @property
     def accepted(self) -> int:
@@ -109,6 +110,7 @@ def collect(store: Store) -> ReportData:
         bins=bins,
         bin_width_s=width,
         diversity=diversity.measure(store),
+        judge=agreement.collect(store),
     )
 
 
@@ -180,6 +182,7 @@ def render(data: ReportData, images: list[Path]) -> str:
             if b.accepted or b.requests
         ),
         "",
+        *_judge(data),
         *_diversity(data.diversity),
         "## Plots",
         "",
@@ -187,6 +190,61 @@ def render(data: ReportData, images: list[Path]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _judge(data: ReportData) -> list[str]:
+    judged = data.judge
+    if judged is None:
+        return []
+    judge_cost = sum(t.cost_usd for (stage, _, _), t in data.by_stage_model.items() if stage == "judge")
+    share = f"{judge_cost / data.cost_usd:.1%}" if data.cost_usd else "-"
+    lines = [
+        "## Judge: the DM's place and logic flags audited",
+        "",
+        f"{judged.samples} samples judged ({judged.turns} DM turns answering a valid action, "
+        f"{judged.unreadable} left unjudged by unreadable answers); the judge disagrees with the DM "
+        f"on {judged.disagreeing_samples} samples, {judged.dropped_samples} of them dropped. "
+        f"The judge cost ${judge_cost:.4f}, {share} of the run's spend.",
+        "",
+        "| flag | judged | agree | DM set, judge would not | judge would set, DM did not | agreement "
+        "| paper (GPT-4 vs humans) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    paper = f"{agreement.PAPER_AGREEMENT:.0%}"
+    for kind, counts in judged.verdicts.items():
+        lines.append(
+            f"| {kind} | {counts.total() - counts['unreadable']} | {counts['agree']} "
+            f"| {counts['false_flag']} | {counts['missed_flag']} | {_percent(judged.rate(kind))} | {paper} |"
+        )
+    lines += [
+        f"| both (per turn) | {judged.turns - judged.unreadable} | {judged.turns_agreeing} | | "
+        f"| {_percent(judged.rate())} | {paper} |",
+        "",
+    ]
+    if judged.examples:
+        lines += [
+            f"Disagreements ({len(judged.examples)} examples, one per sample):",
+            "",
+            "| sample | turn | flag | DM | judge | Player action | DM observation | judge's reason |",
+            "|---|---:|---|---|---|---|---|---|",
+            *(
+                f"| {e.sample_id} | {e.turn} | {e.kind} | {e.dm} | {not e.dm} | {_cell(e.action)} "
+                f"| {_cell(e.observation)} | {_cell(e.reason)} |"
+                for e in judged.examples
+            ),
+            "",
+        ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """Text for a Markdown table cell: one line, no pipes, at most `limit` characters."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _diversity(figures: diversity.Diversity | None) -> list[str]:

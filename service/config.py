@@ -155,11 +155,30 @@ class Stage:
     attempts: int = bounded(2, 1, 100)
 
 
+JUDGE_POLICIES = ("keep", "remask", "drop")
+
+
+@dataclass(frozen=True)
+class Judge(Stage):
+    """The optional judge stage (`workers/judge.py`, off by default): a model checks the DM's
+    place_error / logic_error flags of every accepted sample. `policy` for a sample it disagrees
+    with: keep (and report it), remask (also mask the turns it calls errors) or drop. `share`:
+    the share of samples judged (chosen by sample id), an audit for a fraction of the cost.
+    `attempts`: asks per turn while the answer is unreadable."""
+
+    enabled: bool = False
+    policy: str = "keep"
+    share: float = bounded(1.0, 0, 1, above=True)
+    temperature: float = bounded(0.0, 0, 2)
+    max_tokens: int = bounded(512, 1, 10**7)
+
+
 @dataclass(frozen=True)
 class Stages:
     personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024))
     script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=12288, attempts=2))
     trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=12288, attempts=3))
+    judge: Judge = field(default_factory=Judge)
 
 
 @dataclass(frozen=True)
@@ -264,11 +283,13 @@ class Config:
         return [self.endpoints[name] for name in ([names] if isinstance(names, str) else names)]
 
     def stages_in_use(self) -> dict[str, Stage]:
-        """The stages this run has: script and trajectory, and persona expansion when there is
-        no persona file."""
+        """The stages this run has: script and trajectory, persona expansion when there is no
+        persona file, and the judge when it is enabled."""
         stages = {"script": self.stages.script, "trajectory": self.stages.trajectory}
         if not self.personas.path:
             stages["personas"] = self.stages.personas
+        if self.stages.judge.enabled:
+            stages["judge"] = self.stages.judge
         return stages
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
@@ -521,7 +542,7 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
         raise ConfigError(
             f"{where('generator')}: generator: unknown endpoint {config.generator!r} (defined: {names})"
         )
-    for stage_name in ("personas", "script", "trajectory"):
+    for stage_name in ("personas", "script", "trajectory", "judge"):
         stage: Stage = getattr(config.stages, stage_name)
         _check_stage_endpoints(
             stage.endpoint,
@@ -547,6 +568,11 @@ def _check_references(config: Config, tree: _Located, env: Mapping[str, str]) ->
                 f"{' or '.join(TRANSPORTS)}, got {ep.transport!r}"
             )
     _check_dedup(config.dedup, where("dedup"), names, config.endpoints)
+    if config.stages.judge.policy not in JUDGE_POLICIES:
+        raise ConfigError(
+            f"{where('stages', 'judge', 'policy')}: stages.judge.policy: expected "
+            f"{', '.join(JUDGE_POLICIES)}, got {config.stages.judge.policy!r}"
+        )
     floor = config.run.acceptance_floor
     if floor.accepted > floor.personas:
         raise ConfigError(

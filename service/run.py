@@ -1,8 +1,9 @@
 """One run, wired: run directory, store, endpoints, stages, job queue, output, summary.
 
 The path of a sample: `Admission` (persona -> SampleJob) -> `ScriptStage` (S1–S7) ->
-`TrajectoryStage` (T1–T8, continue or regenerate) -> `Run._finished` (accept into the
-store, then append to the shard; or reject) — each step in its own module.
+`TrajectoryStage` (T1–T8, continue or regenerate) -> [`JudgeStage`, when `stages.judge` is
+on] -> `Run._finished` (accept into the store, then append to the shard; or reject) — each
+step in its own module.
 
 Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
 sending, lets the requests in flight finish (their answers are stored) for at most
@@ -62,6 +63,8 @@ from service.store import Store
 from service.summary import build_summary, shortfall
 from workers.breaker import EndpointDown
 from workers.fallback import EndpointChain
+from workers.judge import JudgeStage, judgement_rows, routed_to_judge
+from workers.judgement import Judgement
 from workers.limiter import EndpointLimiter
 from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
 from workers.personas import PersonaExpander
@@ -233,29 +236,35 @@ class Run:
             dedup = self._dedup = RunDedup(config, self._store, self._embedders)
             script_client = self._chain(config.stages.script)
             trajectory_client = self._chain(config.stages.trajectory)
+            trajectory: Callable[[SampleJob], Awaitable[str | None]] = TrajectoryStage(
+                trajectory_client,
+                config.stages.trajectory,
+                config.stages.script.attempts,
+                config.run.refinement_data,
+            )
+            judge = config.stages.judge
+            if judge.enabled:  # off: no stage, no request, nothing changes
+                trajectory = routed_to_judge(trajectory)
+            stages = [
+                StageSpec(
+                    "script",
+                    _in_log_context(
+                        "script", ScriptStage(script_client, config.stages.script, dedup.script_duplicate)
+                    ),
+                    config.stages.script.concurrency,  # a cap if set; the limiters are the gates
+                ),
+                StageSpec(
+                    "trajectory",
+                    _in_log_context("trajectory", trajectory),
+                    config.stages.trajectory.concurrency,
+                ),
+            ]
+            if judge.enabled:
+                self.metrics.add_judge()
+                judging = JudgeStage(self._chain(judge), judge, self._judged)
+                stages.append(StageSpec("judge", _in_log_context("judge", judging), judge.concurrency))
             queue = self._queue = JobQueue(
-                [
-                    StageSpec(
-                        "script",
-                        _in_log_context(
-                            "script", ScriptStage(script_client, config.stages.script, dedup.script_duplicate)
-                        ),
-                        config.stages.script.concurrency,  # a cap if set; the limiters are the gates
-                    ),
-                    StageSpec(
-                        "trajectory",
-                        _in_log_context(
-                            "trajectory",
-                            TrajectoryStage(
-                                trajectory_client,
-                                config.stages.trajectory,
-                                config.stages.script.attempts,
-                                config.run.refinement_data,
-                            ),
-                        ),
-                        config.stages.trajectory.concurrency,
-                    ),
-                ],
+                stages,
                 on_finished=self._finished,
                 on_error=self._errored,
                 max_in_flight=config.run.max_in_flight,
@@ -408,6 +417,12 @@ class Run:
         self.stats.accepted_this_run += 1
         if self.stats.accepted >= self.config.run.n:
             self._queue.stop()
+
+    def _judged(self, job: SampleJob, judgement: Judgement) -> None:
+        """The judge stage's verdicts on a sample's DM turns: stored and counted."""
+        assert self._store is not None
+        self._store.put_judgements(job.id, judgement_rows(judgement))
+        self.metrics.judged(judgement)
 
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
         """The endpoint gave up on this sample: record it as failed. A graceful stop leaves it
