@@ -154,7 +154,7 @@ def rejected_record(job: SampleJob, kind: str) -> dict[str, Any]:
 
 def _meta(job: SampleJob) -> dict[str, Any]:
     judged = {"judge": job.judgement.as_meta()} if job.judgement is not None else {}
-    return judged | {
+    return {
         "source": job.source,
         **({"persona_meta": job.persona_meta} if job.persona_meta else {}),
         "models": job.models,
@@ -166,7 +166,7 @@ def _meta(job: SampleJob) -> dict[str, Any]:
             "trajectory": sum(1 for h in job.history if h["stage"] == "trajectory"),
             "history": job.history,
         },
-    }
+    } | judged
 
 
 class _JsonlStream:
