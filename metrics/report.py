@@ -228,8 +228,8 @@ def _judge(data: ReportData) -> list[str]:
             "| sample | turn | flag | DM | judge | Player action | DM observation | judge's reason |",
             "|---|---:|---|---|---|---|---|---|",
             *(
-                f"| {e.sample_id} | {e.turn} | {e.kind} | {e.dm} | {not e.dm} | {_cell(e.action)} "
-                f"| {_cell(e.observation)} | {_cell(e.reason)} |"
+                f"| {e.sample_id} | {e.turn} | {e.kind} | {str(e.dm).lower()} | {str(not e.dm).lower()} "
+                f"| {_cell(e.action)} | {_cell(e.observation)} | {_cell(e.reason)} |"
                 for e in judged.examples
             ),
             "",
