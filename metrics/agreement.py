@@ -41,15 +41,15 @@ class Agreement:
     def rate(self, kind: str | None = None) -> float | None:
         """Agreed judged flags of `kind` (None: turns with both flags agreed) per judged one."""
         if kind is None:
-            judged, agreed = self.turns - self.unreadable, self.turns_agreeing
+            judged, agreed = self.turns - self.unjudged, self.turns_agreeing
         else:
             counts = self.verdicts[kind]
-            judged, agreed = counts.total() - counts["unreadable"], counts["agree"]
+            judged, agreed = counts.total() - counts["unjudged"], counts["agree"]
         return agreed / judged if judged else None
 
     @property
-    def unreadable(self) -> int:
-        return self.verdicts[FLAG_KINDS[0]]["unreadable"]
+    def unjudged(self) -> int:
+        return self.verdicts[FLAG_KINDS[0]]["unjudged"]
 
     def as_dict(self) -> dict[str, Any]:
         def rounded(value: float | None) -> float | None:
@@ -60,7 +60,7 @@ class Agreement:
             "disagreeing_samples": self.disagreeing_samples,
             "dropped_samples": self.dropped_samples,
             "turns": self.turns,
-            "unreadable_turns": self.unreadable,
+            "unjudged_turns": self.unjudged,
             "turn_agreement": rounded(self.rate()),
             "by_kind": {
                 kind: {"agreement": rounded(self.rate(kind)), **dict(self.verdicts[kind])}

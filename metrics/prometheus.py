@@ -164,7 +164,7 @@ class RunMetrics:
             "agentrefine_judge_flags",
             "DM place_error / logic_error flags checked by the judge stage, by verdict: agree, "
             "false_flag (the DM set it, the judge would not), missed_flag (the judge would set it, "
-            "the DM did not), unreadable; agreement = agree / all but unreadable, per kind.",
+            "the DM did not), unjudged (no readable answer); agreement = agree / all but unjudged, per kind.",
             ["kind", "verdict"],
             registry=self.registry,
         )

@@ -202,9 +202,9 @@ def _judge(data: ReportData) -> list[str]:
         "## Judge: the DM's place and logic flags audited",
         "",
         f"{judged.samples} samples judged ({judged.turns} DM turns answering a valid action, "
-        f"{judged.unreadable} left unjudged by unreadable answers); the judge disagrees with the DM "
-        f"on {judged.disagreeing_samples} samples, {judged.dropped_samples} of them dropped. "
-        f"The judge cost ${judge_cost:.4f}, {share} of the run's spend.",
+        f"{judged.unjudged} left unjudged: answers unreadable or requests failed); the judge "
+        f"disagrees with the DM on {judged.disagreeing_samples} samples, {judged.dropped_samples} of "
+        f"them dropped. The judge cost ${judge_cost:.4f}, {share} of the run's spend.",
         "",
         "| flag | judged | agree | DM set, judge would not | judge would set, DM did not | agreement "
         "| paper (GPT-4 vs humans) |",
@@ -213,11 +213,11 @@ def _judge(data: ReportData) -> list[str]:
     paper = f"{agreement.PAPER_AGREEMENT:.0%}"
     for kind, counts in judged.verdicts.items():
         lines.append(
-            f"| {kind} | {counts.total() - counts['unreadable']} | {counts['agree']} "
+            f"| {kind} | {counts.total() - counts['unjudged']} | {counts['agree']} "
             f"| {counts['false_flag']} | {counts['missed_flag']} | {_percent(judged.rate(kind))} | {paper} |"
         )
     lines += [
-        f"| both (per turn) | {judged.turns - judged.unreadable} | {judged.turns_agreeing} | | "
+        f"| both (per turn) | {judged.turns - judged.unjudged} | {judged.turns_agreeing} | | "
         f"| {_percent(judged.rate())} | {paper} |",
         "",
     ]

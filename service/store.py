@@ -8,7 +8,7 @@ It holds
   target was met; kept for a later, larger run), `dropped` or `failed`;
 - every reject (dropped samples, duplicate and malformed personas) in write order;
 - the judge stage's verdict on each DM turn it judged (`judgements`: the DM's place/logic
-  flags beside the judge's; NULL where its answers stayed unreadable);
+  flags beside the judge's; NULL where it gave no readable answer);
 - every item kept by dedup (a persona, a script) with its digest and embedding, written in
   the same transaction that admits it, so the dedup index is rebuilt exactly on resume;
 - the persona source cursor: how far the source has been consumed (every position at or

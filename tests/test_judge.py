@@ -23,7 +23,7 @@ from service.store import Store
 from service.validate import validate_run
 from simulator.content import generate
 from simulator.settings import SimSettings
-from tests.conftest import FAST_SIM, cli, read_jsonl, simulator, write_config
+from tests.conftest import FAST_SIM, cli, kill_when, read_jsonl, sim_stats, simulator, write_config
 from workers.fallback import EndpointChain
 from workers.judge import JudgeStage, judge_messages, judged_positions, judgement_rows
 from workers.judgement import FLAG_KINDS, Judgement, TurnJudgement
@@ -54,13 +54,13 @@ def samples(out: Path) -> list[dict[str, Any]]:
 
 
 def judge_turns(
-    judge_url: str, db: Path, records: list[dict[str, Any]], share: float = 1.0
+    judge_url: str, db: Path, records: list[dict[str, Any]], share: float = 1.0, **endpoint: Any
 ) -> list[Judgement | None]:
     """Each record's trajectory judged by `JudgeStage` through the LLM layer over HTTP (None:
     not among the `share` judged, and nothing asked)."""
     store = Store(db)
     client = LLMClient(
-        Endpoint(model="sim-gpt-4o", name="judge", base_url=judge_url, timeout_s=10.0),
+        Endpoint(model="sim-gpt-4o", name="judge", base_url=judge_url, timeout_s=10.0, **endpoint),
         judge_url,
         store,
         RunStats(target=1),
@@ -75,8 +75,8 @@ def judge_turns(
                 job.script, job.trajectory = record["script"], record["trajectory"]
                 await stage(job)
                 assert job.trajectory is not None  # keep: never dropped
-                asked = len(judged_positions(record["trajectory"])) if job.judgement else 0
-                assert job.requests == asked
+                answered = [t for t in job.judgement.turns if t.judge is not None] if job.judgement else []
+                assert job.requests == len(answered)  # one paid answer per judged turn, none unjudged
                 jobs.append(job.judgement)
             return jobs
         finally:
@@ -133,6 +133,56 @@ def test_a_share_of_the_samples_is_judged_and_only_they_cost(plain_run: Path, tm
     with simulator(FAST_SIM) as url:  # the same samples again: the choice is the sample's
         again = judge_turns(url, tmp_path / "again.sqlite", records, share=0.5)
     assert [j is None for j in again] == [j is None for j in judgements]
+
+
+def test_a_judge_that_fails_leaves_turns_unjudged_and_keeps_the_sample(
+    plain_run: Path, tmp_path: Path
+) -> None:
+    records = samples(plain_run)[:2]
+    with simulator({**FAST_SIM, "faults": {"p_5xx": 1.0}}) as url:
+        judgements = judge_turns(url, tmp_path / "judge.sqlite", records, max_retries=0)
+    for judgement in judgements:
+        assert judgement is not None and judgement.turns
+        assert all(t.judge is None and t.reason.startswith("request failed") for t in judgement.turns)
+        assert not judgement.disagrees and judgement.as_meta()["unjudged"] == len(judgement.turns)
+
+
+def test_a_judged_run_killed_and_resumed_replays_its_judge_answers(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with simulator(FAST_SIM) as url:
+        endpoint = {"base_url": url, "limits": {"max_concurrency": 32}}
+        config = write_config(tmp_path / "config.yaml", {"sim": endpoint}, "sim")
+        args = [
+            "run",
+            "--config",
+            str(config),
+            "-n",
+            "24",
+            "--out",
+            str(out),
+            "--set",
+            "stages.judge.enabled=true",
+        ]
+        kill_when(lambda: _judge_answers(out) >= 30, *args)
+        assert _judge_answers(out) >= 30
+        answered_before = sim_stats(url)["answered"]
+        with sqlite3.connect(out / "state.sqlite") as db:
+            stored = {key for (key,) in db.execute("SELECT key FROM responses WHERE stage = 'judge'")}
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        answered_after = sim_stats(url)["answered"]
+    assert stored and all(answered_after[key] == answered_before[key] for key in stored)  # none asked again
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judge"]["samples"] == 24 and summary["this_process"]["answers_replayed_from_store"] > 0
+    assert validate_run(out).ok
+
+
+def _judge_answers(out: Path) -> int:
+    try:
+        with sqlite3.connect(out / "state.sqlite", timeout=1) as db:
+            return db.execute("SELECT COUNT(*) FROM responses WHERE stage = 'judge'").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
 
 
 def test_the_simulated_judge_disagrees_at_its_configured_share() -> None:

@@ -9,7 +9,8 @@ trajectory that answers a valid action, the judge is shown what an annotator had
 (hidden information included), the interaction before the turn, the Player action and the DM
 turn itself (`workers/prompts/judge/`), and answers with the two flags it should carry. The
 turns of a sample are asked at once; an unreadable answer is asked again with another seed
-(`attempts` in all), then the turn counts as unjudged.
+(`attempts` in all), then the turn counts as unjudged; so does a turn whose request the
+endpoints gave up on (`RequestFailed`): an audit must not cost the run a sample.
 
 The requests go through the same endpoint chain, store, limiters and budget as every stage,
 and are charged to the sample (`SampleJob.charge`). What the judge found is the job's
@@ -29,16 +30,20 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
+import structlog
 
 from service.config import Judge
 from workers.fallback import EndpointChain
 from workers.jsontext import loads, strip_fence
 from workers.judgement import FLAG_KINDS, Judgement, TurnJudgement
+from workers.llm import RequestFailed
 from workers.prompts import chat, render
 from workers.rules import Failure
 from workers.sample import SampleJob
 
 JUDGE_RULE = "judge"
+
+log = structlog.get_logger()
 
 
 class JudgeStage:
@@ -81,15 +86,21 @@ class JudgeStage:
         dm, player = trajectory[index], trajectory[index - 1]
         messages = judge_messages(script, trajectory, index)
         verdict: tuple[dict[str, bool], str] | None = None
+        reason = "no readable answer"
         for attempt in range(1, self._settings.attempts + 1):
-            completion = await self._llm.complete(
-                messages,
-                temperature=self._settings.temperature,
-                max_tokens=self._settings.max_tokens,
-                seed=job.seed(f"{self.name}:{dm['turn']}", attempt),
-                stage=self.name,
-                sample_id=job.id,
-            )
+            try:
+                completion = await self._llm.complete(
+                    messages,
+                    temperature=self._settings.temperature,
+                    max_tokens=self._settings.max_tokens,
+                    seed=job.seed(f"{self.name}:{dm['turn']}", attempt),
+                    stage=self.name,
+                    sample_id=job.id,
+                )
+            except RequestFailed as exc:  # an audit must not cost the run a sample it accepted
+                log.warning("judge_request_failed", turn=dm["turn"], error=str(exc))
+                reason = f"request failed: {exc}"
+                break
             job.charge(self.name, completion)
             verdict = read_verdict(completion.content)
             if verdict is not None:
@@ -100,7 +111,7 @@ class JudgeStage:
             observation=dm["Observation"],
             dm={kind: bool(dm[kind]) for kind in FLAG_KINDS},
             judge=verdict[0] if verdict else None,
-            reason=verdict[1] if verdict else "",
+            reason=verdict[1] if verdict else reason,
         )
 
 

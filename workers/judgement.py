@@ -10,14 +10,14 @@ from typing import Any
 
 FLAG_KINDS = ("place_error", "logic_error")  # the DM's judgements no rule can check
 # a judged flag: the judge agrees; the DM set it and the judge would not (false_flag); the
-# judge would set it and the DM did not (missed_flag); the judge's answers stayed unreadable
-VERDICTS = ("agree", "false_flag", "missed_flag", "unreadable")
+# judge would set it and the DM did not (missed_flag); no readable answer came (unjudged)
+VERDICTS = ("agree", "false_flag", "missed_flag", "unjudged")
 
 
 def verdict(dm: bool, judge: bool | None) -> str:
-    """The verdict on one flag (VERDICTS), from the DM's value and the judge's (None: unreadable)."""
+    """The verdict on one flag (VERDICTS), from the DM's value and the judge's (None: unjudged)."""
     if judge is None:
-        return "unreadable"
+        return "unjudged"
     if judge == dm:
         return "agree"
     return "false_flag" if dm else "missed_flag"
@@ -25,7 +25,8 @@ def verdict(dm: bool, judge: bool | None) -> str:
 
 @dataclass(frozen=True)
 class TurnJudgement:
-    """One judged DM turn. `judge` is None when the judge's answers stayed unreadable."""
+    """One judged DM turn. `judge` is None when no readable answer came (unreadable after every
+    attempt, or the request failed)."""
 
     turn: int
     action: str  # the Player action the DM turn answers
@@ -70,7 +71,7 @@ class Judgement:
         return {
             "policy": self.policy,
             "turns_judged": sum(t.judge is not None for t in self.turns),
-            "unreadable": sum(t.judge is None for t in self.turns),
+            "unjudged": sum(t.judge is None for t in self.turns),
             "disagreements": [
                 {"turn": t.turn, "kind": kind, "dm": t.dm[kind], "judge": not t.dm[kind], "reason": t.reason}
                 for t in self.turns
