@@ -177,6 +177,34 @@ def test_a_judged_run_killed_and_resumed_replays_its_judge_answers(tmp_path: Pat
     assert validate_run(out).ok
 
 
+def test_the_budget_stops_a_judged_run_and_it_resumes(tmp_path: Path) -> None:
+    """The judge's requests are cleared with the budget like any stage's: a run whose budget
+    runs out while samples are being judged stops (exit 3), and resumes to its target."""
+    config = write_config(
+        tmp_path / "config.yaml", {"local": {"embedded": FAST_SIM, "price": PRICE}}, "local"
+    )
+    args = [
+        "run",
+        "--config",
+        str(config),
+        "-n",
+        "12",
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        "stages.judge.enabled=true",
+    ]
+    stopped = cli(*args, "--set", "run.max_cost_usd=0.3")
+    assert stopped.returncode == 3, stopped.stderr
+    with sqlite3.connect(tmp_path / "run" / "state.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM responses WHERE stage = 'judge'").fetchone()[0] > 0
+    resumed = cli(*args, "--set", "run.max_cost_usd=1000")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["judge"]["samples"] == 12 and summary["accepted"] == 12
+    assert validate_run(tmp_path / "run").ok
+
+
 def _judge_answers(out: Path) -> int:
     try:
         with sqlite3.connect(out / "state.sqlite", timeout=1) as db:

@@ -16,10 +16,10 @@ The requests go through the same endpoint chain, store, limiters and budget as e
 and are charged to the sample (`SampleJob.charge`). What the judge found is the job's
 `judgement`. With `share` below 1 only that share of the samples is judged (chosen by sample
 id): enough for the agreement figures at a fraction of the cost. `policy` says what a
-disagreement does: `keep` (the sample is accepted as it is
-and the disagreement reported), `remask` (also mask the Player turns whose DM turn the judge
-calls an error: a disputed turn is not trained on; `service.export`) or `drop` (the sample is
-dropped with rule `judge`, and the run draws another persona).
+disagreement does: `keep` (the sample is accepted as it is and the disagreement reported),
+`remask` (also mask the Player turns whose DM turn the judge calls an error: a disputed turn
+is not trained on; `service.export`) or `drop` (the sample is dropped with rule `judge`, and
+the run draws another persona).
 """
 
 from __future__ import annotations
@@ -66,7 +66,14 @@ class JudgeStage:
             return None
         script = orjson.dumps(job.script, option=orjson.OPT_INDENT_2).decode()
         positions = judged_positions(job.trajectory)
-        turns = await asyncio.gather(*(self._judge(job, script, i) for i in positions))
+        asks = [asyncio.ensure_future(self._judge(job, script, i)) for i in positions]
+        try:
+            turns = await asyncio.gather(*asks)
+        except BaseException:  # the budget, a stop, a fatal refusal: the sibling asks end too
+            for ask in asks:
+                ask.cancel()
+            await asyncio.gather(*asks, return_exceptions=True)
+            raise
         judgement = job.judgement = Judgement(self._settings.policy, tuple(turns))
         self._record(job, judgement)
         if judgement.disagrees and self._settings.policy == "drop":
