@@ -17,13 +17,13 @@ import pytest
 
 from metrics.agreement import PAPER_AGREEMENT
 from metrics.stats import RunStats
-from service.config import Endpoint, Judge
+from service.config import ConfigError, Endpoint, Judge, load_config
 from service.export import training_record
 from service.store import Store
 from service.validate import validate_run
 from simulator.content import generate
 from simulator.settings import SimSettings
-from tests.conftest import FAST_SIM, cli, kill_when, read_jsonl, sim_stats, simulator, write_config
+from tests.conftest import FAST_SIM, ROOT, cli, kill_when, read_jsonl, sim_stats, simulator, write_config
 from workers.fallback import EndpointChain
 from workers.judge import JudgeStage, judge_messages, judged_positions, judgement_rows
 from workers.judgement import FLAG_KINDS, Judgement, TurnJudgement
@@ -377,3 +377,25 @@ def _turn(number: int, dm: tuple[bool, bool], judge: tuple[bool, bool] | None) -
 
 def _metric(text: str, series: str) -> float:
     return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(series)))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stages.judge.policy=mask", "stages.judge.policy: expected keep, remask, drop, got 'mask'"),
+        ("stages.judge.share=0", "stages.judge.share: must be above 0"),
+        ("stages.judge.endpoint=nowhere", "stages.judge.endpoint: unknown endpoint 'nowhere'"),
+    ],
+)
+def test_judge_settings_are_checked_with_their_place(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_config(ROOT / "config.yaml", [override])
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_judge_is_off_by_default_and_on_joins_the_stages_in_use() -> None:
+    config = load_config(ROOT / "config.yaml")
+    assert not config.stages.judge.enabled and "judge" not in config.stages_in_use()
+    on = load_config(ROOT / "config.yaml", ["stages.judge.enabled=true", "stages.judge.endpoint=local_b"])
+    assert on.stages_in_use()["judge"].temperature == 0.0
+    assert "local_b" in on.endpoints_in_use()
