@@ -183,17 +183,8 @@ def test_the_budget_stops_a_judged_run_and_it_resumes(tmp_path: Path) -> None:
     config = write_config(
         tmp_path / "config.yaml", {"local": {"embedded": FAST_SIM, "price": PRICE}}, "local"
     )
-    args = [
-        "run",
-        "--config",
-        str(config),
-        "-n",
-        "12",
-        "--out",
-        str(tmp_path / "run"),
-        "--set",
-        "stages.judge.enabled=true",
-    ]
+    args = ["run", "--config", str(config), "-n", "12", "--out", str(tmp_path / "run")]
+    args += ["--set", "stages.judge.enabled=true"]
     stopped = cli(*args, "--set", "run.max_cost_usd=0.3")
     assert stopped.returncode == 3, stopped.stderr
     with sqlite3.connect(tmp_path / "run" / "state.sqlite") as db:
