@@ -3,8 +3,8 @@ or two runs side by side (two generator models, two persona sources), with their
 one map.
 
 It prints the Markdown table and the path of the map: `OUT/report/diversity.png` for one run,
-`OUT/report/diversity-vs-<OTHER_OUT's name>.png` for two (or `--png PATH`). It reads the
-stores only; the runs may be running (SQLite WAL readers do not block the writer).
+`OUT/report/diversity-vs-<OTHER_OUT's name>.png` for two (or `--png PATH`). Like
+`agentrefine report`, it reads only the run directories' stores.
 """
 
 from __future__ import annotations
