@@ -72,6 +72,14 @@ def test_figures_match_a_brute_force_computation(runs: dict[str, Path]) -> None:
     assert figures.script_vectors.shape[0] == 20
 
 
+def sequential_kinds(vectors: np.ndarray, cosine: float) -> int:
+    leaders: list[np.ndarray] = []
+    for vector in vectors:
+        if not leaders or max(float(leader @ vector) for leader in leaders) < cosine:
+            leaders.append(vector)
+    return len(leaders)
+
+
 def test_sampled_queries_and_kinds_and_the_map() -> None:
     rng = np.random.default_rng(3)
     vectors = rng.normal(size=(50, 16)).astype(np.float32)
@@ -82,6 +90,8 @@ def test_sampled_queries_and_kinds_and_the_map() -> None:
     assert all(np.isclose(exact, value, atol=1e-5).any() for value in sampled.values)
     assert nearest_neighbours(vectors[:1]) is None
     assert kinds(vectors, cosine=1.01) == 50 and kinds(vectors, cosine=-1.01) == 1
+    for cosine in (0.0, 0.2, 0.4):  # in blocks, the same groups as one item at a time
+        assert kinds(vectors, cosine, block=7) == sequential_kinds(vectors, cosine)
     first, second = pca_map(vectors[:30], vectors[30:])
     assert first.shape == (30, 2) and second.shape == (20, 2)
     both = np.concatenate([first, second])
