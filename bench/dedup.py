@@ -39,6 +39,7 @@ from metrics.stats import RunStats
 from service.config import Dedup, Endpoint, Limits
 from service.embedded import EmbeddedEndpoint
 from service.store import Store
+from typedconfig import from_plain
 from workers.fallback import EndpointChain
 from workers.llm import LLMClient
 
@@ -244,9 +245,8 @@ def fill_and_probe(
 
 
 async def loop_lag(embedder: MiniLMEmbedder, workdir: Path, phase_s: float) -> None:
-    sim = EmbeddedEndpoint(
-        "bench", {"latency_median_s": 0.05, "latency_sigma": 0.3, "seed": 3}, workdir / "sim.log"
-    )
+    settings = from_plain({"latency_median_s": 0.05, "latency_sigma": 0.3, "seed": 3}, "bench")
+    sim = EmbeddedEndpoint("bench", settings, workdir / "sim.log")
     base_url = await sim.start()
     store = Store(workdir / "state.sqlite")
     client = LLMClient(

@@ -407,14 +407,16 @@ def test_main_exits_when_parent_is_killed() -> None:
 
 
 def test_settings_validation() -> None:
-    with pytest.raises(ValueError, match="unknown simulator setting 'bogus'"):
+    with pytest.raises(ValueError, match="simulator settings: bogus: unknown key"):
         SimSettings.from_dict({"bogus": 1})
-    with pytest.raises(ValueError, match="'rpm'"):
+    with pytest.raises(ValueError, match="rpm: expected an integer, got '10'"):
         SimSettings.from_dict({"rpm": "10"})
-    with pytest.raises(ValueError, match=r"'faults\.p_hang'"):
+    with pytest.raises(ValueError, match=r"faults\.p_hang: expected a number"):
         SimSettings.from_dict({"faults": {"p_hang": "x"}})
-    with pytest.raises(ValueError, match=r"unknown simulator setting 'flaws\.nope'"):
+    with pytest.raises(ValueError, match=r"flaws\.nope: unknown key"):
         SimSettings.from_dict({"flaws": {"nope": 1}})
+    with pytest.raises(ValueError, match=r"faults: the p_\* probabilities must sum to at most 1"):
+        SimSettings.from_dict({"faults": {"p_5xx": 0.6, "p_reset": 0.6}})
     s = SimSettings.from_dict(
         {"faults": {"p_5xx": 0.1}, "flaws": {"script_rate": 1}, "usage_style": "deepseek"}
     )

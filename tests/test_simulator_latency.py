@@ -23,6 +23,7 @@ from simulator import latency
 from simulator.profiles import PROFILES
 from simulator.server import start
 from simulator.settings import SimSettings
+from typedconfig import ConfigError, located
 
 PERSONA = [{"role": "user", "content": "<persona>\nA beekeeper who keeps bees on city roofs.\n</persona>"}]
 NO_NOISE = {"latency_sigma": 0.0}
@@ -105,13 +106,14 @@ def test_profiles_are_named_and_keys_override_them() -> None:
     vllm = SimSettings.from_dict({"profile": "vllm-like"})
     assert latency.knee(vllm) == vllm.max_num_seqs > 0 and vllm.batch_half_speed > 0
     assert SimSettings.from_dict({}) == SimSettings.from_dict({"profile": "fast"})
-    with pytest.raises(ValueError, match="unknown profile 'gpt-5-like'; known: " + ", ".join(PROFILES)):
+    known = ", ".join(list(PROFILES)[:-1]) + " or " + list(PROFILES)[-1]
+    with pytest.raises(ValueError, match=f"profile: expected {known}, got 'gpt-5-like'"):
         SimSettings.from_dict({"profile": "gpt-5-like"})
-    with pytest.raises(ValueError, match="'time_scale' must be of type float"):
+    with pytest.raises(ValueError, match="time_scale: expected a number, got 'fast'"):
         SimSettings.from_dict({"profile": "vllm-like", "time_scale": "fast"})
-    with pytest.raises(ValueError, match="'time_scale' must be > 0"):
+    with pytest.raises(ValueError, match="time_scale: must be above 0"):
         SimSettings.from_dict({"time_scale": 0})
-    with pytest.raises(ValueError, match="'max_num_seqs' must be >= 0"):
+    with pytest.raises(ValueError, match="max_num_seqs: must be at least 0"):
         SimSettings.from_dict({"max_num_seqs": -1})
 
 
@@ -339,3 +341,21 @@ def test_tpm_is_charged_prompt_plus_max_tokens_and_refunded_to_what_the_answer_u
         assert scaled_stats["limits"]["rpm"] == 500_000 and scaled_stats["limits"]["tpm"] == 200_000_000
 
     asyncio.run(main())
+
+
+def test_settings_from_config_name_the_line_of_each_key() -> None:
+    where = {"": "c.yaml:5", "faults": "c.yaml:7", "faults.p_5xx": "c.yaml:8", "profile": "c.yaml:6"}
+    plain = {"profile": "vllm-like", "faults": {"p_5xx": 1.5}}
+    with pytest.raises(ConfigError) as err:
+        SimSettings.build(located(plain, where, "c.yaml:5"), "endpoints.a.embedded")
+    assert (
+        str(err.value)
+        == "c.yaml:8: endpoints.a.embedded.faults.p_5xx: must be at least 0 and at most 1, got 1.5"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^c.yaml:6: endpoints.a.embedded.profile: expected fast, gpt-4o-like"
+    ):
+        SimSettings.build(located({"profile": "gpt-5-like"}, where, "c.yaml:5"), "endpoints.a.embedded")
+    # a profile's values are the defaults; a nested setting given overrides only its own keys
+    settings = SimSettings.build(located({"profile": "vllm-like", "max_num_seqs": 8}, where, "c.yaml:5"))
+    assert (settings.max_num_seqs, settings.batch_half_speed) == (8, 128.0)
