@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import looptime
 
-from service.config import Limits
-from workers.limiter import EndpointLimiter
+from llm import Limits
+from llm.limiter import EndpointLimiter
 
 BACKLOG = 32  # requests queued at the limiter before admission waits (as `service.run`)
 RETRY_BACKOFF_S = 0.5

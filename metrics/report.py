@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from metrics.usage import Charge, Usage, parse_usage
+from llm import Charge, Usage, parse_usage
 from service.rundir import write_atomic
 from service.store import Store
 

@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from llm.limiter import EndpointLimiter
 from metrics.stats import RunStats
-from workers.limiter import EndpointLimiter
 
 BACKLOG = 32  # requests queued per endpoint: a few admission polls' worth at 10,000 RPM
 OWN_WORK_SHARE = 1.0  # samples elsewhere may equal those at the endpoints (+ BACKLOG)

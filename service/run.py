@@ -30,7 +30,7 @@ import sqlite3
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +38,30 @@ import orjson
 import structlog
 
 from dedup.embedder import Embedder
-from metrics.budget import Budget, BudgetExhausted
+from llm import (
+    Budget,
+    BudgetExhausted,
+    EndpointChain,
+    EndpointDown,
+    FatalEndpointError,
+    LLMClient,
+    RequestFailed,
+    RequestTally,
+    SendingStopped,
+    cost_usd,
+    log_failures,
+    parse_usage,
+    redact,
+)
+from llm.limiter import EndpointLimiter
 from metrics.prometheus import RunMetrics
 from metrics.report import write_report
 from metrics.server import MetricsServer
 from metrics.stats import RunStats
-from metrics.usage import cost_usd, parse_usage
-from service import logs, redact, resume, rundir
+from service import logs, resume, rundir
 from service.admission import Admission
 from service.card import write_card
-from service.config import Config, ConfigError, Stage
+from service.config import LOCAL_EMBEDDER, Config, ConfigError, Endpoint, Stage
 from service.dedup import RunDedup, build_embedders
 from service.embedded import EmbeddedEndpoint
 from service.export import OutputWriter, accepted_record, rejected_record
@@ -58,12 +72,8 @@ from service.pacing import endpoints_want_more, needed_for_target
 from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
 from service.queue import JobQueue, StageSpec
-from service.store import Store
+from service.store import Store, StoreCache, working_on
 from service.summary import build_summary, shortfall
-from workers.breaker import EndpointDown
-from workers.fallback import EndpointChain
-from workers.limiter import EndpointLimiter
-from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
 from workers.personas import PersonaExpander
 from workers.sample import SampleJob
 from workers.script import ScriptStage
@@ -89,8 +99,9 @@ class Run:
         self.ending = Ending("short", "stopped")
         self.out = Path(config.run.out)
         self.stats = RunStats(target=config.run.n)
-        self.metrics = RunMetrics(self.stats, config.run.max_cost_usd)
-        self._budget = Budget(config.run.max_cost_usd, self.stats)
+        self.requests = RequestTally()  # this process's requests, from the clients' events
+        self._budget = Budget(config.run.max_cost_usd)  # the spend of the whole run
+        self.metrics = RunMetrics(self.stats, self._budget)
         self._store: Store | None = None
         self._writer: OutputWriter | None = None
         self._queue: JobQueue[SampleJob] | None = None
@@ -142,7 +153,7 @@ class Run:
                 if server is not None:
                     await server.stop()
             writer.flush()
-            summary = build_summary(store, self.stats, self.config, self.ending.reason)
+            summary = build_summary(store, self.stats, self.requests, self.config, self.ending.reason)
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             try:
                 self.metrics.write(self.out / "metrics.prom")
@@ -229,7 +240,7 @@ class Run:
         config = self.config
         try:
             await self._connect()
-            self._embedders = build_embedders(config, self._base_urls)
+            self._embedders = build_embedders(config, self._embedding_client())
             dedup = self._dedup = RunDedup(config, self._store, self._embedders)
             script_client = self._chain(config.stages.script)
             trajectory_client = self._chain(config.stages.trajectory)
@@ -272,7 +283,7 @@ class Run:
             self._sample_limiters = [c.limiter for c in {*script_client.clients, *trajectory_client.clients}]
             self.metrics.watch_queue(queue.in_stages, lambda: queue.in_flight)
             progress = Progress(
-                self.stats, self._in_flight, config.run.progress_interval_s, config.run.max_cost_usd
+                self.stats, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
             )
             progress.start()
             flight = FlightRecorder(self._in_flight, self.stats)
@@ -348,10 +359,35 @@ class Run:
             assert base_url is not None
             self._base_urls[name] = base_url
             if name in stage_names:  # not the endpoint that only serves dedup embeddings
-                client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
+                client = self._client(endpoint, base_url)
                 self._clients[name] = client
                 self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
+
+    def _client(self, endpoint: Endpoint, base_url: str) -> LLMClient:
+        """A client of the run: answers in the store, events to the metrics, the tally, the
+        budget and the log, each request cleared with the budget."""
+        assert self._store is not None
+        cache = StoreCache(self._store)
+        return LLMClient(
+            endpoint,
+            base_url,
+            cache=cache,
+            sinks=(self.metrics.request, self.requests, self._budget, log_failures),
+            budget=self._budget,
+            legacy_keys=cache.legacy_keys,
+        )
+
+    def _embedding_client(self) -> LLMClient | None:
+        """The dedup embedder's client (its own, for the embedding model: its limits and
+        prices are not the chat model's), or None with the local embedders."""
+        settings = self.config.dedup
+        if settings.embedder == LOCAL_EMBEDDER:
+            return None
+        endpoint = replace(
+            self.config.endpoints[settings.embedder], model=settings.model, price=settings.price
+        )
+        return self._client(endpoint, self._base_urls[settings.embedder])
 
     async def _disconnect(self) -> None:
         if self._dedup is not None:
@@ -476,17 +512,22 @@ class Run:
             self.stats.duplicates[kind] = rules.get(("duplicate", f"{kind}_duplicate"), 0)
         self.stats.malformed = kinds.get("malformed", 0)
         self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
-        self.stats.prior_cost_usd = store.spend()
+        self._budget.spent_usd = store.spend()
 
 
 def _in_log_context(
     stage: str, handler: Callable[[SampleJob], Awaitable[str | None]]
 ) -> Callable[[SampleJob], Awaitable[str | None]]:
-    """The stage handler with the sample id and stage bound to every log line it causes."""
+    """The stage handler with the sample id and stage bound to every log line it causes, and
+    the sample noted with every answer it stores."""
 
     async def handle(job: SampleJob) -> str | None:
         with structlog.contextvars.bound_contextvars(sample_id=job.id, stage=stage):
-            return await handler(job)
+            token = working_on.set(job.id)
+            try:
+                return await handler(job)
+            finally:
+                working_on.reset(token)
 
     return handle
 

@@ -11,13 +11,15 @@ import resource
 from collections import Counter
 from typing import Any
 
+from llm import Charge, RequestTally, Usage, parse_usage
 from metrics.stats import RunStats
-from metrics.usage import Charge, Usage, parse_usage
 from service.config import Config
 from service.store import Store
 
 
-def build_summary(store: Store, stats: RunStats, config: Config, reason: str) -> dict[str, Any]:
+def build_summary(
+    store: Store, stats: RunStats, requests: RequestTally, config: Config, reason: str
+) -> dict[str, Any]:
     checks = Counter(store.finished_checks())
     by_rule = Counter(item.split(">")[0] for item in checks.elements())
     recovery = Counter(item.split(">")[1] for item in checks.elements())
@@ -62,17 +64,17 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
         "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
             "wall_s": round(stats.elapsed, 2),
-            "requests_per_s": round(sum(stats.requests.values()) / max(stats.elapsed, 1e-9), 1),
+            "requests_per_s": round(requests.attempts / max(stats.elapsed, 1e-9), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_samples_in_flight": stats.peak_samples_in_flight,
             "peak_requests_in_flight": stats.peak_requests_in_flight,
             "memory_per_sample_in_flight_kib": stats.memory_per_sample_kib,
             "accepted": stats.accepted_this_run,
-            "requests": dict(stats.requests),
-            "answers_replayed_from_store": stats.cache_hits,
-            "tokens": stats.usage.total,
-            "tokens_charged": stats.tokens_charged,
-            "cost_usd": round(stats.cost_usd, 6),
+            "requests": dict(requests.outcomes),
+            "answers_replayed_from_store": requests.replayed,
+            "tokens": requests.usage.total,
+            "tokens_charged": requests.charged,
+            "cost_usd": round(requests.cost_usd, 6),
         },
     }
 

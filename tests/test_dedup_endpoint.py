@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from dedup.remote import EndpointEmbedder
-from service.config import Endpoint
+from llm import Endpoint, LLMClient
 from tests.conftest import FAST_SIM, cli, read_jsonl, simulator, write_config
 
 NURSE = "A night-shift nurse on a cardiology ward who coordinates medication rounds for twelve patients."
@@ -35,7 +35,8 @@ def test_simulated_embeddings_are_deterministic_unit_vectors() -> None:
         with pytest.raises(openai.BadRequestError, match="input"):
             client.embeddings.create(model="text-embedding-3-small", input=[])
 
-        embedder = EndpointEmbedder(Endpoint(model="sim-gpt-4o", name="sim"), url, "text-embedding-3-small")
+        endpoint = Endpoint(model="text-embedding-3-small", name="sim", base_url=url)
+        embedder = EndpointEmbedder(LLMClient(endpoint))
 
         async def embed() -> np.ndarray:
             try:

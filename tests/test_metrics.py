@@ -15,17 +15,25 @@ import pytest
 import structlog
 from prometheus_client.parser import text_string_to_metric_families
 
-from metrics.budget import Budget, BudgetExhausted
-from metrics.prometheus import RequestEvent, RunMetrics, outcome_label
+from llm import (
+    Budget,
+    BudgetExhausted,
+    LimiterState,
+    Price,
+    RequestEvent,
+    RequestTally,
+    Usage,
+    cost_usd,
+    parse_usage,
+    redact,
+)
+from metrics.prometheus import RunMetrics, outcome_label
 from metrics.server import MetricsServer
 from metrics.stats import RunStats
-from metrics.usage import Usage, cost_usd, parse_usage
-from service import logs, redact
-from service.config import Price
+from service import logs
 from service.flight import InFlight
 from service.progress import progress_line
 from service.store import Store
-from workers.limiter import LimiterState
 
 PRICE = Price(input=2.5, cached_input=1.25, output=10.0)
 
@@ -82,7 +90,7 @@ def test_request_outcomes_map_to_bounded_labels() -> None:
 
 
 def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
-    metrics = RunMetrics(RunStats(target=10))
+    metrics = RunMetrics(RunStats(target=10), Budget())
     state = LimiterState(
         in_flight=3,
         concurrency=8,
@@ -132,9 +140,9 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
 
 
 def test_sample_outcomes_and_whole_run_gauges() -> None:
-    stats = RunStats(target=100, accepted=40, prior_cost_usd=3.0)
-    stats.cost_usd = 1.0
-    metrics = RunMetrics(stats, budget_usd=20.0)
+    budget = Budget(20.0, spent_usd=3.0)  # spent by earlier processes
+    budget(RequestEvent("e", "m", "script", "ok", cost_usd=1.0))
+    metrics = RunMetrics(RunStats(target=100, accepted=40), budget)
     metrics.sample_rejected({"kind": "dropped", "rule": "T6"})
     metrics.sample_rejected({"kind": "duplicate", "rule": "persona_duplicate"})
     metrics.sample_rejected({"kind": "duplicate", "rule": "script_duplicate"})
@@ -153,7 +161,7 @@ def test_sample_outcomes_and_whole_run_gauges() -> None:
 
 
 def test_no_projection_and_no_budget_series_before_they_mean_something() -> None:
-    metrics = RunMetrics(RunStats(target=5))
+    metrics = RunMetrics(RunStats(target=5), Budget())
     names = {name for name, _ in samples(metrics)}
     assert "agentrefine_run_projected_cost_usd" not in names
     assert "agentrefine_run_budget_usd" not in names
@@ -161,24 +169,23 @@ def test_no_projection_and_no_budget_series_before_they_mean_something() -> None
 
 
 def test_two_runs_in_one_process_keep_separate_registries() -> None:
-    first, second = RunMetrics(RunStats(target=1)), RunMetrics(RunStats(target=1))
+    first, second = RunMetrics(RunStats(target=1), Budget()), RunMetrics(RunStats(target=1), Budget())
     first.sample_finished("accepted")
     assert value(first, "agentrefine_samples_total", outcome="accepted", rule="", kind="") == 1
     assert value(second, "agentrefine_samples_total", outcome="accepted", rule="", kind="") == 0
 
 
 def test_budget_refuses_new_requests_once_the_whole_run_spent_it() -> None:
-    stats = RunStats(target=10, prior_cost_usd=0.6)
-    budget = Budget(1.0, stats)
+    budget = Budget(1.0, spent_usd=0.6)
     budget.check()
-    stats.cost_usd = 0.4
+    budget(RequestEvent("e", "m", "script", "ok", cost_usd=0.4))
     with pytest.raises(BudgetExhausted, match=r"budget reached: \$1.0000 spent of run.max_cost_usd \$1.0000"):
         budget.check()
-    Budget(None, stats).check()  # no limit
+    Budget(None, spent_usd=10**6).check()  # no limit
 
 
 def test_metrics_server_serves_the_registry_on_a_free_loopback_port() -> None:
-    metrics = RunMetrics(RunStats(target=7))
+    metrics = RunMetrics(RunStats(target=7), Budget())
 
     async def scrape() -> tuple[str, str, str]:
         server = MetricsServer(metrics.registry, "127.0.0.1", 0)
@@ -243,13 +250,13 @@ def test_logs_never_show_an_api_key(tmp_path: Path) -> None:
 
 
 def test_progress_line_shows_spend_budget_and_projection() -> None:
-    stats = RunStats(target=100, accepted=25, prior_cost_usd=2.0)
-    stats.cost_usd = 0.5
-    line = progress_line(stats, InFlight(1200, 1150, 32), budget_usd=20.0)
+    stats, requests = RunStats(target=100, accepted=25), RequestTally()
+    line = progress_line(stats, requests, Budget(20.0, spent_usd=2.5), InFlight(1200, 1150, 32))
     assert "accepted 25/100" in line
     assert "spent $2.50 of $20.00 (projected $10.00 at 100)" in line
     assert "in flight 1200 samples, 1150 requests (+32 waiting)" in line
-    assert "spent $0.00 |" in progress_line(RunStats(target=5), InFlight(0, 0, 0))
-    assert "tokens 0 |" in progress_line(RunStats(target=5), InFlight(0, 0, 0))  # no ratio before an answer
-    stats.usage, stats.tokens_charged = Usage(prompt=1500, completion=500), 2500
-    assert "tokens 2.0k (charged 1.25x) |" in progress_line(stats, InFlight(3, 3, 0))
+    nothing = progress_line(RunStats(target=5), RequestTally(), Budget(), InFlight(0, 0, 0))
+    assert "spent $0.00 |" in nothing and "tokens 0 |" in nothing  # no ratio before an answer
+    paid = Usage(prompt=1500, completion=500)
+    requests(RequestEvent("e", "m", "script", "ok", usage=paid, max_tokens=1000))
+    assert "tokens 2.0k (charged 1.25x) |" in progress_line(stats, requests, Budget(), InFlight(3, 3, 0))

@@ -225,7 +225,7 @@ def test_an_api_key_from_the_environment_appears_nowhere(tmp_path: Path) -> None
         args = ["run", "--config", str(config), "-n", "10", "--out", str(out)]
         result = cli(*args, env={"AGENTREFINE_TEST_API_KEY": key})
         assert result.returncode == 0, result.stderr  # the key was sent: the endpoint accepted it
-        refused = cli(*args, "-n", "11", env={"AGENTREFINE_TEST_API_KEY": key[:-4] + "wxyz"})
+        refused = cli(*args, "-n", "40", env={"AGENTREFINE_TEST_API_KEY": key[:-4] + "wxyz"})
         assert refused.returncode == 2 and "401" in refused.stderr
 
     files = [p for p in out.rglob("*") if p.is_file()]

@@ -8,14 +8,12 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from metrics.stats import RunStats
-from service.config import Endpoint, Stage
+from llm import Endpoint, EndpointChain, LLMClient
+from service.config import Stage
 from service.personas import Malformed, Persona, PersonaInputError, read_persona_file, seed_personas
-from service.store import Store
+from service.store import Store, StoreCache
 from tests.conftest import FAST_SIM, simulator
 from tests.loopback import Loopback, is_expansion, loopback
-from workers.fallback import EndpointChain
-from workers.llm import LLMClient
 from workers.personas import PersonaExpander
 
 SEEDS = ["A night-shift nurse", "A retired ferry captain", "A beekeeper with forty hives"]
@@ -73,7 +71,7 @@ async def expand(
 ) -> list[Persona]:
     """The first `count` personas the expander yields after `start_after`."""
     store = Store(db)
-    client = LLMClient(Endpoint(model="sim-gpt-4o", name="sim", base_url=url), url, store, RunStats(1))
+    client = LLMClient(Endpoint(model="sim-gpt-4o", name="sim", base_url=url), cache=StoreCache(store))
     stage = Stage(concurrency=concurrency)
     expander = PersonaExpander(EndpointChain([client]), stage, 5, SEEDS, frontier_cap=frontier_cap)
     out: list[Persona] = []

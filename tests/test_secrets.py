@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from service.redact import REDACTED, Redactor
+from llm.redact import REDACTED, Redactor
 from tests.conftest import FAST_SIM, cli, kill_when, read_jsonl, simulator, write_config
 from tests.loopback import Loopback, error, loopback
 

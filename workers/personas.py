@@ -35,11 +35,10 @@ from collections.abc import AsyncIterator
 import orjson
 import structlog
 
+from llm import EndpointChain, RequestFailed
 from service.config import Stage
 from service.personas import Persona, clean_persona
-from workers.fallback import EndpointChain
 from workers.jsontext import strip_fence
-from workers.llm import RequestFailed
 from workers.prompts import render
 
 log = structlog.get_logger()

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dedup.near import Verdict
-from metrics.usage import Usage
-from workers.llm import Completion
+from llm import Completion, Usage
 from workers.rules import Action, Failure
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 
 from dedup.near import Verdict
+from llm import EndpointChain
 from service.config import Stage
-from workers.fallback import EndpointChain
 from workers.prompts import chat, example, render
 from workers.rules import Failure, check_script, feedback
 from workers.sample import SampleJob
@@ -45,7 +45,6 @@ class ScriptStage:
                 max_tokens=self._settings.max_tokens,
                 seed=job.seed(self.name, attempt),
                 stage=self.name,
-                sample_id=job.id,
             )
             job.charge(self.name, completion)
             verdict = check_script(completion.content)

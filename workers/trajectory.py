@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
+from llm import EndpointChain
 from service.config import Stage
-from workers.fallback import EndpointChain
 from workers.prompts import agent_view, chat, example, render
 from workers.rules import Failure, check_trajectory, feedback
 from workers.sample import SampleJob
@@ -50,7 +50,6 @@ class TrajectoryStage:
                 max_tokens=self._settings.max_tokens,
                 seed=job.seed(f"{self.name}:{job.script_attempts}", attempt),
                 stage=self.name,
-                sample_id=job.id,
             )
             job.charge(self.name, completion)
             verdict = check_trajectory(completion.content, job.actions, prefix, refinement=self._refinement)

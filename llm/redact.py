@@ -4,8 +4,8 @@ Text that comes from a provider (an error body, a completion) may echo the key i
 `Incorrect API key provided: Bearer sk-…`. `redact(text)` replaces every configured key
 (the values of the endpoints' `api_key_env` variables, set once per run by `configure`)
 and anything shaped like a credential (`Bearer <token>`, `sk-…`) with `[redacted]`. It is
-applied where provider text enters our data (`workers/http.py` error messages, the content
-of every answer in `workers/llm.py`) and again at the sinks (the log processor, the error
+applied where provider text enters our data (`llm/transport.py` error messages, the content
+of every answer in `llm/answers.py`) and again at the sinks (the log processor, the error
 line the CLI prints, the rejects written to the store and to rejects.jsonl).
 
 Cheap on the common path: a text holding none of the keys and no `sk-`/`earer ` is returned

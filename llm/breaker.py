@@ -11,7 +11,7 @@ Two streaks, both reset by any successful answer:
 
 Either trips `EndpointDown`, which stops the run with one line; samples in flight stay
 unfinished in the store and resume, from their stored answers, with the same command.
-A 429 is neither: it is backpressure (see `workers.llm`).
+A 429 is neither: it is backpressure (see `llm.client`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from service.config import Breaker
+from llm.config import Breaker
 
 RESUME_HINT = "then run the same command to resume"
 

@@ -1,5 +1,6 @@
-"""A chat completion's answer read from the body the endpoint sent: one JSON document
-(`parse_answer`), or a stream of server-sent events (`parse_stream`).
+"""What the endpoint sent, read: a chat completion as one JSON document (`parse_answer`) or a
+stream of server-sent events (`parse_stream`), and the vectors of an embeddings answer
+(`parse_embeddings`).
 
 A stream is parsed once, when it has ended: its `data:` events are joined into one JSON
 array for a single `orjson.loads`, then the deltas of the first choice are concatenated.
@@ -17,14 +18,14 @@ from typing import Any
 
 import orjson
 
-from service.redact import redact
-from service.store import StoredResponse
+from llm.cache import Answer
+from llm.redact import redact
 
 DATA = b"data:"
 DONE = b"[DONE]"
 
 
-def parse_answer(body: bytes, endpoint: str, model: str) -> StoredResponse:
+def parse_answer(body: bytes, endpoint: str, model: str) -> Answer:
     """The first choice of a chat completion body; ValueError when it is not one. Whitespace
     before the JSON (DeepSeek's keep-alive blank lines while a request waits) is allowed.
     `model` stands in when the body names none."""
@@ -40,7 +41,7 @@ def parse_answer(body: bytes, endpoint: str, model: str) -> StoredResponse:
     )
 
 
-def parse_stream(body: bytes, endpoint: str, model: str) -> StoredResponse:
+def parse_stream(body: bytes, endpoint: str, model: str) -> Answer:
     """The first choice of a streamed chat completion, assembled from its events;
     ValueError when the stream is not a whole one."""
     events = [line[len(DATA) :] for line in body.split(b"\n") if line.startswith(DATA)]
@@ -96,15 +97,34 @@ def first_content(head: bytes, start: int) -> tuple[bool, int]:
     return False, max(start, end)
 
 
-def _answer(
-    content: Any, finish_reason: Any, usage: Any, named: Any, endpoint: str, model: str
-) -> StoredResponse:
+def _answer(content: Any, finish_reason: Any, usage: Any, named: Any, endpoint: str, model: str) -> Answer:
     if not isinstance(content, str | None) or not isinstance(usage, dict | None):
         raise ValueError("response has a malformed message or usage")
-    return StoredResponse(
+    return Answer(
         content=redact(content or ""),  # an API key the content echoes is never stored or used
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
         usage=usage or {},
         model=named if isinstance(named, str) and named else model,
         endpoint=endpoint,
     )
+
+
+def parse_embeddings(body: bytes, count: int) -> tuple[list[list[float]], dict[str, Any]]:
+    """The vectors of an `/embeddings` answer in input order, and its usage block; ValueError
+    when it does not hold one vector per input."""
+    data = orjson.loads(body)
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list) or len(items) != count:
+        raise ValueError(
+            f"embeddings answer has {len(items) if isinstance(items, list) else 'no'} vectors, "
+            f"expected {count}"
+        )
+    try:
+        ordered = sorted(items, key=lambda item: item["index"])
+        vectors = [item["embedding"] for item in ordered]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"embeddings answer is malformed: {exc!r}") from None
+    if not all(isinstance(vector, list) for vector in vectors):
+        raise ValueError("embeddings answer is malformed: a vector is not a list")
+    usage = data.get("usage")
+    return vectors, usage if isinstance(usage, dict) else {}

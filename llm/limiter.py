@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from service.config import Limits
-from workers.concurrency import LITTLE_HEADROOM, AdaptiveConcurrency, Send
+from llm.concurrency import LITTLE_HEADROOM, AdaptiveConcurrency, Send
+from llm.config import Limits
 
 log = structlog.get_logger()
 

@@ -1,7 +1,7 @@
-"""A stage's endpoints in order of preference: the primary, then its fallbacks.
+"""A caller's endpoints in order of preference: the primary, then its fallbacks.
 
 `EndpointChain.complete` turns (messages, generation parameters) into a `Completion`. It
-first looks for a stored answer from any endpoint of the chain: a resumed run replays what
+first looks for a cached answer from any endpoint of the chain: a resumed run replays what
 a fallback answered before the crash instead of asking the primary again (each answer stays
 keyed by the body that endpoint received, model included). Otherwise it asks the endpoints
 in order: one that gives up on the request (`RequestFailed`: retries spent, or rate limited
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import structlog
 
-from workers.llm import Completion, Generation, LLMClient, RequestFailed
+from llm.client import Completion, Generation, LLMClient, RequestFailed
 
 SKIP_COOLDOWN_S = 30.0
 
@@ -35,24 +35,23 @@ class EndpointChain:
         max_tokens: int,
         seed: int,
         stage: str,
-        sample_id: str | None = None,
         json_mode: bool = True,
     ) -> Completion:
-        """One answer for `stage` (a metrics label and what max_tokens is sized by; `sample_id`
-        is kept with the stored answer). `max_tokens` is the stage's cap."""
+        """One answer for `stage` (the events' label and what max_tokens is sized by);
+        `max_tokens` is the caller's cap."""
         generation = Generation(temperature, max_tokens, seed, json_mode)
         requests = [client.prepare(messages, generation, stage) for client in self.clients]
         for client, request in zip(self.clients, requests, strict=True):
-            stored = client.stored(request, stage)
-            if stored is not None:
-                return await client.complete(request, stage, sample_id, stored)
+            cached = client.cached(request, stage)
+            if cached is not None:
+                return await client.complete(request, stage, cached)
         last = len(self.clients) - 1
         failure: RequestFailed | None = None
         for i, (client, request) in enumerate(zip(self.clients, requests, strict=True)):
             if i < last and client.limiter.cooldown_left() > SKIP_COOLDOWN_S:
                 continue
             try:
-                return await client.complete(request, stage, sample_id)
+                return await client.complete(request, stage)
             except RequestFailed as exc:
                 failure = exc
                 if i < last:

@@ -1,17 +1,21 @@
-"""The LLM layer: one client per OpenAI-compatible endpoint, with a response cache.
+"""The LLM client: one per OpenAI-compatible endpoint (and model), with an answer cache.
 
 `LLMClient` turns (messages, generation parameters) into a `Completion`: `prepare` the
-body, look for a `stored` answer, and `complete` it (asking the endpoint when nothing is
-stored); the stages reach it through `workers/fallback.py`, which chooses between a stage's
-endpoints. It knows nothing about AgentRefine.
+body, look for a `cached` answer, and `complete` it (asking the endpoint when nothing is
+cached); callers with several endpoints go through `EndpointChain` (`llm/fallback.py`),
+which chooses between them. `embed` asks the endpoint's `/embeddings` for vectors, through
+the same limiter, retries, breaker, budget and cost accounting. It knows nothing about
+AgentRefine, runs or samples: answers go to an `AnswerCache`, and what happened to each
+request goes out as one `RequestEvent` to the sinks it was given (`llm/events.py`).
 
 **The store key** is the SHA-256 of the question: the request body without the keys that
 only say how long the answer may be (`max_tokens`) or how it is delivered (`stream`,
 `stream_options`), so a resumed run finds its stored answers whatever max_tokens it would
-send now (`workers/sizing.py` learns it from the answers, and it differs between runs).
+send now (`llm/sizing.py` learns it from the answers, and it differs between runs).
 The `seed` is part of it: the stages derive it from the sample and attempt, so a deliberate
-re-ask gets a fresh answer while a replay hits the cache. (Stores written before this key
-was chosen hashed the body with the stage's max_tokens; they are still read.)
+re-ask gets a fresh answer while a replay hits the cache. (Caches written before this key
+was chosen hashed the body with the stage's max_tokens; with `legacy_keys` they are still
+read.)
 
 **Charge-aware max_tokens.** Where the endpoint limits tokens per minute (configured, or
 learned from its headers), a request is sent with max_tokens sized to the stage's answers
@@ -24,8 +28,8 @@ limit and a resumed run replays both. The cut attempt is counted as outcome
 
 **Streaming.** With `stream: true` (the default) the answer comes as server-sent events
 (with `stream_options.include_usage`, so the usage is exact), which lets a silence timeout
-between chunks tell a hung request from a long answer (`workers/http.py`) and times the
-first token; it is assembled when the stream ends (`workers/answers.py`), so what is stored
+between chunks tell a hung request from a long answer (`llm/transport.py`) and times the
+first token; it is assembled when the stream ends (`llm/answers.py`), so what is stored
 and returned is the same message a non-streaming request gets.
 
 Transport faults (5xx, timeouts, resets, unreadable or cut bodies, and blank content in
@@ -39,9 +43,9 @@ coming. Bad *content* (invalid JSON, `finish_reason: length` at the cap) is not 
 here: it goes back to the stage's policy. After `stop_sending()` (a graceful stop) stored
 answers are still replayed but nothing new is sent: `SendingStopped`.
 
-Every HTTP attempt is reported to the run's metrics (`RunMetrics.request`), and each is
-cleared with the run's budget (`Budget.check`) once it holds a limiter slot, right before
-it is sent; answers replayed from the store are free and never refused.
+Every HTTP attempt is reported as a `RequestEvent`, and each is cleared with the budget
+(`Budget.check`) once it holds a limiter slot, right before it is sent; answers replayed
+from the cache are free and never refused (reported with outcome `cached`).
 """
 
 from __future__ import annotations
@@ -51,23 +55,21 @@ import hashlib
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
-import structlog
 
-from metrics.budget import Budget
-from metrics.prometheus import RequestEvent, RunMetrics
-from metrics.stats import RunStats
-from metrics.usage import Usage, cost_usd, parse_usage
-from service.config import Endpoint
-from service.store import Store, StoredResponse
-from workers.answers import parse_answer, parse_stream
-from workers.breaker import CircuitBreaker
-from workers.http import EndpointHTTP, Reply, TransportError, one_line
-from workers.limiter import EndpointLimiter
-from workers.sizing import CompletionSizes
+from llm.answers import parse_answer, parse_embeddings, parse_stream
+from llm.breaker import CircuitBreaker
+from llm.cache import Answer, AnswerCache
+from llm.config import Endpoint
+from llm.events import CACHED, RequestEvent, Sink, log_failures
+from llm.limiter import EndpointLimiter
+from llm.sizing import CompletionSizes
+from llm.transport import AiohttpTransport, Reply, Transport, TransportError, one_line
+from llm.usage import Usage, cost_usd, parse_usage
 
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
@@ -76,8 +78,8 @@ FATAL_STATUSES = frozenset((401, 403, 404))  # the configuration is wrong: retry
 REQUEST_SPECIFIC = frozenset((400, 413, 422))  # statuses caused by one request, not by the configuration
 REFUSALS = FATAL_STATUSES | REQUEST_SPECIFIC  # answers that are never retried
 STREAM = {"stream": True, "stream_options": {"include_usage": True}}
-
-log = structlog.get_logger()
+CHAT_PATH = "/chat/completions"
+EMBEDDINGS_PATH = "/embeddings"
 
 
 class FatalEndpointError(Exception):
@@ -89,12 +91,18 @@ class RequestFailed(Exception):
 
 
 class SendingStopped(Exception):
-    """The run is stopping: no new request is sent (the sample resumes in the next run)."""
+    """The client is stopping: no new request is sent (what is cached is still replayed)."""
+
+
+class Gate(Protocol):
+    """Whether a request may be sent now (a `Budget`): `check` raises when not."""
+
+    def check(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class Completion:
-    """An answer as the stages see it: the message, and what it cost in all (an attempt cut
+    """An answer as the caller sees it: the message, and what it cost in all (an attempt cut
     below the cap and its re-ask at the cap included)."""
 
     content: str
@@ -110,7 +118,7 @@ class Completion:
 @dataclass(frozen=True)
 class Generation:
     """The generation parameters of one request (the seed also tells re-asks from replays);
-    `max_tokens` is the stage's cap."""
+    `max_tokens` is the caller's cap."""
 
     temperature: float
     max_tokens: int
@@ -120,8 +128,8 @@ class Generation:
 
 @dataclass(frozen=True)
 class PreparedRequest:
-    """One request ready to send: its store key, the exact bytes, the TPM reservation, the
-    max_tokens sent against the stage's cap, and what it was made from (for the re-ask)."""
+    """One request ready to send: its cache key, the exact bytes, the TPM reservation, the
+    max_tokens sent against the caller's cap, and what it was made from (for the re-ask)."""
 
     key: str
     payload: bytes
@@ -131,6 +139,15 @@ class PreparedRequest:
     json_mode: bool
     messages: list[dict[str, str]]
     generation: Generation
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What a 200 answer held: the caller's value, its tokens, and how it ended."""
+
+    value: Any
+    usage: Usage
+    outcome: str = "ok"
 
 
 def request_key(body: dict[str, Any]) -> str:
@@ -150,41 +167,51 @@ def at_cap_seed(seed: int) -> int:
 
 
 class LLMClient:
-    """Chat completions against one endpoint, cached in the run's store."""
+    """Chat completions and embeddings against one endpoint, answers kept in `cache`."""
 
     def __init__(
         self,
         endpoint: Endpoint,
-        base_url: str,
-        store: Store,
-        stats: RunStats,
-        metrics: RunMetrics | None = None,
-        budget: Budget | None = None,
+        base_url: str | None = None,
+        *,
+        cache: AnswerCache | None = None,
+        sinks: Sequence[Sink] = (log_failures,),
+        budget: Gate | None = None,
+        transport: Transport | None = None,
+        legacy_keys: bool = False,
     ) -> None:
+        """`base_url` overrides the endpoint's (an endpoint started by the caller); `transport`
+        replaces HTTP (tests); `legacy_keys` also looks answers up under the keys of caches
+        written before max_tokens left the key."""
         self.endpoint = endpoint
-        self._store = store
-        self._stats = stats
-        self._metrics = metrics or RunMetrics(stats)
-        self._budget = budget or Budget(None, stats)
+        self._cache = cache
+        self._sinks = tuple(sinks)
+        self._budget = budget
+        self._legacy_keys = legacy_keys
         self.limiter = EndpointLimiter(endpoint.limits, endpoint.name)
         self.sizes: defaultdict[str, CompletionSizes] = defaultdict(CompletionSizes)  # by stage
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True
-        self._http = EndpointHTTP(
-            base_url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
-        )
+        url = base_url or endpoint.base_url
+        if transport is None:
+            if url is None:
+                raise ValueError(f"endpoint {endpoint.name}: no base_url")
+            transport = AiohttpTransport(
+                url, endpoint.api_key(), endpoint.timeout_s, endpoint.limits.max_concurrency
+            )
+        self._transport = transport
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._transport.aclose()
 
     def stop_sending(self) -> None:
-        """Graceful stop: requests already sent finish and are stored; no new one is sent."""
+        """Graceful stop: requests already sent finish and are cached; no new one is sent."""
         self._sending = False
 
     def prepare(
         self, messages: list[dict[str, str]], generation: Generation, stage: str, at_cap: bool = False
     ) -> PreparedRequest:
-        """The request as this endpoint will receive it, and its store key. max_tokens is
+        """The request as this endpoint will receive it, and its cache key. max_tokens is
         sized to the stage's answers where the endpoint charges it against a TPM limit;
         `at_cap`: the stage's cap whatever was learned."""
         ep = self.endpoint
@@ -201,110 +228,145 @@ class LLMClient:
         estimate = estimate_tokens(messages) + max_tokens
         return PreparedRequest(key, payload, estimate, max_tokens, cap, json_mode, messages, generation)
 
-    def stored(self, request: PreparedRequest, stage: str) -> StoredResponse | None:
-        """The stored answer to this request, if it was ever answered (a replay: counted)."""
-        stored = self._store.get_response(request.key)
-        if stored is None and self._store.legacy_keys:
-            stored = self._store.get_response(self._legacy_key(request))
-        if stored is not None:
-            self._stats.cache_hits += 1
-            self._metrics.cache_hit(self.endpoint.name, self.endpoint.model, stage)
-        return stored
+    def cached(self, request: PreparedRequest, stage: str) -> Answer | None:
+        """The cached answer to this request, if it was ever answered (a replay: reported)."""
+        if self._cache is None:
+            return None
+        answer = self._cache.get(request.key)
+        if answer is None and self._legacy_keys:
+            answer = self._cache.get(self._legacy_key(request))
+        if answer is not None:
+            self._emit(RequestEvent(self.endpoint.name, self.endpoint.model, stage, CACHED))
+        return answer
 
     async def complete(
-        self,
-        request: PreparedRequest,
-        stage: str,
-        sample_id: str | None = None,
-        stored: StoredResponse | None = None,
+        self, request: PreparedRequest, stage: str, cached: Answer | None = None
     ) -> Completion:
-        """The answer to `request`: `stored` (what `stored()` found), else asked. One cut by
+        """The answer to `request`: `cached` (what `cached()` found), else asked. One cut by
         max_tokens below the cap is asked again at the cap (or that re-ask replayed)."""
-        first = stored or await self.send(request, stage, sample_id)
-        cached = stored is not None
+        first = cached or await self.send(request, stage)
+        from_cache = cached is not None
         self._learn(stage, first, request.cap)
         if not _cut_below_cap(first, request.cap):
-            return _completion([first], cached)
+            return _completion([first], from_cache)
         again = self.prepare(
             request.messages,
             replace(request.generation, seed=at_cap_seed(request.generation.seed)),
             stage,
             at_cap=True,
         )
-        second = self.stored(again, stage)
-        cached = cached and second is not None
-        second = second or await self.send(again, stage, sample_id)
+        second = self.cached(again, stage)
+        from_cache = from_cache and second is not None
+        second = second or await self.send(again, stage)
         self._learn(stage, second, request.cap)
-        return _completion([first, second], cached)
+        return _completion([first, second], from_cache)
 
-    async def send(
-        self, request: PreparedRequest, stage: str, sample_id: str | None = None
-    ) -> StoredResponse:
-        """Ask the endpoint (with retries), store the answer, count what it cost. `stage` is a
-        metrics label; `sample_id` is kept with the stored answer (for the report)."""
+    async def send(self, request: PreparedRequest, stage: str) -> Answer:
+        """Ask the endpoint (with retries) and cache the answer. `stage` is the caller's label
+        for the events, and what max_tokens is sized by."""
+        self._check_sending()
+        read, latency, cost = await self._exchange(
+            CHAT_PATH,
+            request.payload,
+            request.estimate,
+            stage,
+            lambda reply: self._chat_answer(reply, request),
+            request.max_tokens,
+        )
+        answer = replace(
+            read.value,
+            cost_usd=cost,
+            stage=stage,
+            latency_s=latency,
+            max_tokens=request.max_tokens,
+            max_tokens_cap=request.cap,
+        )
+        if self._cache is not None:
+            self._cache.put(request.key, answer)
+        return answer
+
+    async def embed(self, texts: Sequence[str], stage: str = "embeddings") -> list[list[float]]:
+        """One vector per text from the endpoint's `/embeddings` (the endpoint's model), in order."""
+        self._check_sending()
+        payload = orjson.dumps(
+            {"model": self.endpoint.model, "input": list(texts), "encoding_format": "float"}
+        )
+        estimate = sum(len(text) for text in texts) // 4 + len(texts)
+
+        def read(reply: Reply) -> _Read:
+            vectors, usage = parse_embeddings(reply.body, len(texts))
+            return _Read(vectors, parse_usage(usage))
+
+        result, _, _ = await self._exchange(EMBEDDINGS_PATH, payload, estimate, stage, read)
+        return result.value
+
+    def _check_sending(self) -> None:
         if not self._sending:
             raise SendingStopped(f"endpoint {self.endpoint.name}: stopping, request not sent")
-        stored, usage = await self._send(request, stage, sample_id)
-        self._store.put_response(request.key, stored)
-        self._stats.usage += usage
-        self._stats.tokens_charged += usage.prompt + request.max_tokens
-        self._stats.cost_usd += stored.cost_usd
-        return stored
 
-    async def _send(
-        self, request: PreparedRequest, stage: str, sample_id: str | None
-    ) -> tuple[StoredResponse, Usage]:
+    async def _exchange(
+        self,
+        path: str,
+        payload: bytes,
+        estimate: int,
+        stage: str,
+        read: Callable[[Reply], _Read],
+        max_tokens: int = 0,
+    ) -> tuple[_Read, float, float]:
+        """Send `payload` until a 200 answer reads well (`read`; ValueError: a bad answer,
+        retried), with backoff; report every attempt. Returns what was read, its latency and
+        its cost."""
         ep = self.endpoint
+        stream = ep.stream and path == CHAT_PATH
         last_error = ""
         attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
         limited_since: float | None = None
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
-            async with self.limiter.slot(request.estimate, stage) as ticket:
-                self._budget.check()  # here, not before the limiter wait: only sent requests may finish
+            async with self.limiter.slot(estimate, stage) as ticket:
+                self._check_budget()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:
-                    reply = await self._http.post_chat(request.payload, ep.stream)
+                    reply = await self._transport.post(path, payload, stream)
                 except TransportError as exc:
                     outcome, last_error = exc.kind, str(exc)
                 else:
                     if reply.status == 200:
                         try:
-                            stored = self._answer(reply, request)
-                        except ValueError as exc:  # not a whole chat completion
+                            result = read(reply)
+                        except ValueError as exc:  # not a whole answer
                             self.limiter.observe(reply.headers)
                             outcome, last_error = "bad_response", one_line(str(exc))
                         else:
                             self._breaker.success()
-                            tokens = parse_usage(stored.usage)
-                            cost = cost_usd(tokens, ep.price)
-                            cut = stored.finish_reason == "length" and request.max_tokens < request.cap
-                            outcome = "cut_below_cap" if cut else "ok"
-                            self._stats.requests[outcome] += 1
-                            latency = self._report(stage, outcome, sent, tokens, cost, request, reply)
+                            latency = time.monotonic() - sent
+                            cost = cost_usd(result.usage, ep.price)
+                            self._emit(
+                                RequestEvent(
+                                    ep.name,
+                                    ep.model,
+                                    stage,
+                                    result.outcome,
+                                    latency,
+                                    result.usage,
+                                    cost,
+                                    max_tokens,
+                                    reply.first_token_s,
+                                )
+                            )
                             ticket.succeeded(
-                                tokens.total,
+                                result.usage.total,
                                 reply.headers,
                                 latency,
                                 first_token_s=reply.first_token_s,
-                                completion_tokens=tokens.completion,
+                                completion_tokens=result.usage.completion,
                             )
-                            stored = replace(
-                                stored,
-                                cost_usd=cost,
-                                stage=stage,
-                                sample_id=sample_id,
-                                latency_s=latency,
-                                max_tokens=request.max_tokens,
-                                max_tokens_cap=request.cap,
-                            )
-                            return stored, tokens
+                            return result, latency, cost
                     else:
                         self.limiter.observe(reply.headers)
                         if reply.status in REFUSALS:
-                            self._stats.requests[str(reply.status)] += 1
-                            self._report(stage, str(reply.status), sent)
                             message = reply.error_message()
+                            self._failed(stage, str(reply.status), sent, message)
                             refusal = f"endpoint {ep.name} ({ep.model}) answered {reply.status}: {message}"
                             if reply.status in FATAL_STATUSES:
                                 raise FatalEndpointError(refusal)
@@ -315,9 +377,7 @@ class LLMClient:
                         if outcome == "429":
                             delay = _retry_after(reply) or delay
                             ticket.rate_limited(delay, reply.headers)
-            self._stats.requests[outcome] += 1
-            self._report(stage, outcome, sent)
-            log.info("llm_attempt_failed", endpoint=ep.name, stage=stage, outcome=outcome, error=last_error)
+            self._failed(stage, outcome, sent, last_error)
             if outcome == "429":
                 limited_since = limited_since or time.monotonic()
                 if time.monotonic() - limited_since > RATE_LIMIT_PATIENCE_S:
@@ -328,43 +388,28 @@ class LLMClient:
             await asyncio.sleep(delay)
         raise RequestFailed(f"endpoint {ep.name}: gave up after {ep.max_retries + 1} tries: {last_error}")
 
-    def _answer(self, reply: Reply, request: PreparedRequest) -> StoredResponse:
+    def _check_budget(self) -> None:
+        if self._budget is not None:
+            self._budget.check()
+
+    def _chat_answer(self, reply: Reply, request: PreparedRequest) -> _Read:
         """The answer in a 200's body; ValueError when it is not a whole one."""
         parse = parse_stream if reply.streamed else parse_answer
-        stored = parse(reply.body, self.endpoint.name, self.endpoint.model)
-        if request.json_mode and not stored.content.strip() and stored.finish_reason != "length":
+        answer = parse(reply.body, self.endpoint.name, self.endpoint.model)
+        if request.json_mode and not answer.content.strip() and answer.finish_reason != "length":
             raise ValueError("blank answer in JSON mode")
-        return stored
+        cut = answer.finish_reason == "length" and request.max_tokens < request.cap
+        return _Read(answer, parse_usage(answer.usage), "cut_below_cap" if cut else "ok")
 
-    def _report(
-        self,
-        stage: str,
-        outcome: str,
-        sent: float,
-        usage: Usage | None = None,
-        cost: float = 0.0,
-        request: PreparedRequest | None = None,
-        reply: Reply | None = None,
-    ) -> float:
-        """Tell the metrics how one HTTP attempt ended; return its latency."""
-        latency = time.monotonic() - sent
+    def _failed(self, stage: str, outcome: str, sent: float, error: str) -> None:
         ep = self.endpoint
-        self._metrics.request(
-            RequestEvent(
-                ep.name,
-                ep.model,
-                stage,
-                outcome,
-                latency,
-                usage or Usage(),
-                cost,
-                max_tokens=request.max_tokens if request else 0,
-                first_token_s=reply.first_token_s if reply else None,
-            )
-        )
-        return latency
+        self._emit(RequestEvent(ep.name, ep.model, stage, outcome, time.monotonic() - sent, error=error))
 
-    def _learn(self, stage: str, answer: StoredResponse, cap: int) -> None:
+    def _emit(self, event: RequestEvent) -> None:
+        for sink in self._sinks:
+            sink(event)
+
+    def _learn(self, stage: str, answer: Answer, cap: int) -> None:
         """Feed an answer's length to the stage's sizes. One cut by max_tokens counts as the
         cap: all that is known is that it needed more, and leaving it out would teach the
         sizes that long answers are rarer than they are (only the short ones would be seen)."""
@@ -389,18 +434,18 @@ class LLMClient:
         return body
 
     def _legacy_key(self, request: PreparedRequest) -> str:
-        """The key stores written before this one used: the body with the stage's max_tokens."""
+        """The key caches written before this one used: the body with the stage's max_tokens."""
         generation = request.generation
         body = self._question(request.messages, generation, request.json_mode)
         return request_key({**body, self.endpoint.max_tokens_param: request.cap, "seed": generation.seed})
 
 
-def _cut_below_cap(answer: StoredResponse, cap: int) -> bool:
+def _cut_below_cap(answer: Answer, cap: int) -> bool:
     """Cut by a sized max_tokens: a re-ask at the cap may finish it."""
     return answer.finish_reason == "length" and answer.max_tokens is not None and answer.max_tokens < cap
 
 
-def _completion(answers: list[StoredResponse], cached: bool) -> Completion:
+def _completion(answers: list[Answer], cached: bool) -> Completion:
     """The last answer, with the usage and cost of all of them."""
     usage = Usage()
     for answer in answers:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 
 from bench.endpoint_models import Batch, Capped, RateLimited, run_model
-from service.config import Limits
-from workers.concurrency import (
+from llm import Limits
+from llm.concurrency import (
     CAP_PROBE_EVERY,
     INITIAL_LIMIT,
     RATE_LIMIT_CUT,

@@ -12,14 +12,22 @@ from pathlib import Path
 
 import orjson
 
-from metrics.stats import RunStats
-from service.config import Endpoint, Limits
-from service.store import Store
+from llm import (
+    AnswerCache,
+    Completion,
+    Endpoint,
+    EndpointChain,
+    Generation,
+    Limits,
+    LLMClient,
+    MemoryCache,
+    RequestTally,
+)
+from llm.client import estimate_tokens, request_key
+from llm.sizing import FLOOR, LEARN_FROM, MARGIN, WINDOW, CompletionSizes
+from service.store import Store, StoreCache
 from tests.conftest import FAST_SIM, sim_stats, simulator
-from workers.fallback import EndpointChain
-from workers.llm import Completion, Generation, LLMClient, estimate_tokens, request_key
 from workers.script import script_messages
-from workers.sizing import FLOOR, LEARN_FROM, MARGIN, WINDOW, CompletionSizes
 
 CAP = 4096
 MESSAGES = script_messages("A beekeeper with forty hives.", None)
@@ -62,33 +70,33 @@ def test_the_choice_follows_the_recent_answers() -> None:
     assert sizes.max_tokens(CAP) == math.ceil(400 * MARGIN)
 
 
-def test_max_tokens_is_sized_only_under_a_tpm_limit_and_reserved_as_sent(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db")
+def test_max_tokens_is_sized_only_under_a_tpm_limit_and_reserved_as_sent() -> None:
     generation = Generation(temperature=0.7, max_tokens=CAP, seed=1)
     sized = {}
     for name, limits in (("tpm", UNDER_TPM), ("none", Limits(max_concurrency=8))):
         endpoint = Endpoint(model="m", name=name, base_url="http://127.0.0.1:9/v1", limits=limits)
-        client = LLMClient(endpoint, "http://127.0.0.1:9/v1", store, RunStats(target=1))
+        client = LLMClient(endpoint)
         for _ in range(LEARN_FROM):
             client.sizes["script"].observe(1000, 10)
         sized[name] = client.prepare(MESSAGES, generation, "script")
         assert client.prepare(MESSAGES, generation, "script", at_cap=True).max_tokens == CAP
         assert client.prepare(MESSAGES, generation, "trajectory").max_tokens == CAP  # per stage
-    store.close()
     assert sized["tpm"].max_tokens == FLOOR and sized["none"].max_tokens == CAP
     assert sized["tpm"].estimate == estimate_tokens(MESSAGES) + FLOOR  # the TPM reservation
     assert sized["tpm"].key == sized["none"].key  # the same question, whatever its max_tokens
 
 
 def ask(
-    url: str, db: Path, learned: int | None, seeds: tuple[int, ...] = (1,)
-) -> tuple[RunStats, list[Completion]]:
+    url: str,
+    cache: AnswerCache,
+    learned: int | None,
+    seeds: tuple[int, ...] = (1,),
+    legacy_keys: bool = False,
+) -> tuple[RequestTally, list[Completion]]:
     """Script requests through a fresh client; `learned`: answers of that many tokens seen before."""
-    stats = RunStats(target=1)
-    store = Store(db)
-    client = LLMClient(
-        Endpoint(model="sim-gpt-4o", name="sim", base_url=url, limits=UNDER_TPM), url, store, stats
-    )
+    tally = RequestTally()
+    endpoint = Endpoint(model="sim-gpt-4o", name="sim", base_url=url, limits=UNDER_TPM)
+    client = LLMClient(endpoint, cache=cache, sinks=[tally], legacy_keys=legacy_keys)
     for _ in range(LEARN_FROM if learned else 0):
         client.sizes["script"].observe(1000, learned or 0)
     chain = EndpointChain([client])
@@ -102,33 +110,27 @@ def ask(
         finally:
             await client.aclose()
 
-    try:
-        return stats, asyncio.run(go())
-    finally:
-        store.close()
+    return tally, asyncio.run(go())
 
 
-def test_an_answer_cut_below_the_cap_is_asked_again_at_the_cap_and_a_resume_pays_nothing(
-    tmp_path: Path,
-) -> None:
-    db = tmp_path / "db"
+def test_an_answer_cut_below_the_cap_is_asked_again_at_the_cap_and_a_resume_pays_nothing() -> None:
+    cache = MemoryCache()
     with simulator(FAST_SIM) as url:
-        stats, [first] = ask(url, db, learned=10)  # sized to the floor: the script is cut
+        tally, [first] = ask(url, cache, learned=10)  # sized to the floor: the script is cut
         answered = sim_stats(url)["answered"]
         # resumed: nothing learned yet, so the cap would be sent; both answers are replayed
-        _, [again] = ask(url, db, learned=None)
+        _, [again] = ask(url, cache, learned=None)
         after = sim_stats(url)
-    assert stats.requests == {"cut_below_cap": 1, "ok": 1}
+    assert tally.outcomes == {"cut_below_cap": 1, "ok": 1}
     assert first.finish_reason == "stop" and orjson.loads(first.content) and first.answers == 2
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT key, finish_reason, max_tokens, max_tokens_cap FROM responses").fetchall()
+    rows = [(key, a.finish_reason, a.max_tokens, a.max_tokens_cap) for key, a in cache._answers.items()]
     assert sorted((reason, sent, cap) for _, reason, sent, cap in rows) == [
         ("length", FLOOR, CAP),
         ("stop", CAP, CAP),
     ]
     assert {key for key, *_ in rows} == set(answered)  # the key: the question, not its max_tokens
     prompt = first.usage.prompt // 2
-    assert stats.tokens_charged == (prompt + FLOOR) + (prompt + CAP)  # what the TPM limit counted
+    assert tally.charged == (prompt + FLOOR) + (prompt + CAP)  # what the TPM limit counted
     assert after["requests"] == len(answered) == 2 and after["answered"] == answered
     assert again.cached and (again.content, again.usage, again.cost_usd) == (
         first.content,
@@ -140,7 +142,9 @@ def test_an_answer_cut_below_the_cap_is_asked_again_at_the_cap_and_a_resume_pays
 def test_a_store_keyed_before_max_tokens_left_the_key_is_still_replayed(tmp_path: Path) -> None:
     db = tmp_path / "db"
     with simulator(FAST_SIM) as url:
-        ask(url, db, learned=None)
+        store = Store(db)
+        ask(url, StoreCache(store), learned=None)
+        store.close()
         with sqlite3.connect(db) as conn:  # make it an old store: keyed by the body sent at the cap
             body = {
                 "model": "sim-gpt-4o",
@@ -153,7 +157,9 @@ def test_a_store_keyed_before_max_tokens_left_the_key_is_still_replayed(tmp_path
             conn.execute("UPDATE responses SET key = ?", (request_key(body),))
             conn.execute("DELETE FROM meta WHERE key = 'key_scheme'")
         before = sim_stats(url)["requests"]
-        _, [old] = ask(url, db, learned=None)
+        store = Store(db)
+        _, [old] = ask(url, StoreCache(store), learned=None, legacy_keys=store.legacy_keys)
+        store.close()
         assert sim_stats(url)["requests"] == before and old.cached
     new = Store(tmp_path / "new")
     assert new.legacy_keys is False

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from service.config import Price
+from llm.config import Price
 
 
 @dataclass(frozen=True)

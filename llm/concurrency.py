@@ -4,7 +4,7 @@ The limit answers one question: would more requests in flight get more work done
 they only wait? Three kinds of endpoint answer it differently, and each has its own signal:
 
 - **A provider with rate limits** (OpenAI): its latency does not depend on our load; its
-  RPM/TPM buckets (`workers/limiter.py`) pace the requests. The limit must never be what
+  RPM/TPM buckets (`llm/limiter.py`) pace the requests. The limit must never be what
   holds them back, however long the answers: by Little's law the requests the buckets let
   through need `rate x latency` slots, so that is the limit's floor (`floor`, kept by the
   limiter from the buckets and the measured latency, with `LITTLE_HEADROOM` on top).

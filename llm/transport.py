@@ -1,11 +1,13 @@
-"""HTTP to one OpenAI-compatible endpoint: one aiohttp session per endpoint, built once.
+"""HTTP to one OpenAI-compatible endpoint: the `Transport` interface the client speaks
+through, and `AiohttpTransport`, one aiohttp session per endpoint, built once.
 
-`EndpointHTTP.post_chat(payload, stream)` POSTs prepared JSON bytes to
-`{base_url}/chat/completions` and returns every HTTP answer as a `Reply` (status, headers
-with lower-case names, the whole body, and for a stream the time to its first token): the
-caller classifies it. When there is no whole answer it raises `TransportError` of kind
-"timeout" (silence), "reset" (refused, or the connection dropped, before or during the
-answer) or "bad_response" (the answer outgrew MAX_ANSWER_BYTES).
+`post(path, payload, stream)` POSTs prepared JSON bytes to `{base_url}{path}`
+(`/chat/completions`, `/embeddings`) and returns every HTTP answer as a `Reply` (status,
+headers with lower-case names, the whole body, and for a stream the time to its first
+token): the caller classifies it. When there is no whole answer it raises `TransportError`
+of kind "timeout" (silence), "reset" (refused, or the connection dropped, before or during
+the answer) or "bad_response" (the answer outgrew MAX_ANSWER_BYTES). Another transport (a
+fake in tests, a batch file writer) implements the same two methods.
 
 - **Timeouts.** `timeout_s` bounds connecting and every silence between two reads of the
   socket (aiohttp's `sock_connect` and `sock_read`); there is no total timeout. Every byte
@@ -33,17 +35,17 @@ import ipaddress
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
-from service.redact import redact
-from workers.answers import first_content
+from llm.answers import first_content
+from llm.redact import redact
 
 MAX_ANSWER_BYTES = 32 * 2**20
-
 
 
 class TransportError(Exception):
@@ -80,7 +82,7 @@ def one_line(text: str) -> str:
 
 
 def request_headers(api_key: str) -> dict[str, str]:
-    """The headers sent with every chat completion."""
+    """The headers sent with every request."""
     return {
         "Authorization": f"Bearer {api_key}",
         "Content-Type": "application/json",
@@ -89,18 +91,29 @@ def request_headers(api_key: str) -> dict[str, str]:
     }
 
 
-class EndpointHTTP:
+class Transport(Protocol):
+    """How the client's requests reach the endpoint."""
+
+    async def post(self, path: str, payload: bytes, stream: bool) -> Reply:
+        """The endpoint's answer to `payload` at `path`; TransportError when there is none."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpTransport:
     """The aiohttp connection pool of one endpoint, opened in the running event loop on first use."""
 
     def __init__(self, base_url: str, api_key: str, timeout_s: float, connections: int) -> None:
-        self._url = URL(base_url.rstrip("/") + "/chat/completions")
+        self._base = base_url.rstrip("/")
+        self._urls: dict[str, URL] = {}
         self._headers = request_headers(api_key)
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout_s, sock_read=timeout_s)
         self._connections = max(1, connections)
         self._session: aiohttp.ClientSession | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
-        proxy, proxy_auth = _env_proxy(self._url)
+    def _open(self, url: URL) -> aiohttp.ClientSession:
+        proxy, proxy_auth = _env_proxy(url)
         return aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._connections),
             timeout=self._timeout,
@@ -109,12 +122,15 @@ class EndpointHTTP:
             proxy_auth=proxy_auth,
         )
 
-    async def post_chat(self, payload: bytes, stream: bool) -> Reply:
+    async def post(self, path: str, payload: bytes, stream: bool) -> Reply:
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self._base + path)
         if self._session is None:
-            self._session = self._open()
+            self._session = self._open(url)
         sent = time.monotonic()
         try:
-            async with self._session.post(self._url, data=payload, headers=self._headers) as response:
+            async with self._session.post(url, data=payload, headers=self._headers) as response:
                 received = response.content
                 streamed = stream and response.content_type == "text/event-stream"
                 head, first_token_s = b"", None

@@ -1,4 +1,4 @@
-"""Streaming and the transport in the LLM layer, over real HTTP on loopback against small
+"""Streaming and the aiohttp transport of the LLM client, over real HTTP on loopback against small
 scripted servers (aiohttp.web, one scripted answer per request): a stream that stalls
 midway is given up after the silence timeout while a long answer that keeps coming
 (keep-alive comments included) arrives whole; a stream cut short is retried as a bad
@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
-from metrics.prometheus import RunMetrics
-from metrics.stats import RunStats
-from service.config import Endpoint
-from service.store import Store
-from workers import http
-from workers.limiter import Ticket
-from workers.llm import Completion, Generation, LLMClient, RequestFailed
+from llm import (
+    Completion,
+    Endpoint,
+    Generation,
+    LLMClient,
+    MemoryCache,
+    RequestEvent,
+    RequestFailed,
+    RequestTally,
+)
+from llm import transport as http
+from llm.limiter import Ticket
 
 MESSAGES = [{"role": "user", "content": "Say something."}]
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -87,20 +91,32 @@ async def scripted(answers: list[list[Step]], seen: list[str] | None = None) -> 
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
 
 
+class Asked:
+    """What one request left behind: the attempts' outcomes, the events, the cached answers."""
+
+    def __init__(self) -> None:
+        self.tally = RequestTally()
+        self.events: list[RequestEvent] = []
+        self.cache = MemoryCache()
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        return dict(self.tally.outcomes)
+
+    def cached_finish_reasons(self) -> list[str | None]:
+        return [answer.finish_reason for answer in self.cache._answers.values()]
+
+
 def ask(
-    tmp_path: Path,
     answers: list[list[Step]],
     json_mode: bool = False,
     proxy: tuple[pytest.MonkeyPatch, list[str]] | None = None,
     **endpoint: Any,
-) -> tuple[Completion | Exception, RunStats, RunMetrics]:
+) -> tuple[Completion | Exception, Asked]:
     """One request through an LLMClient against a server giving these answers in turn;
     `proxy`: the server is instead named by HTTP_PROXY, for an endpoint that does not exist
     (the URLs it was asked for are noted in the list)."""
-    stats = RunStats(target=1)
-    metrics = RunMetrics(stats)
-    tmp_path.mkdir(exist_ok=True)
-    store = Store(tmp_path / "db")
+    asked = Asked()
 
     async def go() -> Completion | Exception:
         runner, url = await scripted(answers, proxy[1] if proxy else None)
@@ -108,7 +124,9 @@ def ask(
             proxy[0].setenv("HTTP_PROXY", url.removesuffix("/v1"))
             url = "http://api.example.invalid/v1"
         spec = {"model": "m", "name": "s", "base_url": url, "timeout_s": SILENCE_S, "max_retries": 1}
-        client = LLMClient(Endpoint(**{**spec, **endpoint}), url, store, stats, metrics)
+        client = LLMClient(
+            Endpoint(**{**spec, **endpoint}), url, cache=asked.cache, sinks=[asked.tally, asked.events.append]
+        )
         try:
             request = client.prepare(MESSAGES, Generation(0.7, 100, seed=1, json_mode=json_mode), "script")
             return await client.complete(request, "script")
@@ -118,38 +136,27 @@ def ask(
             await client.aclose()
             await runner.cleanup()
 
-    try:
-        return asyncio.run(go()), stats, metrics
-    finally:
-        store.close()
+    return asyncio.run(go()), asked
 
 
-def test_a_stream_that_stalls_midway_is_given_up_after_the_silence_timeout(tmp_path: Path) -> None:
+def test_a_stream_that_stalls_midway_is_given_up_after_the_silence_timeout() -> None:
     stall = [ROLE, event({"content": "Half an ans"}), 5 * SILENCE_S, *stream("wer.")[1:]]
-    result, stats, _ = ask(tmp_path, [stall], max_retries=0)
+    result, asked = ask([stall], max_retries=0)
     assert isinstance(result, RequestFailed) and f"nothing received for {SILENCE_S} s" in str(result)
-    assert stats.requests == {"timeout": 1}
+    assert asked.outcomes == {"timeout": 1}
 
 
-def test_a_long_answer_that_keeps_coming_arrives_whole(tmp_path: Path) -> None:
+def test_a_long_answer_that_keeps_coming_arrives_whole() -> None:
     # it waits (keep-alive comments only) and then writes, each for longer than the silence
     # timeout: progress, never silence, so it is not cut off (a total timeout would cut it)
     wait = [b": keep-alive\n\n", GAP_S] * 15
     pieces = [f"word{i} " for i in range(30)]
     writing = [step for piece in pieces for step in (event({"content": piece}), GAP_S / 2)]
-    result, stats, _ = ask(tmp_path, [[*wait, ROLE, *writing, END, USAGE_EVENT, DONE]])
+    result, asked = ask([[*wait, ROLE, *writing, END, USAGE_EVENT, DONE]])
     assert isinstance(result, Completion), result
     assert result.content == "".join(pieces) and result.finish_reason == "stop"
     assert (result.usage.prompt, result.usage.completion) == (11, 7)  # exact, from the usage chunk
-    assert stats.requests == {"ok": 1}
-
-
-def stored_finish_reasons(tmp_path: Path) -> list[str | None]:
-    store = Store(tmp_path / "db")
-    try:
-        return [row.finish_reason for row in store.response_rows()]
-    finally:
-        store.close()
+    assert asked.outcomes == {"ok": 1}
 
 
 @pytest.mark.parametrize(
@@ -162,35 +169,31 @@ def stored_finish_reasons(tmp_path: Path) -> list[str | None]:
         pytest.param([USAGE_EVENT, DONE], id="no choices"),
     ],
 )
-def test_a_stream_cut_short_is_retried_as_a_bad_response(tmp_path: Path, cut: list[Step]) -> None:
-    result, stats, _ = ask(tmp_path, [cut, stream("Hello", " there.")])
+def test_a_stream_cut_short_is_retried_as_a_bad_response(cut: list[Step]) -> None:
+    result, asked = ask([cut, stream("Hello", " there.")])
     assert isinstance(result, Completion) and result.content == "Hello there."
-    assert stats.requests == {"bad_response": 1, "ok": 1}
-    assert stored_finish_reasons(tmp_path) == ["stop"]  # the cut one is not kept
+    assert asked.outcomes == {"bad_response": 1, "ok": 1}
+    assert asked.cached_finish_reasons() == ["stop"]  # the cut one is not kept
 
 
-def test_a_connection_dropped_mid_stream_is_retried_as_a_reset(tmp_path: Path) -> None:
-    result, stats, _ = ask(tmp_path, [[ROLE, event({"content": "Hi"}), None], stream("Hello", " there.")])
+def test_a_connection_dropped_mid_stream_is_retried_as_a_reset() -> None:
+    result, asked = ask([[ROLE, event({"content": "Hi"}), None], stream("Hello", " there.")])
     assert isinstance(result, Completion) and result.content == "Hello there."
-    assert stats.requests == {"reset": 1, "ok": 1}
-    assert stored_finish_reasons(tmp_path) == ["stop"]  # the cut one is not kept
+    assert asked.outcomes == {"reset": 1, "ok": 1}
+    assert asked.cached_finish_reasons() == ["stop"]  # the cut one is not kept
 
 
 @pytest.mark.parametrize("blank", ["", " \n\t "])
-def test_blank_content_in_json_mode_is_retried_and_elsewhere_left_to_the_stage(
-    tmp_path: Path, blank: str
-) -> None:
+def test_blank_content_in_json_mode_is_retried_and_elsewhere_left_to_the_stage(blank: str) -> None:
     answers = [stream(blank), stream('{"ok": true}')]
-    result, stats, _ = ask(tmp_path / "json", answers, json_mode=True)
+    result, asked = ask(answers, json_mode=True)
     assert isinstance(result, Completion) and result.content == '{"ok": true}'
-    assert stats.requests == {"bad_response": 1, "ok": 1}
-    result, stats, _ = ask(tmp_path / "text", answers, json_mode=False)
-    assert isinstance(result, Completion) and result.content == blank and stats.requests == {"ok": 1}
+    assert asked.outcomes == {"bad_response": 1, "ok": 1}
+    result, asked = ask(answers, json_mode=False)
+    assert isinstance(result, Completion) and result.content == blank and asked.outcomes == {"ok": 1}
 
 
-def test_the_first_token_is_timed_and_handed_to_the_limiter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_first_token_is_timed_and_handed_to_the_limiter(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[dict[str, Any]] = []
     succeeded: Callable[..., None] = Ticket.succeeded
 
@@ -201,36 +204,28 @@ def test_the_first_token_is_timed_and_handed_to_the_limiter(
     monkeypatch.setattr(Ticket, "succeeded", spy)
     delay = GAP_S
     answer = [ROLE, delay, event({"content": "Late"}), delay, *stream(" words.")[1:]]
-    result, _, metrics = ask(tmp_path, [answer])
+    result, asked = ask([answer])
     assert isinstance(result, Completion) and result.content == "Late words."
     [reported] = seen
     assert reported["completion_tokens"] == 7
     assert delay <= reported["first_token_s"] <= reported["latency_s"] - delay
-    histogram = {
-        s.name: s.value
-        for family in metrics.registry.collect()
-        for s in family.samples
-        if s.name.startswith("agentrefine_llm_time_to_first_token_seconds")
-    }
-    assert histogram["agentrefine_llm_time_to_first_token_seconds_count"] == 1
-    assert histogram["agentrefine_llm_time_to_first_token_seconds_sum"] == reported["first_token_s"]
+    [told] = asked.events  # and told the sinks
+    assert told.first_token_s == reported["first_token_s"]
 
 
-def test_an_answer_over_the_size_cap_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_answer_over_the_size_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http, "MAX_ANSWER_BYTES", 2**16)
     huge = [ROLE, *(event({"content": "x" * 1000}) for _ in range(300)), END, USAGE_EVENT, DONE]
-    result, stats, _ = ask(tmp_path, [huge], max_retries=0)
+    result, asked = ask([huge], max_retries=0)
     assert isinstance(result, RequestFailed) and f"answer larger than {2**16} bytes" in str(result)
-    assert stats.requests == {"bad_response": 1}
+    assert asked.outcomes == {"bad_response": 1}
 
 
-def test_requests_go_through_the_proxy_the_environment_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_requests_go_through_the_proxy_the_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
     # the endpoint's host does not exist: only through the proxy (the scripted server) can it answer
     seen: list[str] = []
     for name in ("NO_PROXY", "no_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    result, _, _ = ask(tmp_path, [stream("Proxied.")], proxy=(monkeypatch, seen))
+    result, _ = ask([stream("Proxied.")], proxy=(monkeypatch, seen))
     assert isinstance(result, Completion) and result.content == "Proxied."
     assert seen == ["http://api.example.invalid/v1/chat/completions"]
