@@ -3,7 +3,7 @@ at the request layer (issue 11, item 5: a request that stops making progress is 
 within 60 s, whatever the length of its answer; a long answer still progressing is never
 cut off).
 
-The LLM client (`workers/llm.py`) with the settings of config.yaml's `openai` or `deepseek`
+The LLM client (`llm/client.py`) with the settings of config.yaml's `openai` or `deepseek`
 endpoint (transport, timeout_s), its base_url pointed at the embedded endpoint and
 max_retries 0, sends one script request (max_tokens as the script stage sends it) in each
 of three checks, side by side:
@@ -38,9 +38,9 @@ from typing import Any
 import structlog
 
 from llm import Generation, LLMClient, RequestFailed
+from pipeline.script import script_messages
 from service.config import load_config
 from simulator.process import sim_stats, simulator_process
-from workers.script import script_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"

@@ -19,8 +19,9 @@ from prometheus_client import generate_latest
 
 from llm import Answer, Budget, LimiterState, RequestEvent, Usage
 from metrics.prometheus import RunMetrics
-from metrics.report import write_report
-from metrics.stats import RunStats
+from pipeline.registry import rules_by_stage
+from service.recorder import SampleCounts
+from service.report import write_report
 from service.store import Store
 
 EVENTS = 100_000
@@ -31,7 +32,7 @@ SAMPLES = 1000
 def main(argv: list[str]) -> None:
     scale = 10 if "--quick" in argv else 1
     events, scrapes, samples = EVENTS // scale, SCRAPES // scale, SAMPLES // scale
-    metrics = RunMetrics(RunStats(target=samples), Budget(100.0))
+    metrics = RunMetrics(SampleCounts(target=samples), Budget(100.0), rules_by_stage())
     state = LimiterState(
         in_flight=4, concurrency=96, remaining_requests=100.0, remaining_tokens=1e6, cooldown_s=0
     )

@@ -25,7 +25,7 @@ import orjson
 import uvloop
 
 from llm import Endpoint, EndpointChain, Limits, LLMClient, RequestEvent, RequestFailed
-from workers.script import script_messages
+from pipeline.script import script_messages
 
 NAIVE_CONCURRENCY = 64
 OUR_STREAMING = {"ours": True, "ours-whole": False}

@@ -9,7 +9,7 @@ several runs in one process (tests) do not mix. Callers report events:
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
   `sample_rejected(record)` and `check_failed(stage, rule)`.
 
-State that already lives elsewhere (run totals in `RunStats`, the spend in the `Budget`,
+State that already lives elsewhere (the run's sample counts, the spend in the `Budget`,
 samples per stage, limiter state) is read at scrape time by a collector, so it is never
 stale and costs nothing between scrapes. Counters count this process (they restart with
 it, Prometheus' model); the run gauges (`agentrefine_run_*`) cover the whole run including
@@ -21,9 +21,10 @@ outcomes listed below, rule ids, dedup kinds. No sample or persona id is ever a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,7 +38,6 @@ from prometheus_client.registry import Collector
 
 from llm import Budget, LimiterState, RequestEvent
 from llm.events import ANSWERED, CACHED
-from metrics.stats import RunStats
 
 # `_created` series would double the series count for no use on a dashboard.
 disable_created_metrics()
@@ -46,11 +46,19 @@ REQUEST_OUTCOMES = ("ok", "cut_below_cap", "429", "5xx", "timeout", "reset", "ba
 SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
 DEDUP_KINDS = ("persona", "script")
 TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
-STAGE_RULES = {
-    "script": tuple(f"S{i}" for i in range(1, 8)),
-    "trajectory": tuple(f"T{i}" for i in range(1, 9)),
-}
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class RunProgress(Protocol):
+    """The run's target and its accepted samples so far (all processes)."""
+
+    @property
+    def target(self) -> int: ...
+
+    @property
+    def accepted(self) -> int: ...
+
+    def projected_cost_usd(self, spent_usd: float) -> float | None: ...
 
 
 def outcome_label(outcome: str) -> str:
@@ -65,9 +73,13 @@ def outcome_label(outcome: str) -> str:
 class RunMetrics:
     """The metrics of one run in their own registry."""
 
-    def __init__(self, stats: RunStats, budget: Budget) -> None:
+    def __init__(
+        self, progress: RunProgress, budget: Budget, rules_by_stage: Mapping[str, Sequence[str]]
+    ) -> None:
+        """`rules_by_stage`: the rule ids of each stage (the stage registry), whose series are
+        created at zero."""
         self.registry = CollectorRegistry()
-        self._live = _LiveState(stats, budget)
+        self._live = _LiveState(progress, budget)
         self.registry.register(self._live)
         llm = ["endpoint", "model", "stage"]
         self._series: dict[tuple[str, str, str], _RequestSeries] = {}
@@ -133,7 +145,7 @@ class RunMetrics:
             self._samples.labels(outcome, "", "")
         for kind in DEDUP_KINDS:
             self._samples.labels("duplicate", "", kind)
-        for stage, rules in STAGE_RULES.items():
+        for stage, rules in rules_by_stage.items():
             for rule in rules:
                 self._checks.labels(stage, rule)
                 self._samples.labels("dropped", rule, "")
@@ -235,8 +247,8 @@ class _RequestSeries:
 class _LiveState(Collector):
     """Gauges read at scrape time from the objects that own the state."""
 
-    def __init__(self, stats: RunStats, budget: Budget) -> None:
-        self._stats = stats
+    def __init__(self, progress: RunProgress, budget: Budget) -> None:
+        self._progress = progress
         self._budget = budget
         self.limiters: dict[tuple[str, str], Callable[[], LimiterState]] = {}
         self.samples_in_stages: Callable[[], Mapping[str, int]] | None = None
@@ -248,7 +260,7 @@ class _LiveState(Collector):
         yield from self._limiters()
 
     def _run(self) -> Iterator[Metric]:
-        stats = self._stats
+        stats = self._progress
         spent = self._budget.spent_usd
         yield _gauge("agentrefine_run_target_samples", "Accepted samples the run is asked for.", stats.target)
         yield _gauge(

@@ -30,13 +30,13 @@ import uvloop
 
 from llm import EndpointDown, FatalEndpointError
 from llm.redact import redact
-from metrics.report import write_report
+from pipeline.sources import PersonaInputError
 from service.card import write_card
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
 from service.logs import printable
-from service.personas import PersonaInputError
+from service.report import write_report
 from service.resume import ResumeConflict
 from service.run import Run, install_signal_handlers
 from service.rundir import RESUME_HINT, RunDirectoryBusy, RunDirectoryError, file_mode, storage_error

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
 import llm
+from pipeline import registry
+from pipeline.settings import StageSettings
 from typedconfig import ConfigError, Node, Range, bounded, build, one_of, override, read_yaml, yaml_value
 
 __all__ = ["Config", "ConfigError", "load_config"]
@@ -55,24 +57,13 @@ class Endpoint(llm.Endpoint):
     embedded: Node | None = None  # settings of the embedded endpoint, built by it (simulator)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """Generation settings for one LLM stage. `endpoint`: one endpoint name, or a list (the
-    primary first, then the fallbacks tried in order when it gives up); null: `generator`."""
-
-    endpoint: str | list[str] | None = None
-    temperature: float = bounded(0.7, 0, 2)
-    max_tokens: int = bounded(4096, 1, 10**7)
-    # a cap on samples in this stage at once (null: the limiters pace)
-    concurrency: int | None = bounded(None, 1, 1_000_000, note="null: no cap")
-    attempts: int = bounded(2, 1, 100)
-
-
-@dataclass(frozen=True)
-class Stages:
-    personas: Stage = field(default_factory=lambda: Stage(temperature=1.0, max_tokens=1024))
-    script: Stage = field(default_factory=lambda: Stage(temperature=0.9, max_tokens=12288, attempts=2))
-    trajectory: Stage = field(default_factory=lambda: Stage(temperature=0.7, max_tokens=12288, attempts=3))
+Stages = make_dataclass(
+    "Stages",
+    [(stage.name, StageSettings, field(default=stage.defaults)) for stage in registry.STAGES],
+    frozen=True,
+)
+Stages.__doc__ = """`stages:`, one key per stage of the registry (pipeline/registry.py), each defaulting to
+the stage's own settings."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,7 @@ class Run:
     n: int = bounded(1000, 1, 10**9)
     out: str = "runs/default"
     seed: int = bounded(0, 0, 2**63 - 1)
-    # samples in flight at most (a memory ceiling; service/pacing.py)
+    # samples in flight at most (a memory ceiling; workers/pacing.py)
     max_in_flight: int = bounded(10_000, 1, 10**6)
     shard_size: int = bounded(10000, 1, 10**9)
     sharegpt: bool = False
@@ -174,18 +165,19 @@ class Config:
     metrics: Metrics = field(default_factory=Metrics)
     dedup: Dedup = field(default_factory=Dedup)
 
-    def endpoints_for(self, stage: Stage) -> list[Endpoint]:
+    def endpoints_for(self, stage: StageSettings) -> list[Endpoint]:
         """The stage's endpoints: the primary first, then its fallbacks."""
         names = stage.endpoint or self.generator
         return [self.endpoints[name] for name in ([names] if isinstance(names, str) else names)]
 
-    def stages_in_use(self) -> dict[str, Stage]:
-        """The stages this run has: script and trajectory, and persona expansion when there is
-        no persona file."""
-        stages = {"script": self.stages.script, "trajectory": self.stages.trajectory}
-        if not self.personas.path:
-            stages["personas"] = self.stages.personas
-        return stages
+    def stages_in_use(self) -> dict[str, StageSettings]:
+        """The stages this run has: the sample stages, and the persona sources (expansion)
+        when there is no persona file."""
+        return {
+            stage.name: getattr(self.stages, stage.name)
+            for stage in registry.STAGES
+            if stage.role == "sample" or not self.personas.path
+        }
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
         """The endpoints this run talks to: those of `stages_in_use`, and the dedup embedder's."""
@@ -242,10 +234,9 @@ def _check_references(config: Config, tree: Node, env: Mapping[str, str]) -> Con
         raise ConfigError(
             f"{where('generator')}: generator: unknown endpoint {config.generator!r} (defined: {names})"
         )
-    for stage_name in ("personas", "script", "trajectory"):
-        stage: Stage = getattr(config.stages, stage_name)
+    for stage_name in (stage.name for stage in registry.STAGES):
         _check_stage_endpoints(
-            stage.endpoint,
+            getattr(config.stages, stage_name).endpoint,
             config.endpoints,
             f"{where('stages', stage_name, 'endpoint')}: stages.{stage_name}.endpoint",
         )

@@ -17,9 +17,9 @@ from dedup.remote import EndpointEmbedder
 from dedup.screen import CoalescingScreen, Deduplicator
 from dedup.scripts import script_key
 from llm import LLMClient
+from pipeline.job import SampleJob
 from service.config import Config, ConfigError
 from service.store import Store
-from workers.sample import SampleJob
 
 
 def build_embedders(config: Config, client: LLMClient | None) -> dict[str, Embedder]:

@@ -14,14 +14,14 @@ from typing import TextIO
 import structlog
 
 from llm import Budget, RequestTally
-from metrics.stats import RunStats
-from service.flight import InFlight
+from service.recorder import SampleCounts
+from workers.flight import InFlight
 
 LOG_INTERVAL_S = 15.0
 log = structlog.get_logger()
 
 
-def progress_line(stats: RunStats, requests: RequestTally, budget: Budget, flight: InFlight) -> str:
+def progress_line(stats: SampleCounts, requests: RequestTally, budget: Budget, flight: InFlight) -> str:
     elapsed = stats.elapsed
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
@@ -46,7 +46,7 @@ def progress_line(stats: RunStats, requests: RequestTally, budget: Budget, fligh
 class Progress:
     def __init__(
         self,
-        stats: RunStats,
+        stats: SampleCounts,
         requests: RequestTally,
         budget: Budget,
         in_flight: Callable[[], InFlight],

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from metrics.report import write_report
-from service.personas import MAX_LINE_BYTES, Malformed, Persona, read_persona_file
+from pipeline.sources import MAX_LINE_BYTES, Malformed, Persona, read_persona_file
+from service.report import write_report
 from service.rundir import RunDirectoryError
 from service.store import Store
 from service.validate import validate_run

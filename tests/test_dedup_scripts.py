@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from dedup.minilm import MiniLMEmbedder
+from pipeline.job import SampleJob
 from service.config import load_config
 from service.dedup import RunDedup
 from service.store import Store
 from tests.conftest import ROOT
-from workers.sample import SampleJob
 
 KITCHEN = {
     "locations": {"pastry station": "start", "walk-in fridge": "cold"},

@@ -10,10 +10,10 @@ import copy
 import json
 from typing import Any
 
-from workers.prompts import example
-from workers.rules import check_script, check_trajectory, feedback
-from workers.script import script_messages
-from workers.trajectory import Game, continue_messages, fresh_messages
+from pipeline.prompts import example
+from pipeline.rules import check_script, check_trajectory, feedback
+from pipeline.script import script_messages
+from pipeline.trajectory import Game, continue_messages, fresh_messages
 
 SCRIPT: dict[str, Any] = json.loads(example("script"))
 TRAJECTORY: list[dict[str, Any]] = json.loads(example("trajectory"))["trajectory"]

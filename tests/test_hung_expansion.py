@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from service.personas import seed_personas
+from pipeline.sources import seed_personas
 from service.validate import validate_run
 from tests.conftest import FAST_SIM, cli, simulator, write_config
 from tests.loopback import Loopback, is_expansion, loopback

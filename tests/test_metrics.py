@@ -29,12 +29,14 @@ from llm import (
 )
 from metrics.prometheus import RunMetrics, outcome_label
 from metrics.server import MetricsServer
-from metrics.stats import RunStats
+from pipeline.registry import rules_by_stage
 from service import logs
-from service.flight import InFlight
 from service.progress import progress_line
+from service.recorder import SampleCounts
 from service.store import Store
+from workers.flight import InFlight
 
+RULES = rules_by_stage()
 PRICE = Price(input=2.5, cached_input=1.25, output=10.0)
 
 
@@ -90,7 +92,7 @@ def test_request_outcomes_map_to_bounded_labels() -> None:
 
 
 def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
-    metrics = RunMetrics(RunStats(target=10), Budget())
+    metrics = RunMetrics(SampleCounts(target=10), Budget(), RULES)
     state = LimiterState(
         in_flight=3,
         concurrency=8,
@@ -142,7 +144,7 @@ def test_request_events_feed_counters_tokens_cost_and_latency() -> None:
 def test_sample_outcomes_and_whole_run_gauges() -> None:
     budget = Budget(20.0, spent_usd=3.0)  # spent by earlier processes
     budget(RequestEvent("e", "m", "script", "ok", cost_usd=1.0))
-    metrics = RunMetrics(RunStats(target=100, accepted=40), budget)
+    metrics = RunMetrics(SampleCounts(target=100, accepted=40), budget, RULES)
     metrics.sample_rejected({"kind": "dropped", "rule": "T6"})
     metrics.sample_rejected({"kind": "duplicate", "rule": "persona_duplicate"})
     metrics.sample_rejected({"kind": "duplicate", "rule": "script_duplicate"})
@@ -161,7 +163,7 @@ def test_sample_outcomes_and_whole_run_gauges() -> None:
 
 
 def test_no_projection_and_no_budget_series_before_they_mean_something() -> None:
-    metrics = RunMetrics(RunStats(target=5), Budget())
+    metrics = RunMetrics(SampleCounts(target=5), Budget(), RULES)
     names = {name for name, _ in samples(metrics)}
     assert "agentrefine_run_projected_cost_usd" not in names
     assert "agentrefine_run_budget_usd" not in names
@@ -169,7 +171,7 @@ def test_no_projection_and_no_budget_series_before_they_mean_something() -> None
 
 
 def test_two_runs_in_one_process_keep_separate_registries() -> None:
-    first, second = RunMetrics(RunStats(target=1), Budget()), RunMetrics(RunStats(target=1), Budget())
+    first, second = RunMetrics(SampleCounts(1), Budget(), RULES), RunMetrics(SampleCounts(1), Budget(), RULES)
     first.sample_finished("accepted")
     assert value(first, "agentrefine_samples_total", outcome="accepted", rule="", kind="") == 1
     assert value(second, "agentrefine_samples_total", outcome="accepted", rule="", kind="") == 0
@@ -185,7 +187,7 @@ def test_budget_refuses_new_requests_once_the_whole_run_spent_it() -> None:
 
 
 def test_metrics_server_serves_the_registry_on_a_free_loopback_port() -> None:
-    metrics = RunMetrics(RunStats(target=7), Budget())
+    metrics = RunMetrics(SampleCounts(target=7), Budget(), RULES)
 
     async def scrape() -> tuple[str, str, str]:
         server = MetricsServer(metrics.registry, "127.0.0.1", 0)
@@ -250,12 +252,12 @@ def test_logs_never_show_an_api_key(tmp_path: Path) -> None:
 
 
 def test_progress_line_shows_spend_budget_and_projection() -> None:
-    stats, requests = RunStats(target=100, accepted=25), RequestTally()
+    stats, requests = SampleCounts(target=100, accepted=25), RequestTally()
     line = progress_line(stats, requests, Budget(20.0, spent_usd=2.5), InFlight(1200, 1150, 32))
     assert "accepted 25/100" in line
     assert "spent $2.50 of $20.00 (projected $10.00 at 100)" in line
     assert "in flight 1200 samples, 1150 requests (+32 waiting)" in line
-    nothing = progress_line(RunStats(target=5), RequestTally(), Budget(), InFlight(0, 0, 0))
+    nothing = progress_line(SampleCounts(target=5), RequestTally(), Budget(), InFlight(0, 0, 0))
     assert "spent $0.00 |" in nothing and "tokens 0 |" in nothing  # no ratio before an answer
     paid = Usage(prompt=1500, completion=500)
     requests(RequestEvent("e", "m", "script", "ok", usage=paid, max_tokens=1000))

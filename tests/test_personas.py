@@ -9,12 +9,12 @@ import pytest
 from aiohttp import web
 
 from llm import Endpoint, EndpointChain, LLMClient
-from service.config import Stage
-from service.personas import Malformed, Persona, PersonaInputError, read_persona_file, seed_personas
+from pipeline.expansion import PersonaExpander
+from pipeline.settings import StageSettings
+from pipeline.sources import Malformed, Persona, PersonaInputError, read_persona_file, seed_personas
 from service.store import Store, StoreCache
 from tests.conftest import FAST_SIM, simulator
 from tests.loopback import Loopback, is_expansion, loopback
-from workers.personas import PersonaExpander
 
 SEEDS = ["A night-shift nurse", "A retired ferry captain", "A beekeeper with forty hives"]
 
@@ -72,7 +72,7 @@ async def expand(
     """The first `count` personas the expander yields after `start_after`."""
     store = Store(db)
     client = LLMClient(Endpoint(model="sim-gpt-4o", name="sim", base_url=url), cache=StoreCache(store))
-    stage = Stage(concurrency=concurrency)
+    stage = StageSettings(concurrency=concurrency)
     expander = PersonaExpander(EndpointChain([client]), stage, 5, SEEDS, frontier_cap=frontier_cap)
     out: list[Persona] = []
     async for persona in expander.personas(start_after):

@@ -6,13 +6,13 @@ import re
 
 import orjson
 
+from pipeline.prompts import PROMPT_DIR, agent_view, example, render
+from pipeline.rules import check_script, check_trajectory
+from pipeline.script import script_messages
+from pipeline.trajectory import Game, fresh_messages
 from service.config import load_config
 from tests.conftest import ROOT
 from tests.test_export import SCRIPT
-from workers.prompts import PROMPT_DIR, agent_view, example, render
-from workers.rules import check_script, check_trajectory
-from workers.script import script_messages
-from workers.trajectory import Game, fresh_messages
 
 VALUES = {
     "persona": "p",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from service.queue import JobQueue, StageSpec
+from workers.queue import JobQueue, StageSpec
 
 
 async def numbers(n: int) -> AsyncIterator[int]:

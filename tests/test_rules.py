@@ -1,4 +1,4 @@
-"""Tests for workers.rules: one passing and one failing fixture per rule id, plus parsing edge cases."""
+"""Tests for pipeline.rules: one passing and one failing fixture per rule id, plus parsing edge cases."""
 
 import copy
 import json
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from workers.rules import (
+from pipeline.rules import (
     CONTINUABLE,
     RULE_IDS,
     Action,

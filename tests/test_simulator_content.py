@@ -1,6 +1,6 @@
 """Content of the simulator's answers: task recognition, scripts, trajectories, flaws.
 
-Requests are built from the real prompt files in workers/prompts and sent over HTTP;
+Requests are built from the real prompt files in pipeline/prompts and sent over HTTP;
 the checks below re-implement the SPEC rules S1-S7 and T1-T8 with RE2.
 """
 
@@ -18,16 +18,16 @@ import aiohttp
 import orjson
 import re2
 
+from pipeline.prompts import example
+from pipeline.rules import Failure, check_script, check_trajectory
+from pipeline.script import script_messages
+from pipeline.trajectory import Game, continue_messages, fresh_messages
 from simulator.content import generate
 from simulator.content.flaws import SCRIPT_FLAWS, TRAJECTORY_FLAWS, chosen_flaw
 from simulator.content.scriptmodel import parse_script
 from simulator.content.trajectories import build
 from simulator.server import start
 from simulator.settings import SimSettings
-from workers.prompts import example
-from workers.rules import Failure, check_script, check_trajectory
-from workers.script import script_messages
-from workers.trajectory import Game, continue_messages, fresh_messages
 
 PROMPTS = Path(__file__).resolve().parents[1] / "workers" / "prompts"
 FLAGS = ("parameter_error", "place_error", "logic_error")

@@ -23,8 +23,8 @@ from llm import (
     RequestFailed,
     RequestTally,
 )
+from pipeline.script import script_messages
 from tests.conftest import FAST_SIM, sim_stats, simulator
-from workers.script import script_messages
 
 streamed_or_not = pytest.mark.parametrize("stream", (True, False), ids=("stream", "whole"))
 

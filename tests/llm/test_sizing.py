@@ -25,9 +25,9 @@ from llm import (
 )
 from llm.client import estimate_tokens, request_key
 from llm.sizing import FLOOR, LEARN_FROM, MARGIN, WINDOW, CompletionSizes
+from pipeline.script import script_messages
 from service.store import Store, StoreCache
 from tests.conftest import FAST_SIM, sim_stats, simulator
-from workers.script import script_messages
 
 CAP = 4096
 MESSAGES = script_messages("A beekeeper with forty hives.", None)

@@ -1,4 +1,4 @@
-"""When the run starts another sample (`Run._may_admit`, asked by the job queue).
+"""When to start another sample (the run's `may_admit`, asked by the job queue).
 
 The samples in flight are sized by Little's law (the endpoints' rate x their latency),
 whatever those turn out to be, rather than by a number set in advance. A new sample starts
@@ -22,7 +22,6 @@ import math
 from collections.abc import Iterable
 
 from llm.limiter import EndpointLimiter
-from metrics.stats import RunStats
 
 BACKLOG = 32  # requests queued per endpoint: a few admission polls' worth at 10,000 RPM
 OWN_WORK_SHARE = 1.0  # samples elsewhere may equal those at the endpoints (+ BACKLOG)
@@ -30,11 +29,11 @@ TAIL_MARGIN = 1.1  # samples started beyond the expected need at the end of a ru
 MIN_ACCEPT_RATE = 0.3  # the accept rate assumed at most this pessimistic (a run's first samples)
 
 
-def needed_for_target(stats: RunStats) -> int:
-    """Samples in flight that the rest of the target needs, at the accept rate seen so far."""
-    finished = stats.accepted + stats.dropped + stats.failed + stats.duplicates["script"]
-    rate = max(MIN_ACCEPT_RATE, (stats.accepted + 1) / (finished + 1))
-    return math.ceil((stats.target - stats.accepted) / rate * TAIL_MARGIN) + 1
+def needed_for_target(target: int, accepted: int, finished: int) -> int:
+    """Samples in flight that the rest of the target needs, at the accept rate seen so far
+    (`finished`: samples that ended, accepted or not)."""
+    rate = max(MIN_ACCEPT_RATE, (accepted + 1) / (finished + 1))
+    return math.ceil((target - accepted) / rate * TAIL_MARGIN) + 1
 
 
 def endpoints_want_more(limiters: Iterable[EndpointLimiter], samples_in_flight: int) -> bool:

@@ -1,8 +1,8 @@
 """Work in flight: samples, and requests at the endpoints or waiting for them.
 
 `InFlight` is one reading (the progress line and the metrics take one whenever they draw).
-`FlightRecorder` takes one every `interval_s` while the run generates and keeps, in the run's
-`RunStats`, the peaks and the memory one sample in flight holds: the growth of the process's
+`FlightRecorder` takes one every `interval_s` while the run generates and keeps the peaks
+and the memory one sample in flight holds: the growth of the process's
 resident memory from the first reading to the reading at the peak of samples in flight,
 divided by that peak. That is an upper bound (the dedup index and the store's cache grow in
 the same time), and a good figure only where many samples were in flight, as on a slow
@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-
-from metrics.stats import RunStats
 
 log = structlog.get_logger()
 INTERVAL_S = 1.0
@@ -43,12 +41,14 @@ def resident_kib() -> float:
 
 
 class FlightRecorder:
-    """Samples `read()` every `interval_s` into `stats` (peaks, memory per sample in flight)."""
+    """Samples `read()` every `interval_s`: the peaks, and the memory per sample in flight."""
 
-    def __init__(self, read: Callable[[], InFlight], stats: RunStats, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, read: Callable[[], InFlight], interval_s: float = INTERVAL_S) -> None:
         self._read = read
-        self._stats = stats
         self._interval = interval_s
+        self.peak_samples = 0
+        self.peak_requests = 0
+        self.memory_per_sample_kib: float | None = None  # RSS growth per sample in flight, at the peak
         self._task: asyncio.Task[None] | None = None
         self._base_kib: float | None = None
 
@@ -61,23 +61,21 @@ class FlightRecorder:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self.record()
-        stats = self._stats
         log.info(
             "in_flight_peak",
-            samples=stats.peak_samples_in_flight,
-            requests=stats.peak_requests_in_flight,
-            memory_per_sample_kib=stats.memory_per_sample_kib,
+            samples=self.peak_samples,
+            requests=self.peak_requests,
+            memory_per_sample_kib=self.memory_per_sample_kib,
         )
 
     def record(self) -> None:
         now = self._read()
-        stats = self._stats
-        stats.peak_requests_in_flight = max(stats.peak_requests_in_flight, now.requests)
-        if now.samples > stats.peak_samples_in_flight:
-            stats.peak_samples_in_flight = now.samples
+        self.peak_requests = max(self.peak_requests, now.requests)
+        if now.samples > self.peak_samples:
+            self.peak_samples = now.samples
             if now.samples >= MIN_SAMPLES_FOR_MEMORY and self._base_kib is not None:
                 growth = max(0.0, resident_kib() - self._base_kib)
-                stats.memory_per_sample_kib = round(growth / now.samples, 1)
+                self.memory_per_sample_kib = round(growth / now.samples, 1)
 
     async def _loop(self) -> None:
         while True:

@@ -1,7 +1,7 @@
 """Getting JSON out of LLM text: code-fence stripping, strict parsing and salvage of a truncated list.
 
 LLM outputs often wrap JSON in a Markdown code fence, and long outputs get cut off by the token
-limit. These helpers are pure functions used by the verification rules (``workers.rules``):
+limit. These helpers are pure functions used by the verification rules (``pipeline.rules``):
 
 * ``strip_fence`` returns the JSON-looking part of a reply;
 * ``loads`` parses strictly (orjson; trailing content, NaN and lone surrogates are errors);

@@ -9,11 +9,11 @@
   held whole) becomes a `Malformed` item with a one-line reason naming file:line; it is
   skipped and counted (or stops the run in strict mode).
 - No file: the built-in seed list, expanded breadth-first through the endpoint with the
-  Persona Hub persona-to-persona prompt (`workers.personas.PersonaExpander`).
+  Persona Hub persona-to-persona prompt (`pipeline.expansion.PersonaExpander`).
 
 Each item carries its position in the source and `cursor`: the position a resumed run may
 start after once this item's outcome is stored (a file: the item's own line; expansion,
-whose items come out of order: see `workers.personas`). Persona text is kept on one line,
+whose items come out of order: see `pipeline.expansion`). Persona text is kept on one line,
 with control characters (ESC, BEL, ...) removed: they would reach the training data.
 """
 

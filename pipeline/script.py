@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from dedup.near import Verdict
 from llm import EndpointChain
-from service.config import Stage
-from workers.prompts import chat, example, render
-from workers.rules import Failure, check_script, feedback
-from workers.sample import SampleJob
+from pipeline.job import SampleJob
+from pipeline.prompts import chat, example, render
+from pipeline.rules import Failure, check_script, feedback
+from pipeline.settings import StageSettings
 
 
 class ScriptStage:
@@ -26,7 +26,7 @@ class ScriptStage:
     def __init__(
         self,
         llm: EndpointChain,
-        settings: Stage,
+        settings: StageSettings,
         duplicate_of: Callable[[SampleJob], Awaitable[Verdict | None]],
     ) -> None:
         self._llm = llm
@@ -37,7 +37,7 @@ class ScriptStage:
         """Run until a script passes (next stage: trajectory) or attempts run out (None: dropped)."""
         previous: tuple[str, Sequence[Failure]] | None = None
         while job.script_attempts < self._settings.attempts:
-            job.script_attempts += 1
+            job.attempts[self.name] += 1
             attempt = job.script_attempts
             completion = await self._llm.complete(
                 script_messages(job.persona, previous),

@@ -112,7 +112,7 @@ def collect(store: Store) -> ReportData:
 def write_report(store: Store, out: Path) -> Path:
     """Write `report.md` and the plots under `report/` (each atomically; a failed write raises
     `RunDirectoryError` naming the file); return the report's path."""
-    from metrics import plots  # matplotlib takes ~0.4 s to import: only the report pays for it
+    from service import plots  # matplotlib takes ~0.4 s to import: only the report pays for it
 
     data = collect(store)
     images = plots.draw(data, out / "report")

@@ -24,7 +24,7 @@ flag it with ``parameter_error``; T5 (flag consistency) fails when a *valid* act
 with ``parameter_error``. Both are reported at the Player turn, so the pair is dropped as a whole.
 
 Every pattern is compiled with RE2 (linear time, bounded memory, no logging), so an LLM-written
-verification code can never hang or flood the service. ``strip_fence`` (from ``workers.jsontext``)
+verification code can never hang or flood the service. ``strip_fence`` (from ``pipeline.jsontext``)
 is re-exported for the other stages that read JSON out of LLM replies.
 """
 
@@ -35,11 +35,13 @@ from dataclasses import dataclass
 
 import re2
 
-from workers.jsontext import JSONDecodeError, loads, salvage_list, strip_fence, utf8_len
+from pipeline.jsontext import JSONDecodeError, loads, salvage_list, strip_fence, utf8_len
 
 __all__ = [
     "CONTINUABLE",
     "RULE_IDS",
+    "SCRIPT_RULES",
+    "TRAJECTORY_RULES",
     "Action",
     "Failure",
     "ScriptVerdict",
@@ -51,10 +53,11 @@ __all__ = [
     "strip_fence",
 ]
 
-RULE_IDS: tuple[str, ...] = (
-    *(f"S{n}" for n in range(1, 8)),
-    *(f"T{n}" for n in range(1, 9)),
-)
+SCRIPT_RULES: tuple[str, ...] = tuple(f"S{n}" for n in range(1, 8))
+"""The script checks (SPEC §3), in the order they are reported."""
+TRAJECTORY_RULES: tuple[str, ...] = tuple(f"T{n}" for n in range(1, 9))
+"""The trajectory checks (SPEC §4)."""
+RULE_IDS: tuple[str, ...] = SCRIPT_RULES + TRAJECTORY_RULES
 CONTINUABLE = frozenset({"T1", "T2", "T3", "T4", "T5"})
 """Trajectory rules whose failure keeps the verified prefix and asks the LLM to continue from it."""
 

@@ -36,10 +36,10 @@ import orjson
 import structlog
 
 from llm import EndpointChain, RequestFailed
-from service.config import Stage
-from service.personas import Persona, clean_persona
-from workers.jsontext import strip_fence
-from workers.prompts import render
+from pipeline.jsontext import strip_fence
+from pipeline.prompts import render
+from pipeline.settings import StageSettings
+from pipeline.sources import Persona, clean_persona
 
 log = structlog.get_logger()
 
@@ -53,7 +53,7 @@ class PersonaExpander:
     def __init__(
         self,
         llm: EndpointChain,
-        settings: Stage,
+        settings: StageSettings,
         count: int,
         seeds: list[str],
         frontier_cap: int = FRONTIER_CAP,

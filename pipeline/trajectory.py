@@ -15,17 +15,17 @@ from typing import Any
 import orjson
 
 from llm import EndpointChain
-from service.config import Stage
-from workers.prompts import agent_view, chat, example, render
-from workers.rules import Failure, check_trajectory, feedback
-from workers.sample import SampleJob
+from pipeline.job import SampleJob
+from pipeline.prompts import agent_view, chat, example, render
+from pipeline.rules import Failure, check_trajectory, feedback
+from pipeline.settings import StageSettings
 
 
 class TrajectoryStage:
     name = "trajectory"
 
     def __init__(
-        self, llm: EndpointChain, settings: Stage, script_attempts: int, refinement: bool = True
+        self, llm: EndpointChain, settings: StageSettings, script_attempts: int, refinement: bool = True
     ) -> None:
         self._llm = llm
         self._settings = settings
@@ -39,6 +39,7 @@ class TrajectoryStage:
         prefix: list[dict[str, Any]] = []
         previous: tuple[str, Sequence[Failure]] | None = None
         for attempt in range(1, self._settings.attempts + 1):
+            job.attempts[self.name] += 1
             if prefix:
                 assert previous is not None
                 messages = continue_messages(game, prefix, previous[1])

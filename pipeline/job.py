@@ -8,12 +8,13 @@ script when a script's trajectory attempts are used up), and ends accepted, drop
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from dedup.near import Verdict
 from llm import Completion, Usage
-from workers.rules import Action, Failure
+from pipeline.rules import Action, Failure
 
 
 @dataclass
@@ -23,7 +24,7 @@ class SampleJob:
     source: str
     persona: str
     persona_meta: dict[str, Any] = field(default_factory=dict)
-    script_attempts: int = 0
+    attempts: Counter[str] = field(default_factory=Counter)  # answers asked for, by stage
     script: dict[str, Any] | None = None
     actions: tuple[Action, ...] = ()
     trajectory: list[dict[str, Any]] | None = None
@@ -62,6 +63,11 @@ class SampleJob:
                 "next": action,
             }
         )
+
+    @property
+    def script_attempts(self) -> int:
+        """Scripts asked for so far (a persona gets `stages.script.attempts` of them)."""
+        return self.attempts["script"]
 
     @property
     def failed_checks(self) -> list[str]:
