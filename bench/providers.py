@@ -94,7 +94,9 @@ SCENARIOS = [
         "limits",
         LEARN_LIMITS,
     ),
-    Scenario("deepseek-like", "deepseek", {"profile": "deepseek-like"}, 600, "cap"),
+    # N=2000: at ~28 s per answer the limit's doublings (32 to the 256 cap) take ~3.5 minutes,
+    # which at N=600 was half the steady window (mean in flight 0.77 of the cap)
+    Scenario("deepseek-like", "deepseek", {"profile": "deepseek-like"}, 2000, "cap"),
     Scenario("vllm-like", "vllm", {"profile": "vllm-like"}, 600, "knee"),
     Scenario(
         "short answers: 3000 RPM, whole answer after a lognormal 0.8 s median",

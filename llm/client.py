@@ -355,7 +355,7 @@ class LLMClient:
                                 )
                             )
                             ticket.succeeded(
-                                result.usage.total,
+                                result.usage.prompt + max_tokens,  # the provider's charge
                                 reply.headers,
                                 latency,
                                 first_token_s=reply.first_token_s,

@@ -229,7 +229,8 @@ class EndpointLimiter:
 
     def _answered(self, latency_s: float, tokens: int) -> None:
         """Keep the floor of the concurrency at what the RPM/TPM buckets can keep busy:
-        the requests they allow per second x the mean latency (Little's law)."""
+        the requests they allow per second (`tokens`: charged per request) x the mean
+        latency (Little's law)."""
         self._latency_s.add(latency_s)
         self._tokens_per_request.add(tokens)
         rates = []
@@ -283,7 +284,7 @@ class Ticket:
 
     def succeeded(
         self,
-        actual_tokens: int,
+        charged_tokens: int,
         headers: Mapping[str, str],
         latency_s: float,
         *,
@@ -292,15 +293,17 @@ class Ticket:
     ) -> None:
         """Answered after `latency_s` (sent to last byte), its first token after `first_token_s`
         (None when not streamed), with `completion_tokens` written: feed it to the concurrency
-        limit, correct the token estimate (`actual_tokens`: prompt + completion), then read the
-        provider's headers (which already count this request's real usage). The time to the
-        first token is the wait (queueing, prefill); the rest is writing, about
-        `completion_tokens` / the model's output speed."""
+        limit, correct the token reservation to what the provider charged at admission
+        (`charged_tokens`: the real prompt + the max_tokens sent; the unused part of max_tokens
+        is not given back, as OpenAI documents no refund of it), then read the provider's
+        headers (which already count this request). The time to the first token is the wait
+        (queueing, prefill); the rest is writing, about `completion_tokens` / the model's
+        output speed."""
         self._limiter.concurrency.succeeded(self._send, latency_s, first_token_s, completion_tokens)
         if self._tokens is not None:
-            self._tokens.give_back(self._estimate - actual_tokens)
+            self._tokens.give_back(self._estimate - charged_tokens)
         self._limiter.observe(headers)
-        self._limiter._answered(latency_s, actual_tokens)
+        self._limiter._answered(latency_s, charged_tokens)
 
     def rate_limited(self, cooldown_s: float, headers: Mapping[str, str]) -> None:
         """Refused with 429 (`headers` read after `observe`): see the module docstring."""

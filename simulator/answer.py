@@ -23,7 +23,7 @@ class Answer:
     body: dict[str, Any]
     digest: str
     prompt_tokens: int
-    charged_tokens: int  # what the rate limiter took (refunded down to use at the end)
+    charged_tokens: int  # what the rate limiter took (with tpm_refund, down to use at the end)
     fault: str | None
     admitted_at: float
     completion: dict[str, Any] = field(default_factory=dict)  # the chat.completion, once written

@@ -17,8 +17,9 @@ usage or [DONE], "hang" stalls (connection open, nothing sent) for `hang_s`, the
 
 Counting (`/_sim/stats`): every admitted request ends with one `by_status` entry: its
 status, its fault's name, "hang" (client gone during a hang) or "499" (client gone). An
-answer generated in full has its tokens used counted and the unused part of its TPM charge
-refunded; a complete one is also counted in `answered` and in the answers' times.
+answer generated in full has its tokens used counted and, with `tpm_refund`, the unused part
+of its TPM charge refunded; a complete one is also counted in `answered` and in the answers'
+times.
 """
 
 from __future__ import annotations
@@ -77,8 +78,10 @@ async def _whole(st: SimState, answer: Answer, generation: Generation) -> None:
 
 
 def _generated(st: SimState, answer: Answer) -> None:
-    """The answer was generated in full: refund the unused charge, count the tokens used."""
-    st.limiter.reconcile(answer.charged_tokens, answer.prompt_tokens + answer.completion_tokens)
+    """The answer was generated in full: refund the unused charge (`tpm_refund`), count the
+    tokens used."""
+    if st.settings.tpm_refund:
+        st.limiter.reconcile(answer.charged_tokens, answer.prompt_tokens + answer.completion_tokens)
     st.load.generated(answer.prompt_tokens, answer.completion_tokens)
 
 

@@ -9,8 +9,8 @@ up to `max_num_seqs` sequences at once, each slower as the batch grows.
 - ``fast``: the settings' defaults: sub-second answers delivered whole, no limits (what
   the tests and the default `make run` use);
 - ``gpt-4o-like``: a tier-4 OpenAI key: 80 tokens/s after a ~0.5 s first token, 5000 RPM
-  and 2M TPM charged at admission as prompt + max_tokens (refunded to what the answer
-  used), with `x-ratelimit-*` headers;
+  and 2M TPM charged at admission as prompt + max_tokens, the charge standing (no refund of
+  the unused max_tokens: OpenAI documents none), with `x-ratelimit-*` headers;
 - ``deepseek-like``: 35 tokens/s, no RPM/TPM; at most 256 requests at once per key
   (429 beyond, no rate-limit headers); blank lines (or `: keep-alive` SSE comments) while
   a request waits; DeepSeek's usage block;
@@ -34,6 +34,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "output_tokens_per_s": 80.0,
         "rpm": 5000,
         "tpm": 2_000_000,
+        "tpm_refund": False,
     },
     "deepseek-like": {
         "latency_median_s": 1.2,

@@ -82,6 +82,10 @@ class SimSettings:
     burst_s: float = bounded(60.0, 0, 86_400, above=True)
     # false: the buckets start empty, as for a key that another job has just used
     start_full: bool = True
+    # true: the unused part of a request's TPM charge (prompt + max_tokens at admission) is
+    # given back once the answer is complete; false: the charge stands, the stricter reading
+    # of OpenAI's documentation (it documents the charge at admission, no refund)
+    tpm_refund: bool = True
     # > 0: continuous batching like vLLM: at most this many sequences in the batch (prefill to
     # last token), the rest wait in a queue (their time to first token grows); never a 429
     max_num_seqs: int = bounded(0, 0, 10**6, note="0: off")
