@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from service.report import ReportData, utc_clock
+from service.report_data import ReportData, utc_clock
 from service.rundir import storage_error, write_atomic
 
 
