@@ -1,5 +1,5 @@
 """In-process endpoint models in compressed time: the concurrency controller against the three
-shapes of provider, for `tests/test_concurrency.py` and `make bench SECTIONS=concurrency`.
+shapes of provider, for `tests/llm/test_concurrency.py` and `make bench SECTIONS=concurrency`.
 
 The models answer in the event loop's time, and `run_model` runs them on a looptime loop
 (time only moves when every task waits), so an hour of a provider answering in 30-60 s takes

@@ -1,6 +1,6 @@
 """Prompt files (`pipeline/prompts/*.md`) rendered with `string.Template` ($name placeholders,
 so the JSON braces inside prompts need no escaping), the worked examples they show
-(`pipeline/prompts/example_*.json`, each passing every rule: tests/test_prompts.py), and the
+(`pipeline/prompts/example_*.json`, each passing every rule: tests/pipeline/test_prompts.py), and the
 agent's view of a script: what the trained agent is shown, so also all the Player may know."""
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ def test_a_queueing_endpoint_stops_the_ramp_far_below_the_ceiling() -> None:
     # At most 6 requests are served at once and the rest queue (no 429 ever). The controller
     # doubles from its first limit, sees the doubling bought nothing but waiting, and holds
     # instead of running on to the ceiling of 256. The bound is loose so that a slow or loaded
-    # machine cannot fail it: finding the knee itself is tests/test_concurrency.py's part,
+    # machine cannot fail it: finding the knee itself is tests/llm/test_concurrency.py's part,
     # against models whose timing no load on this machine can disturb.
     knee = 6
     with simulator({**FAST_SIM, "latency_median_s": 0.05, "latency_sigma": 0.2, "max_num_seqs": knee}) as url:

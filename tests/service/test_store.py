@@ -11,7 +11,7 @@ import pytest
 from service.export import OutputWriter
 from service.rundir import RunDirectoryError
 from service.store import Store
-from tests.test_export import RECORD
+from tests.service.test_export import RECORD
 
 
 def record(sid: str) -> dict:

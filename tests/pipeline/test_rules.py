@@ -2,10 +2,10 @@
 
 import copy
 import json
-import time
 from collections.abc import Callable
 
 import pytest
+import re2
 
 from pipeline.rules import (
     CONTINUABLE,
@@ -369,7 +369,9 @@ def test_first_failing_action_in_key_order_wins() -> None:
 # --- pathological patterns ----------------------------------------------------------------------
 
 
-def test_catastrophic_backtracking_pattern_runs_in_linear_time() -> None:
+def test_catastrophic_backtracking_pattern_is_compiled_by_re2_and_rejects_evil_input() -> None:
+    """RE2 (linear time, no backtracking) is what bounds the check; a backtracking engine would
+    not return from these inputs. Timings belong in `make bench`, not here."""
     script = make_script()
     script["Available Actions"]["{word}"] = {
         "description": "say a word",
@@ -378,16 +380,13 @@ def test_catastrophic_backtracking_pattern_runs_in_linear_time() -> None:
     }
     actions = actions_of(script)
     assert is_valid_action("aa", actions)
+    assert all(isinstance(action.pattern, re2._Regexp) for action in actions)
     evil = "a" * 100_000 + "b"
-    start = time.perf_counter()
     assert not is_valid_action(evil, actions)
-    assert time.perf_counter() - start < 1.0
     # Inside a trajectory, a 4,000-character version of it is an invalid action (T4 when unflagged).
     turns = make_trajectory()
     turns[6]["Action"] = "a" * 4000 + "b"
-    start = time.perf_counter()
     verdict = check_trajectory(as_text(turns), actions)
-    assert time.perf_counter() - start < 1.0
     assert (verdict.failure.rule, verdict.failure.turn) == ("T4", 7)
 
 

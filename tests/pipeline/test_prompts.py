@@ -12,7 +12,7 @@ from pipeline.script import script_messages
 from pipeline.trajectory import Game, fresh_messages
 from service.config import load_config
 from tests.conftest import ROOT
-from tests.test_export import SCRIPT
+from tests.service.test_export import SCRIPT
 
 VALUES = {
     "persona": "p",
