@@ -345,12 +345,16 @@ class Run:
         return expander.personas
 
     async def _disconnect(self) -> None:
-        if self._dedup is not None:
-            await self._dedup.aclose()
-        for embedder in {id(embedder): embedder for embedder in self._embedders.values()}.values():
-            await embedder.aclose()  # an endpoint embedder serves both kinds: closed once
-        if self._endpoints is not None:
-            await self._endpoints.aclose()
+        """Close the dedup check, then the embedders, then the endpoints; each is closed even
+        when one before it fails (a full disk while the script check stores its last keys
+        must not leave the endpoints' sessions open), and that failure is raised after."""
+        async with contextlib.AsyncExitStack() as closing:  # its callbacks run last-pushed first
+            if self._endpoints is not None:
+                closing.push_async_callback(self._endpoints.aclose)
+            for embedder in {id(embedder): embedder for embedder in self._embedders.values()}.values():
+                closing.push_async_callback(embedder.aclose)  # an endpoint embedder serves both kinds
+            if self._dedup is not None:
+                closing.push_async_callback(self._dedup.aclose)
 
     def _may_admit(self, in_flight: int) -> bool:
         """Admit while the endpoints could take more work and the rest of the target needs it
