@@ -33,12 +33,13 @@ from typing import Any
 
 import orjson
 
+from pipeline import registry
+from pipeline.job import SampleJob
+from pipeline.prompts import agent_view, render
+from pipeline.rules import FLAGS
 from service.rundir import storage_error
 from service.store import Store
-from workers.prompts import agent_view, render
-from workers.sample import SampleJob
 
-FLAGS = ("parameter_error", "place_error", "logic_error")
 MASKS = ("paper", "no-refinement-loss", "erroneous-loss")
 """Loss masks (SPEC §5, paper Table 2): `paper` masks the erroneous assistant turns;
 `no-refinement-loss` also masks the refinement turns (the correction right after an error);
@@ -147,8 +148,7 @@ def _meta(job: SampleJob) -> dict[str, Any]:
         "cost_usd": round(job.cost_usd, 10),
         "requests": job.requests,
         "attempts": {
-            "script": job.script_attempts,
-            "trajectory": sum(1 for h in job.history if h["stage"] == "trajectory"),
+            **{stage.name: job.attempts[stage.name] for stage in registry.sample_stages()},
             "history": job.history,
         },
     }

@@ -11,13 +11,21 @@ import resource
 from collections import Counter
 from typing import Any
 
-from metrics.stats import RunStats
-from metrics.usage import Charge, Usage, parse_usage
+from llm import Charge, RequestTally, Usage, parse_usage
 from service.config import Config
+from service.recorder import SampleCounts
 from service.store import Store
+from workers.flight import FlightRecorder
 
 
-def build_summary(store: Store, stats: RunStats, config: Config, reason: str) -> dict[str, Any]:
+def build_summary(
+    store: Store,
+    counts: SampleCounts,
+    requests: RequestTally,
+    flight: FlightRecorder,
+    config: Config,
+    reason: str,
+) -> dict[str, Any]:
     checks = Counter(store.finished_checks())
     by_rule = Counter(item.split(">")[0] for item in checks.elements())
     recovery = Counter(item.split(">")[1] for item in checks.elements())
@@ -35,7 +43,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
     return {
         "result": reason,
         "accepted": accepted,
-        "target": stats.target,
+        "target": counts.target,
         "dropped_by_rule": dict(
             sorted((rule, n) for (kind, rule), n in rejects.items() if kind == "dropped")
         ),
@@ -61,18 +69,18 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
-            "wall_s": round(stats.elapsed, 2),
-            "requests_per_s": round(sum(stats.requests.values()) / max(stats.elapsed, 1e-9), 1),
+            "wall_s": round(counts.elapsed, 2),
+            "requests_per_s": round(requests.attempts / max(counts.elapsed, 1e-9), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_samples_in_flight": stats.peak_samples_in_flight,
-            "peak_requests_in_flight": stats.peak_requests_in_flight,
-            "memory_per_sample_in_flight_kib": stats.memory_per_sample_kib,
-            "accepted": stats.accepted_this_run,
-            "requests": dict(stats.requests),
-            "answers_replayed_from_store": stats.cache_hits,
-            "tokens": stats.usage.total,
-            "tokens_charged": stats.tokens_charged,
-            "cost_usd": round(stats.cost_usd, 6),
+            "peak_samples_in_flight": flight.peak_samples,
+            "peak_requests_in_flight": flight.peak_requests,
+            "memory_per_sample_in_flight_kib": flight.memory_per_sample_kib,
+            "accepted": counts.accepted_this_run,
+            "requests": dict(requests.outcomes),
+            "answers_replayed_from_store": requests.replayed,
+            "tokens": requests.usage.total,
+            "tokens_charged": requests.charged,
+            "cost_usd": round(requests.cost_usd, 6),
         },
     }
 
