@@ -21,10 +21,11 @@ read.)
 learned from its headers), a request is sent with max_tokens sized to the stage's answers
 (`CompletionSizes`), not the stage's cap, since OpenAI charges the limit with prompt +
 max_tokens when it admits a request; the TPM reservation is what is sent. An answer cut by
-`finish_reason: length` below the cap is stored (it was paid) and asked again at the cap
-with a seed derived from the first (`at_cap_seed`), so no sample is lost to the tighter
-limit and a resumed run replays both. The cut attempt is counted as outcome
-`cut_below_cap`, and the whole answer's usage and cost include it.
+`finish_reason: length` below the cap is stored (it was paid) and asked again with more
+room (just above the longest recent answer, then the cap: `CompletionSizes`) and a seed
+derived from the one before (`reask_seed`), so no sample is lost to the tighter limit and a
+resumed run replays every ask. A cut attempt is counted as outcome `cut_below_cap`, and
+the whole answer's usage and cost include it.
 
 **Streaming.** With `stream: true` (the default) the answer comes as server-sent events
 (with `stream_options.include_usage`, so the usage is exact), which lets a silence timeout
@@ -160,8 +161,9 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
     return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages) + 3
 
 
-def at_cap_seed(seed: int) -> int:
-    """The seed of the re-ask at the cap of an answer cut below it: a request of its own."""
+def reask_seed(seed: int) -> int:
+    """The seed of the re-ask of an answer cut below the cap: a request of its own (the
+    first re-ask of a question has had this seed since re-asks went to the cap directly)."""
     digest = hashlib.sha256(f"{seed}:at-cap".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
@@ -209,18 +211,23 @@ class LLMClient:
         self._sending = False
 
     def prepare(
-        self, messages: list[dict[str, str]], generation: Generation, stage: str, at_cap: bool = False
+        self,
+        messages: list[dict[str, str]],
+        generation: Generation,
+        stage: str,
+        max_tokens: int | None = None,
     ) -> PreparedRequest:
         """The request as this endpoint will receive it, and its cache key. max_tokens is
-        sized to the stage's answers where the endpoint charges it against a TPM limit;
-        `at_cap`: the stage's cap whatever was learned."""
+        the one given (a re-ask), else sized to the stage's answers where the endpoint
+        charges it against a TPM limit, else the stage's cap."""
         ep = self.endpoint
         json_mode = generation.json_mode and ep.json_mode
         body = self._question(messages, generation, json_mode)
         key = request_key(body if ep.send_seed else {**body, "seed": generation.seed})
         cap = generation.max_tokens
-        sized = ep.size_max_tokens and not at_cap and self.limiter.limits_tokens
-        max_tokens = self.sizes[stage].max_tokens(cap) if sized else cap
+        if max_tokens is None:
+            sized = ep.size_max_tokens and self.limiter.limits_tokens
+            max_tokens = self.sizes[stage].max_tokens(cap) if sized else cap
         body[ep.max_tokens_param] = max_tokens
         if ep.stream:
             body.update(STREAM)
@@ -243,23 +250,25 @@ class LLMClient:
         self, request: PreparedRequest, stage: str, cached: Answer | None = None
     ) -> Completion:
         """The answer to `request`: `cached` (what `cached()` found), else asked. One cut by
-        max_tokens below the cap is asked again at the cap (or that re-ask replayed)."""
-        first = cached or await self.send(request, stage)
+        max_tokens below the cap is asked again with more room, then at the cap (or those
+        re-asks replayed)."""
+        answers = [cached or await self.send(request, stage)]
         from_cache = cached is not None
-        self._learn(stage, first, request.cap)
-        if not _cut_below_cap(first, request.cap):
-            return _completion([first], from_cache)
-        again = self.prepare(
-            request.messages,
-            replace(request.generation, seed=at_cap_seed(request.generation.seed)),
-            stage,
-            at_cap=True,
-        )
-        second = self.cached(again, stage)
-        from_cache = from_cache and second is not None
-        second = second or await self.send(again, stage)
-        self._learn(stage, second, request.cap)
-        return _completion([first, second], from_cache)
+        generation = request.generation
+        while _cut_below_cap(answers[-1], request.cap):
+            room = self.sizes[stage].reask_max_tokens(request.cap)
+            generation = replace(generation, seed=reask_seed(generation.seed))
+            again = self.prepare(
+                request.messages,
+                generation,
+                stage,
+                max_tokens=room if room > (answers[-1].max_tokens or 0) else request.cap,
+            )
+            answer = self.cached(again, stage)
+            from_cache = from_cache and answer is not None
+            answers.append(answer or await self.send(again, stage))
+        self._learn(stage, answers[-1], request.cap)
+        return _completion(answers, from_cache)
 
     async def send(self, request: PreparedRequest, stage: str) -> Answer:
         """Ask the endpoint (with retries) and cache the answer. `stage` is the caller's label
@@ -410,9 +419,11 @@ class LLMClient:
             sink(event)
 
     def _learn(self, stage: str, answer: Answer, cap: int) -> None:
-        """Feed an answer's length to the stage's sizes. One cut by max_tokens counts as the
-        cap: all that is known is that it needed more, and leaving it out would teach the
-        sizes that long answers are rarer than they are (only the short ones would be seen)."""
+        """Feed an answer's length to the stage's sizes: once per question, from its last ask.
+        An answer cut by a sized max_tokens only says it needed more; its last re-ask says
+        how much (learning the cut one as the cap instead made every cut look as if no
+        max_tokens below the cap could have saved it, so the sizes drifted down and cut ~5%
+        of the answers, each re-asked at prompt + cap). One cut at the cap counts as the cap."""
         usage = parse_usage(answer.usage)
         self.sizes[stage].observe(usage.prompt, cap if answer.finish_reason == "length" else usage.completion)
 
@@ -441,7 +452,7 @@ class LLMClient:
 
 
 def _cut_below_cap(answer: Answer, cap: int) -> bool:
-    """Cut by a sized max_tokens: a re-ask at the cap may finish it."""
+    """Cut by a sized max_tokens: a re-ask with more room may finish it."""
     return answer.finish_reason == "length" and answer.max_tokens is not None and answer.max_tokens < cap
 
 

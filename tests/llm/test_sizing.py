@@ -1,5 +1,5 @@
-"""Charge-aware max_tokens: the sizes a stage's answers call for, the re-ask at the cap of an
-answer cut below it (over real HTTP against the embedded endpoint), and resuming without
+"""Charge-aware max_tokens: the sizes a stage's answers call for, the re-asks of an answer cut
+below the cap (over real HTTP against the embedded endpoint), and resuming without
 paying twice: the store key does not depend on the max_tokens sent, and stores written
 before it was chosen are still read."""
 
@@ -79,7 +79,7 @@ def test_max_tokens_is_sized_only_under_a_tpm_limit_and_reserved_as_sent() -> No
         for _ in range(LEARN_FROM):
             client.sizes["script"].observe(1000, 10)
         sized[name] = client.prepare(MESSAGES, generation, "script")
-        assert client.prepare(MESSAGES, generation, "script", at_cap=True).max_tokens == CAP
+        assert client.prepare(MESSAGES, generation, "script", max_tokens=777).max_tokens == 777
         assert client.prepare(MESSAGES, generation, "trajectory").max_tokens == CAP  # per stage
     assert sized["tpm"].max_tokens == FLOOR and sized["none"].max_tokens == CAP
     assert sized["tpm"].estimate == estimate_tokens(MESSAGES) + FLOOR  # the TPM reservation
@@ -92,13 +92,15 @@ def ask(
     learned: int | None,
     seeds: tuple[int, ...] = (1,),
     legacy_keys: bool = False,
+    longest: int | None = None,
 ) -> tuple[RequestTally, list[Completion]]:
-    """Script requests through a fresh client; `learned`: answers of that many tokens seen before."""
+    """Script requests through a fresh client; `learned`: answers of that many tokens seen
+    before (the last of them `longest` tokens long, when given)."""
     tally = RequestTally()
     endpoint = Endpoint(model="sim-gpt-4o", name="sim", base_url=url, limits=UNDER_TPM)
     client = LLMClient(endpoint, cache=cache, sinks=[tally], legacy_keys=legacy_keys)
-    for _ in range(LEARN_FROM if learned else 0):
-        client.sizes["script"].observe(1000, learned or 0)
+    for i in range(LEARN_FROM if learned else 0):
+        client.sizes["script"].observe(1000, longest if longest and i == LEARN_FROM - 1 else learned or 0)
     chain = EndpointChain([client])
 
     async def go() -> list[Completion]:
@@ -111,6 +113,28 @@ def ask(
             await client.aclose()
 
     return tally, asyncio.run(go())
+
+
+def test_a_re_ask_goes_just_above_the_longest_answer_seen_then_to_the_cap() -> None:
+    sizes = sizes_of([500] * 99 + [2000])
+    assert sizes.reask_max_tokens(CAP) == math.ceil(2000 * MARGIN)
+    assert sizes.reask_max_tokens(1500) == 1500 and sizes_of([10] * 50).reask_max_tokens(CAP) == FLOOR
+    assert CompletionSizes().reask_max_tokens(CAP) == CAP  # nothing learned: the cap
+    # the first ask is chosen knowing the re-ask costs prompt + 2100, not prompt + the cap:
+    # at the 90th percentile (525) the one answer in a hundred longer costs 21 per answer
+    assert sizes.max_tokens(CAP) == math.ceil(500 * MARGIN)
+    assert sizes_of([500] * 99 + [2000], prompt=60000).max_tokens(CAP) == math.ceil(500 * MARGIN)
+
+
+def test_an_answer_cut_twice_is_asked_with_more_room_then_at_the_cap() -> None:
+    cache = MemoryCache()
+    room = math.ceil(286 * MARGIN)  # just above the longest answer seen, above the floor
+    with simulator(FAST_SIM) as url:
+        tally, [first] = ask(url, cache, learned=10, longest=286)  # a script is longer than both
+    assert tally.outcomes == {"cut_below_cap": 2, "ok": 1} and first.answers == 3
+    sent = sorted((a.finish_reason, a.max_tokens) for a in cache._answers.values())
+    assert sent == [("length", FLOOR), ("length", room), ("stop", CAP)]
+    assert first.finish_reason == "stop" and orjson.loads(first.content)
 
 
 def test_an_answer_cut_below_the_cap_is_asked_again_at_the_cap_and_a_resume_pays_nothing() -> None:
