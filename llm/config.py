@@ -58,7 +58,7 @@ class Endpoint:
     send_seed: bool = True
     max_tokens_param: str = one_of("max_tokens", ("max_tokens", "max_completion_tokens"))
     # connect, and the longest silence between two reads (no total timeout)
-    timeout_s: float = bounded(60.0, 0, 3600, above=True)
+    timeout_s: float = bounded(55.0, 0, 3600, above=True)
     max_retries: int = bounded(8, 0, 100)
     transport: str = one_of("aiohttp", TRANSPORTS)
     stream: bool = True  # ask for server-sent events (with usage); false for an endpoint that cannot

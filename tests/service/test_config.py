@@ -168,7 +168,7 @@ def test_transport_is_aiohttp_and_streaming_can_be_turned_off(tmp_path: Path) ->
     path = write(tmp_path, MINIMAL + "    stream: false\n    size_max_tokens: false\n")
     config = load_config(path, environ={"TEST_KEY_VAR": "k"})
     a, b = config.endpoints["a"], config.endpoints["b"]
-    assert (a.transport, a.stream, a.size_max_tokens, a.timeout_s) == ("aiohttp", True, True, 60.0)
+    assert (a.transport, a.stream, a.size_max_tokens, a.timeout_s) == ("aiohttp", True, True, 55.0)
     assert (b.stream, b.size_max_tokens) == (False, False)
     path = write(tmp_path, MINIMAL + "    transport: http1\n")  # removed: one line says what is left
     error = r"config.yaml:10: endpoints.b.transport: expected aiohttp, got 'http1'"
