@@ -70,7 +70,7 @@ def render(data: ReportData, images: list[Path]) -> str:
         "",
         "Charged: what a tokens-per-minute limit counts for an answer when it is admitted, the "
         "prompt plus the max_tokens sent (OpenAI's rule), per token the answer used; an answer "
-        "cut by a max_tokens sized below the stage's cap is asked again at the cap (both are "
+        "cut by a max_tokens sized below the stage's cap is asked again with more room (all are "
         "counted as answers).",
         "",
         f"## Throughput over time ({_duration(data.bin_width_s)} windows, UTC; empty windows left out)",

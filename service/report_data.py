@@ -23,7 +23,7 @@ class StageModelTotals:
     requests: int = 0
     usage: Usage = field(default_factory=Usage)
     charge: Charge = field(default_factory=Charge)
-    reasked: int = 0  # answers cut by a sized max_tokens, asked again at the cap
+    reasked: int = 0  # answers cut by a sized max_tokens, asked again with more room
     cost_usd: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
 

@@ -111,7 +111,7 @@ class ResponseRow:
 
     @property
     def cut_below_cap(self) -> bool:
-        """Cut by a max_tokens sized below the stage's cap (and so asked again at the cap)."""
+        """Cut by a max_tokens sized below the stage's cap (and so asked again with more room)."""
         return (
             self.finish_reason == "length"
             and self.max_tokens is not None

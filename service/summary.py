@@ -64,7 +64,7 @@ def build_summary(
             "charged_tokens": charge.charged,
             "charged_per_used": None if charge.ratio is None else round(charge.ratio, 3),
         },
-        "answers_reasked_at_cap": reasked,
+        "answers_reasked": reasked,
         "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
@@ -135,7 +135,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"recovery: {pairs(summary['recovery'])}",
         f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_prompt_tokens']}), "
         f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
-        _charged_line(tokens, summary["answers_reasked_at_cap"]),
+        _charged_line(tokens, summary["answers_reasked"]),
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
         f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
@@ -157,5 +157,5 @@ def _charged_line(tokens: dict[str, Any], reasked: int) -> str:
     charged = f"{tokens['charged_tokens']} ({ratio}x the tokens used)" if ratio is not None else "-"
     return (
         f"tokens charged against TPM (prompt + max_tokens): {charged}; "
-        f"answers cut by a sized max_tokens and asked again at the cap: {reasked}"
+        f"answers cut by a sized max_tokens and asked again with more room: {reasked}"
     )
