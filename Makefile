@@ -1,4 +1,5 @@
-# Two commands set everything up on a fresh machine:
+# Two commands set everything up on a fresh machine (the venv holds the service, installed
+# editable, and puts this folder's development tools, simulator/ bench/ trainers/, on its path):
 #   make run N=1000   generate (or resume) a run
 #   make test         run the test suite
 # and `make bench` prints the benchmark figures (SECTIONS="..." to pick some, QUICK=1 for the
@@ -28,6 +29,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "agentrefine-dev-tools.pth").write_text("$(CURDIR)\n")'
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -51,9 +53,11 @@ check-trainers: $(STAMP)
 check-datasets: $(STAMP)
 	$(PY) -m trainers.datasets_versions $(or $(OUT),runs/default)
 
+# ruff, then the import contracts of pyproject.toml ([tool.importlinter]): layers, no cycles
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .

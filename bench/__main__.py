@@ -4,8 +4,8 @@ A section is a module whose `main(argv: list[str]) -> int | None` prints its fig
 non-zero return means its own checks failed). `--quick` is passed on to each section in
 `argv`: the section then runs a scaled-down version that takes seconds, with the same
 figures printed (not comparable to the full ones). The test suite runs every section that
-way (tests/test_bench.py), so the benches cannot rot. To add a section: add it to SECTIONS,
-give its `main` a quick mode, and give tests/test_bench.py the figures to look for.
+way (tests/bench/test_bench.py), so the benches cannot rot. To add a section: add it to SECTIONS,
+give its `main` a quick mode, and give tests/bench/test_bench.py the figures to look for.
 `make bench` runs them all (`SECTIONS="a b"` to pick some, `QUICK=1` for the quick versions).
 """
 

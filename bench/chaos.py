@@ -42,7 +42,7 @@ import orjson
 import yaml
 
 from dedup.exact import text_hash
-from service.config import Limits
+from llm import Limits
 from simulator.process import sim_stats, simulator_process
 
 ROOT = Path(__file__).resolve().parents[1]

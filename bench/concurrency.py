@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from bench.endpoint_models import STAGES, Batch, Capped, Figures, Model, RateLimited, run_model
-from workers.concurrency import CAP_PROBE_EVERY, MAX_ELASTICITY
+from llm.concurrency import CAP_PROBE_EVERY, MAX_ELASTICITY
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_FAULTS = {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0}

@@ -35,12 +35,10 @@ from dedup.calibrate import load_labelled, score
 from dedup.index import FlatIndex, HNSWIndex, IVFIndex, VectorIndex
 from dedup.minilm import MODEL_FOR_KIND, MiniLMEmbedder
 from dedup.near import Candidate, DedupSet
-from metrics.stats import RunStats
-from service.config import Dedup, Endpoint, Limits
+from llm import Endpoint, EndpointChain, Limits, LLMClient
+from service.config import Dedup
 from service.embedded import EmbeddedEndpoint
-from service.store import Store
-from workers.fallback import EndpointChain
-from workers.llm import LLMClient
+from typedconfig import from_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELLED = ROOT / "tests" / "data" / "dedup_personas.jsonl"
@@ -244,16 +242,11 @@ def fill_and_probe(
 
 
 async def loop_lag(embedder: MiniLMEmbedder, workdir: Path, phase_s: float) -> None:
-    sim = EmbeddedEndpoint(
-        "bench", {"latency_median_s": 0.05, "latency_sigma": 0.3, "seed": 3}, workdir / "sim.log"
-    )
+    settings = from_plain({"latency_median_s": 0.05, "latency_sigma": 0.3, "seed": 3}, "bench")
+    sim = EmbeddedEndpoint("bench", settings, workdir / "sim.log")
     base_url = await sim.start()
-    store = Store(workdir / "state.sqlite")
     client = LLMClient(
-        Endpoint(model="sim-gpt-4o", name="bench", limits=Limits(max_concurrency=32)),
-        base_url,
-        store,
-        RunStats(target=1),
+        Endpoint(model="sim-gpt-4o", name="bench", limits=Limits(max_concurrency=32)), base_url
     )
     chain = EndpointChain([client])
     personas = texts_of(35, 4096, seed=9)
@@ -305,7 +298,6 @@ async def loop_lag(embedder: MiniLMEmbedder, workdir: Path, phase_s: float) -> N
     finally:
         await client.aclose()
         await sim.stop()
-        store.close()
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,5 @@
 """In-process endpoint models in compressed time: the concurrency controller against the three
-shapes of provider, for `tests/test_concurrency.py` and `make bench SECTIONS=concurrency`.
+shapes of provider, for `tests/llm/test_concurrency.py` and `make bench SECTIONS=concurrency`.
 
 The models answer in the event loop's time, and `run_model` runs them on a looptime loop
 (time only moves when every task waits), so an hour of a provider answering in 30-60 s takes
@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import looptime
 
-from service.config import Limits
-from workers.limiter import EndpointLimiter
+from llm import Limits
+from llm.limiter import EndpointLimiter
 
 BACKLOG = 32  # requests queued at the limiter before admission waits (as `service.run`)
 RETRY_BACKOFF_S = 0.5

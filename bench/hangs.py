@@ -3,7 +3,7 @@ at the request layer (issue 11, item 5: a request that stops making progress is 
 within 60 s, whatever the length of its answer; a long answer still progressing is never
 cut off).
 
-The LLM client (`workers/llm.py`) with the settings of config.yaml's `openai` or `deepseek`
+The LLM client (`llm/client.py`) with the settings of config.yaml's `openai` or `deepseek`
 endpoint (transport, timeout_s), its base_url pointed at the embedded endpoint and
 max_retries 0, sends one script request (max_tokens as the script stage sends it) in each
 of three checks, side by side:
@@ -37,12 +37,10 @@ from typing import Any
 
 import structlog
 
-from metrics.stats import RunStats
+from llm import Generation, LLMClient, RequestFailed
+from pipeline.script import script_messages
 from service.config import load_config
-from service.store import Store
 from simulator.process import sim_stats, simulator_process
-from workers.llm import Generation, LLMClient, RequestFailed
-from workers.script import script_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -94,8 +92,7 @@ async def run_check(check: Check, url: str, scale: float, folder: Path) -> Outco
         timeout_s=configured.timeout_s * scale,
         limits=dataclasses.replace(configured.limits, rpm=0, tpm=0),  # learned from the headers
     )
-    store = Store(folder / f"{check.endpoint}-{check.hang}.sqlite")
-    client = LLMClient(endpoint, url, store, RunStats(target=1))
+    client = LLMClient(endpoint, url)
     generation = Generation(temperature=0.9, max_tokens=config.stages.script.max_tokens, seed=1)
     request = client.prepare(script_messages(PERSONA, None), generation, "script")
     started = time.monotonic()
@@ -108,7 +105,6 @@ async def run_check(check: Check, url: str, scale: float, folder: Path) -> Outco
     finally:
         took = time.monotonic() - started
         await client.aclose()
-        store.close()
     await asyncio.sleep(0.2)  # the endpoint notices the client's leaving
     return Outcome(took, error, finish, tokens, sim_stats(url, digests=False), endpoint.timeout_s)
 

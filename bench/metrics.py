@@ -19,13 +19,13 @@ import numpy as np
 import orjson
 from prometheus_client import generate_latest
 
-from metrics.prometheus import RequestEvent, RunMetrics
-from metrics.report import write_report
-from metrics.stats import RunStats
-from metrics.usage import Usage
-from service.store import Store, StoredResponse
-from workers.limiter import LimiterState
-from workers.prompts import example
+from llm import Answer, Budget, LimiterState, RequestEvent, Usage
+from metrics.prometheus import RunMetrics
+from pipeline.prompts import example
+from pipeline.registry import rules_by_stage
+from service.recorder import SampleCounts
+from service.report import write_report
+from service.store import Store
 
 EVENTS = 100_000
 SCRAPES = 200
@@ -35,7 +35,7 @@ SAMPLES = 1000
 def main(argv: list[str]) -> None:
     scale = 10 if "--quick" in argv else 1
     events, scrapes, samples = EVENTS // scale, SCRAPES // scale, SAMPLES // scale
-    metrics = RunMetrics(RunStats(target=samples), budget_usd=100.0)
+    metrics = RunMetrics(SampleCounts(target=samples), Budget(100.0), rules_by_stage())
     state = LimiterState(
         in_flight=4, concurrency=96, remaining_requests=100.0, remaining_tokens=1e6, cooldown_s=0
     )
@@ -76,7 +76,7 @@ def _filled_store(folder: Path, samples: int) -> Store:
                 "completion_tokens": 800,
                 "prompt_tokens_details": {"cached_tokens": 512},
             }
-            answer = StoredResponse("{}", "stop", usage, "sim-gpt-4o", "local", 0.011, stage, sample, 0.3)
-            store.put_response(f"{sample}:{n}", answer)
+            answer = Answer("{}", "stop", usage, "sim-gpt-4o", "local", 0.011, stage, 0.3)
+            store.put_response(f"{sample}:{n}", answer, sample)
         store.accept(sample, {"id": sample, "script": script}, ["T4>continue"] if i % 3 else [], samples)
     return store

@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from service.embedded import EmbeddedEndpoint
+from typedconfig import from_plain
 
 LATENCY = {"latency_median_s": 1.0, "latency_sigma": 0.5}
 NO_FAULTS = {"p_5xx": 0.0, "p_reset": 0.0, "p_truncated_body": 0.0, "p_hang": 0.0}
@@ -99,7 +100,8 @@ SCENARIOS = [
 
 
 async def run_client(scenario: Scenario, client: str, workdir: Path) -> dict[str, Any]:
-    endpoint = EmbeddedEndpoint(client, scenario.sim, workdir / f"endpoint-{client}.log")
+    settings = from_plain(scenario.sim, f"bench scenario {scenario.name}")
+    endpoint = EmbeddedEndpoint(client, settings, workdir / f"endpoint-{client}.log")
     url = await endpoint.start()
     try:
         spec = {

@@ -17,21 +17,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import uvloop
 
-from metrics.stats import RunStats
-from service.config import Endpoint, Limits
-from service.store import Store
-from workers.fallback import EndpointChain
-from workers.llm import LLMClient, RequestFailed
-from workers.script import script_messages
+from llm import Endpoint, EndpointChain, Limits, LLMClient, RequestEvent, RequestFailed
+from pipeline.script import script_messages
 
 NAIVE_CONCURRENCY = 64
 OUR_STREAMING = {"ours": True, "ours-whole": False}
@@ -71,28 +65,26 @@ async def run_ours(
         limits=limits,
         stream=OUR_STREAMING[spec["client"]],
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "state.sqlite")
-        client = LLMClient(endpoint, spec["url"], store, RunStats(target=len(messages)))
-        chain = EndpointChain([client])
-        control = client.limiter.concurrency
-        limits_seen: list[float] = []
+    events: list[RequestEvent] = []
+    client = LLMClient(endpoint, spec["url"], sinks=[events.append])
+    chain = EndpointChain([client])
+    control = client.limiter.concurrency
+    limits_seen: list[float] = []
 
-        async def one(i: int) -> None:
-            try:
-                completion = await chain.complete(
-                    messages[i], temperature=0.7, max_tokens=MAX_TOKENS, seed=i, stage="bench"
-                )
-            except RequestFailed:
-                rec.failure("gave up")
-                return
-            rec.success(completion.usage.total)
-            limits_seen.append(control.limit)
+    async def one(i: int) -> None:
+        try:
+            completion = await chain.complete(
+                messages[i], temperature=0.7, max_tokens=MAX_TOKENS, seed=i, stage="bench"
+            )
+        except RequestFailed:
+            rec.failure("gave up")
+            return
+        rec.success(completion.usage.total)
+        limits_seen.append(control.limit)
 
-        await asyncio.gather(*(one(i) for i in range(len(messages))))
-        await client.aclose()
-        latencies = [row.latency_s or 0.0 for row in store.response_rows()]
-        store.close()
+    await asyncio.gather(*(one(i) for i in range(len(messages))))
+    await client.aclose()
+    latencies = [event.latency_s for event in events if event.answered]
     tail = limits_seen[len(limits_seen) // 2 :] or [control.limit]
     settled = sorted(latencies[len(latencies) // 2 :]) or [0.0]
     return {"settled_concurrency": sum(tail) / len(tail), "latency_s": settled[len(settled) // 2]}

@@ -3,17 +3,19 @@
 One `RunMetrics` per run, with its own `CollectorRegistry` (never the global one), so
 several runs in one process (tests) do not mix. Callers report events:
 
-- the LLM layer: `request(RequestEvent)` once per HTTP attempt with its outcome, latency,
-  time to first token, usage, max_tokens sent and cost; `cache_hit(...)` for an answer
-  replayed from the store;
+- the LLM clients: `request(RequestEvent)` is a sink of their events, once per HTTP attempt
+  with its outcome, latency, time to first token, usage, max_tokens sent and cost, and once
+  per answer replayed from the store (outcome `cached`);
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
   `sample_rejected(record)` and `check_failed(stage, rule)`;
-- the judge stage, when it is on (`add_judge()` creates its series): `judged(judgement)`.
+- the judge stage, when it is on (`add_judge(...)` creates its series at zero):
+  `judged(kind, verdict)` per flag it checked.
 
-State that already lives elsewhere (run totals in `RunStats`, samples per stage, limiter state)
-is read at scrape time by a collector, so it is never stale and costs nothing between
-scrapes. Counters count this process (they restart with it, Prometheus' model); the run
-gauges (`agentrefine_run_*`) cover the whole run including earlier processes.
+State that already lives elsewhere (the run's sample counts, the spend in the `Budget`,
+samples per stage, limiter state) is read at scrape time by a collector, so it is never
+stale and costs nothing between scrapes. Counters count this process (they restart with
+it, Prometheus' model); the run gauges (`agentrefine_run_*`) cover the whole run including
+earlier processes.
 
 Label values are bounded: endpoint and model names from config.yaml, stage names, the
 outcomes listed below, rule ids, dedup kinds. No sample or persona id is ever a label.
@@ -21,9 +23,10 @@ outcomes listed below, rule ids, dedup kinds. No sample or persona id is ever a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -35,39 +38,29 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from metrics.stats import RunStats
-from metrics.usage import Usage
-from workers.judgement import FLAG_KINDS, VERDICTS, Judgement, verdict
-from workers.limiter import LimiterState
+from llm import Budget, LimiterState, RequestEvent
+from llm.events import ANSWERED, CACHED
 
 # `_created` series would double the series count for no use on a dashboard.
 disable_created_metrics()
 
 REQUEST_OUTCOMES = ("ok", "cut_below_cap", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
-ANSWERED = frozenset(("ok", "cut_below_cap"))  # outcomes with an answer, paid for
 SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
 DEDUP_KINDS = ("persona", "script")
 TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
-STAGE_RULES = {
-    "script": tuple(f"S{i}" for i in range(1, 8)),
-    "trajectory": tuple(f"T{i}" for i in range(1, 9)),
-}
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
 
-@dataclass(frozen=True)
-class RequestEvent:
-    """One HTTP attempt of the LLM layer and how it ended."""
+class RunProgress(Protocol):
+    """The run's target and its accepted samples so far (all processes)."""
 
-    endpoint: str
-    model: str
-    stage: str
-    outcome: str  # ok, cut_below_cap, 429, 5xx, timeout, reset, bad_response, or an HTTP status
-    latency_s: float
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: float = 0.0
-    max_tokens: int = 0  # sent with the request
-    first_token_s: float | None = None  # a streamed answer's first token, after sending
+    @property
+    def target(self) -> int: ...
+
+    @property
+    def accepted(self) -> int: ...
+
+    def projected_cost_usd(self, spent_usd: float) -> float | None: ...
 
 
 def outcome_label(outcome: str) -> str:
@@ -82,9 +75,13 @@ def outcome_label(outcome: str) -> str:
 class RunMetrics:
     """The metrics of one run in their own registry."""
 
-    def __init__(self, stats: RunStats, budget_usd: float | None = None) -> None:
+    def __init__(
+        self, progress: RunProgress, budget: Budget, rules_by_stage: Mapping[str, Sequence[str]]
+    ) -> None:
+        """`rules_by_stage`: the rule ids of each stage (the stage registry), whose series are
+        created at zero."""
         self.registry = CollectorRegistry()
-        self._live = _LiveState(stats, budget_usd)
+        self._live = _LiveState(progress, budget)
         self.registry.register(self._live)
         llm = ["endpoint", "model", "stage"]
         self._series: dict[tuple[str, str, str], _RequestSeries] = {}
@@ -146,31 +143,32 @@ class RunMetrics:
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
-        self._judge: Counter | None = None  # add_judge()
         for outcome in ("accepted", "surplus", "failed", "malformed"):
             self._samples.labels(outcome, "", "")
         for kind in DEDUP_KINDS:
             self._samples.labels("duplicate", "", kind)
-        for stage, rules in STAGE_RULES.items():
+        for stage, rules in rules_by_stage.items():
             for rule in rules:
                 self._checks.labels(stage, rule)
                 self._samples.labels("dropped", rule, "")
+        self._judge: Counter | None = None  # add_judge()
 
     # -- wiring -------------------------------------------------------------------------
 
-    def add_judge(self) -> None:
+    def add_judge(self, kinds: Sequence[str], verdicts: Sequence[str]) -> None:
         """Create the judge stage's series at zero (only runs with the judge have them)."""
         self._judge = Counter(
             "agentrefine_judge_flags",
             "DM place_error / logic_error flags checked by the judge stage, by verdict: agree, "
             "false_flag (the DM set it, the judge would not), missed_flag (the judge would set it, "
-            "the DM did not), unjudged (no readable answer); agreement = agree / all but unjudged, per kind.",
+            "the DM did not), unjudged (no readable answer); agreement = agree / all but unjudged, "
+            "per kind.",
             ["kind", "verdict"],
             registry=self.registry,
         )
-        for kind in FLAG_KINDS:
-            for outcome in VERDICTS:
-                self._judge.labels(kind, outcome)
+        for kind in kinds:
+            for verdict in verdicts:
+                self._judge.labels(kind, verdict)
 
     def add_endpoint(
         self, endpoint: str, model: str, stages: Iterable[str], limiter: Callable[[], LimiterState]
@@ -193,6 +191,9 @@ class RunMetrics:
     def request(self, event: RequestEvent) -> None:
         labels = (event.endpoint, event.model, event.stage)
         series = self._series_of(labels)
+        if event.outcome == CACHED:
+            series.cache_hits.inc()
+            return
         outcome = outcome_label(event.outcome)
         series.requests[outcome].inc()
         if outcome not in ANSWERED:
@@ -226,10 +227,6 @@ class RunMetrics:
         self._series[labels] = series
         return series
 
-    def cache_hit(self, endpoint: str, model: str, stage: str) -> None:
-        labels = (endpoint, model, stage)
-        self._series_of(labels).cache_hits.inc()
-
     def sample_admitted(self) -> None:
         self._admitted.inc()
 
@@ -251,14 +248,10 @@ class RunMetrics:
     def check_failed(self, stage: str, rule: str) -> None:
         self._checks.labels(stage, rule).inc()
 
-    def judged(self, judgement: Judgement) -> None:
-        """Count each judged turn's two flags by verdict."""
+    def judged(self, kind: str, verdict: str) -> None:
+        """One DM flag the judge checked, and its verdict."""
         assert self._judge is not None, "add_judge() first"
-        for turn in judgement.turns:
-            for kind in FLAG_KINDS:
-                self._judge.labels(
-                    kind, verdict(turn.dm[kind], None if turn.judge is None else turn.judge[kind])
-                ).inc()
+        self._judge.labels(kind, verdict).inc()
 
 
 @dataclass(frozen=True)
@@ -277,9 +270,9 @@ class _RequestSeries:
 class _LiveState(Collector):
     """Gauges read at scrape time from the objects that own the state."""
 
-    def __init__(self, stats: RunStats, budget_usd: float | None) -> None:
-        self._stats = stats
-        self._budget = budget_usd
+    def __init__(self, progress: RunProgress, budget: Budget) -> None:
+        self._progress = progress
+        self._budget = budget
         self.limiters: dict[tuple[str, str], Callable[[], LimiterState]] = {}
         self.samples_in_stages: Callable[[], Mapping[str, int]] | None = None
         self.samples_in_flight: Callable[[], int] | None = None
@@ -290,7 +283,8 @@ class _LiveState(Collector):
         yield from self._limiters()
 
     def _run(self) -> Iterator[Metric]:
-        stats = self._stats
+        stats = self._progress
+        spent = self._budget.spent_usd
         yield _gauge("agentrefine_run_target_samples", "Accepted samples the run is asked for.", stats.target)
         yield _gauge(
             "agentrefine_run_accepted_samples",
@@ -302,18 +296,18 @@ class _LiveState(Collector):
             "Accepted / target for the whole run.",
             stats.accepted / stats.target,
         )
-        yield _gauge(
-            "agentrefine_run_spend_usd", "USD spent by the whole run (all processes).", stats.run_cost_usd
-        )
-        if self._budget is not None:
-            yield _gauge("agentrefine_run_budget_usd", "run.max_cost_usd: the run stops there.", self._budget)
+        yield _gauge("agentrefine_run_spend_usd", "USD spent by the whole run (all processes).", spent)
+        if self._budget.limit_usd is not None:
+            yield _gauge(
+                "agentrefine_run_budget_usd", "run.max_cost_usd: the run stops there.", self._budget.limit_usd
+            )
         if stats.accepted:
             yield _gauge(
                 "agentrefine_run_cost_per_accepted_sample_usd",
                 "Whole-run spend divided by accepted samples.",
-                stats.run_cost_usd / stats.accepted,
+                spent / stats.accepted,
             )
-        projected = stats.projected_cost_usd
+        projected = stats.projected_cost_usd(spent)
         if projected is not None:
             yield _gauge(
                 "agentrefine_run_projected_cost_usd",

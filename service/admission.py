@@ -24,11 +24,11 @@ import structlog
 from dedup.exact import text_hash
 from dedup.near import Candidate
 from dedup.screen import Deduplicator
-from metrics.stats import RunStats
+from pipeline.job import SampleJob
+from pipeline.sources import Malformed, Persona, PersonaInputError, SourceItem
 from service.batches import ready_batches
-from service.personas import Malformed, Persona, PersonaInputError, SourceItem
+from service.recorder import Recorder
 from service.store import Store
-from workers.sample import SampleJob
 
 log = structlog.get_logger()
 
@@ -41,18 +41,16 @@ class Admission:
     def __init__(
         self,
         store: Store,
-        stats: RunStats,
+        recorder: Recorder,
         run_seed: int,
         strict: bool,
-        on_reject: Callable[[dict[str, object]], None],
         dedup: Deduplicator,
         batch_size: int,
     ) -> None:
         self._store = store
-        self._stats = stats
+        self._recorder = recorder
         self._seed = run_seed
         self._strict = strict
-        self._on_reject = on_reject
         self._dedup = dedup
         self._batch_size = batch_size
 
@@ -101,9 +99,7 @@ class Admission:
             raise PersonaInputError(f"{item.source}: {item.reason}")
         log.warning("persona_line_skipped", where=item.source, reason=item.reason)
         record = {"kind": "malformed", "rule": "malformed", "source": item.source, "message": item.reason}
-        self._store.reject_input(item.position, "malformed", "malformed", record, item.resume_after())
-        self._stats.malformed += 1
-        self._on_reject(record)
+        self._recorder.input_rejected(item.position, "malformed", "malformed", record, item.resume_after())
 
     def _duplicate(self, item: Persona, duplicate_of: str, similarity: float) -> None:
         record = {
@@ -114,6 +110,6 @@ class Admission:
             "duplicate_of": duplicate_of,
             "similarity": round(similarity, 4),
         }
-        self._store.reject_input(item.position, "duplicate", "persona_duplicate", record, item.resume_after())
-        self._stats.duplicates["persona"] += 1
-        self._on_reject(record)
+        self._recorder.input_rejected(
+            item.position, "duplicate", "persona_duplicate", record, item.resume_after()
+        )

@@ -30,23 +30,22 @@ from pathlib import Path
 
 import uvloop
 
-from metrics.report import write_report
+from llm import EndpointDown, FatalEndpointError
+from llm.redact import redact
+from pipeline.sources import PersonaInputError
 from service.card import write_card
 from service.compare import NotARunDirectory, main_diversity
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
 from service.logs import printable
-from service.personas import PersonaInputError
-from service.redact import redact
+from service.report import write_report
 from service.resume import ResumeConflict
 from service.run import Run, install_signal_handlers
 from service.rundir import RESUME_HINT, RunDirectoryBusy, RunDirectoryError, file_mode, storage_error
 from service.store import Store
 from service.summary import format_summary
 from service.validate import validate_run
-from workers.breaker import EndpointDown
-from workers.llm import FatalEndpointError
 
 EXIT_USER_ERROR = 2
 EXIT_STATUS = {"target": 0, "budget": 3, "short": 4}  # "interrupted": 128 + the signal

@@ -1,4 +1,4 @@
-"""`agentrefine diversity OUT [OTHER_OUT]`: a run's diversity figures (`metrics.diversity`),
+"""`agentrefine diversity OUT [OTHER_OUT]`: a run's diversity figures (`service.diversity`),
 or two runs side by side (two generator models, two persona sources), with their scripts on
 one map.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from metrics.diversity import Diversity, measure, table
+from service.diversity import Diversity, measure, table
 from service.rundir import file_mode, storage_error
 from service.store import Store
 
@@ -25,7 +25,7 @@ class NotARunDirectory(Exception):
 
 def main_diversity(outs: list[str], png: str | None = None, as_json: bool = False) -> tuple[str, Path | None]:
     """The text to print (the table, or JSON) and the map written (None: no script to map)."""
-    from metrics import plots  # matplotlib: imported only when a map is drawn
+    from service import plots  # matplotlib: imported only when a map is drawn
 
     runs = [(_name(out, outs), _measure(Path(out))) for out in outs]
     first = Path(outs[0])

@@ -16,20 +16,19 @@ from dedup.near import Candidate, DedupSet, Verdict
 from dedup.remote import EndpointEmbedder
 from dedup.screen import CoalescingScreen, Deduplicator
 from dedup.scripts import script_key
-from service.config import LOCAL_EMBEDDER, Config, ConfigError
+from llm import LLMClient
+from pipeline.job import SampleJob
+from service.config import Config, ConfigError
 from service.store import Store
-from workers.sample import SampleJob
 
 
-def build_embedders(config: Config, base_urls: dict[str, str]) -> dict[str, Embedder]:
-    """The embedder of each dedup kind: locally, each kind's bundled model; an endpoint serves both."""
+def build_embedders(config: Config, client: LLMClient | None) -> dict[str, Embedder]:
+    """The embedder of each dedup kind: locally, each kind's bundled model; an endpoint (its
+    `client`, for the embedding model) serves both."""
     settings = config.dedup
-    if settings.embedder == LOCAL_EMBEDDER:
+    if client is None:
         return {kind: MiniLMEmbedder(model, settings.threads) for kind, model in MODEL_FOR_KIND.items()}
-    endpoint = EndpointEmbedder(
-        config.endpoints[settings.embedder], base_urls[settings.embedder], settings.model
-    )
-    return dict.fromkeys(MODEL_FOR_KIND, endpoint)
+    return dict.fromkeys(MODEL_FOR_KIND, EndpointEmbedder(client))
 
 
 class RunDedup:

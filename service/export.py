@@ -7,7 +7,7 @@ patterns); the user message states the task; each Player turn becomes an assista
 message "Thought: ...\\nAction: ..." and each DM observation a user message
 "Observation: ...". An assistant message whose DM reply carries any error flag gets
 `"train": false` (erroneous loss masking), and so does one whose DM reply the judge called an
-error under its `remask` policy (`meta.judge.masked`, `workers/judge.py`); every other
+error under its `remask` policy (`meta.judge.masked`, `pipeline/judge.py`); every other
 assistant message `"train": true`,
 and system and user messages `"train": false`. The messages end on the final assistant
 message (the successful action), so no trainer sees an untrainable last turn.
@@ -35,12 +35,13 @@ from typing import Any
 
 import orjson
 
+from pipeline import registry
+from pipeline.job import SampleJob
+from pipeline.prompts import agent_view, render
+from pipeline.rules import FLAGS
 from service.rundir import storage_error
 from service.store import Store
-from workers.prompts import agent_view, render
-from workers.sample import SampleJob
 
-FLAGS = ("parameter_error", "place_error", "logic_error")
 MASKS = ("paper", "no-refinement-loss", "erroneous-loss")
 """Loss masks (SPEC §5, paper Table 2): `paper` masks the erroneous assistant turns;
 `no-refinement-loss` also masks the refinement turns (the correction right after an error);
@@ -162,8 +163,11 @@ def _meta(job: SampleJob) -> dict[str, Any]:
         "cost_usd": round(job.cost_usd, 10),
         "requests": job.requests,
         "attempts": {
-            "script": job.script_attempts,
-            "trajectory": sum(1 for h in job.history if h["stage"] == "trajectory"),
+            **{
+                stage.name: job.attempts[stage.name]
+                for stage in registry.sample_stages()
+                if not stage.optional or stage.name in job.attempts  # an optional stage when it ran
+            },
             "history": job.history,
         },
     } | judged

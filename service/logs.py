@@ -3,7 +3,7 @@ also on stderr in a readable form (the terminal otherwise shows the progress lin
 
 Every line carries the run id; lines caused by a sample's stage work carry `sample_id` and
 `stage` (bound by the run), LLM lines their `endpoint`. API keys never reach a log: every
-string is passed through `service.redact` (the run's keys and credential shapes), and fields
+string is passed through `llm.redact` (the run's keys and credential shapes), and fields
 named like a credential (authorization, api_key) are dropped, in our lines and in libraries'.
 Text on the terminal also has its control characters escaped (`printable`): a persona path
 or a provider's message cannot move the cursor, ring the bell or retitle the terminal.
@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from service.redact import REDACTED, redact
+from llm.redact import REDACTED, redact
 
 CREDENTIAL_FIELDS = frozenset(("authorization", "api_key", "api-key", "x-api-key"))
 
@@ -38,7 +38,7 @@ def printable(text: str) -> str:
 
 def configure(log_path: Path, run_id: str) -> None:
     """Log to `log_path` (JSON lines) and warnings to stderr, every line with `run_id`; the
-    keys are those given to `service.redact.configure`."""
+    keys are those given to `llm.redact.configure`."""
     credentials = _Redactor()
     file_handler = logging.FileHandler(log_path, encoding="utf-8")
     file_handler.setFormatter(

@@ -13,22 +13,25 @@ from typing import TextIO
 
 import structlog
 
-from metrics.stats import RunStats
-from service.flight import InFlight
+from llm import Budget, RequestTally
+from service.recorder import SampleCounts
+from workers.flight import InFlight
 
 LOG_INTERVAL_S = 15.0
 log = structlog.get_logger()
 
 
-def progress_line(stats: RunStats, flight: InFlight, budget_usd: float | None = None) -> str:
+def progress_line(stats: SampleCounts, requests: RequestTally, budget: Budget, flight: InFlight) -> str:
     elapsed = stats.elapsed
     rate = stats.accepted_this_run / elapsed if elapsed > 0 else 0.0
     fails = " ".join(f"{rule}:{n}" for rule, n in sorted(stats.check_failures.items())) or "-"
-    projected = stats.projected_cost_usd
-    spend = f"${stats.run_cost_usd:.2f}" + (f" of ${budget_usd:.2f}" if budget_usd is not None else "")
+    projected = stats.projected_cost_usd(budget.spent_usd)
+    spend = f"${budget.spent_usd:.2f}" + (
+        f" of ${budget.limit_usd:.2f}" if budget.limit_usd is not None else ""
+    )
     spend += f" (projected ${projected:.2f} at {stats.target})" if projected is not None else ""
-    charged = stats.charged_per_used
-    tokens = _short(stats.usage.total) + (f" (charged {charged:.2f}x)" if charged is not None else "")
+    charged = requests.charged_per_used
+    tokens = _short(requests.usage.total) + (f" (charged {charged:.2f}x)" if charged is not None else "")
     return (
         f"accepted {stats.accepted}/{stats.target} | {elapsed:.0f}s {rate:.1f}/s | "
         f"tokens {tokens} | spent {spend} | "
@@ -43,14 +46,16 @@ def progress_line(stats: RunStats, flight: InFlight, budget_usd: float | None = 
 class Progress:
     def __init__(
         self,
-        stats: RunStats,
+        stats: SampleCounts,
+        requests: RequestTally,
+        budget: Budget,
         in_flight: Callable[[], InFlight],
         interval_s: float,
-        budget_usd: float | None = None,
         stream: TextIO = sys.stderr,
     ) -> None:
         self._stats = stats
-        self._budget = budget_usd
+        self._requests = requests
+        self._budget = budget
         self._in_flight = in_flight
         self._stream = stream
         self._tty = stream.isatty()
@@ -79,7 +84,7 @@ class Progress:
                 log.info("progress", line=self._line())
 
     def _line(self) -> str:
-        return progress_line(self._stats, self._in_flight(), self._budget)
+        return progress_line(self._stats, self._requests, self._budget, self._in_flight())
 
 
 def _short(n: int) -> str:

@@ -27,16 +27,17 @@ from typing import Any
 
 import orjson
 
+from pipeline import rules
+from pipeline.expansion import SLOT_SCHEME
+from pipeline.prompts import PROMPT_DIR
+from pipeline.sources import seed_personas
 from service.config import Config
-from service.personas import seed_personas
 from service.store import Store
-from workers.personas import SLOT_SCHEME
-from workers.prompts import PROMPT_DIR
 
 META_KEY = "settings"
 HEAD_BYTES = 64 * 1024  # the persona file's identity: its size and a hash of its head
 JUDGE_PROMPTS = tuple((PROMPT_DIR / "judge").glob("*.md"))
-RULES_FILE = Path(__file__).resolve().parents[1] / "workers" / "rules.py"
+RULES_FILE = Path(rules.__file__)
 WAY_OUT = "use a new --out, or resume with {flags} to take the change on"
 
 

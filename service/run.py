@@ -1,9 +1,10 @@
-"""One run, wired: run directory, store, endpoints, stages, job queue, output, summary.
+"""One run, wired: run directory, store, endpoints, stages, job queue, recorder, summary.
 
-The path of a sample: `Admission` (persona -> SampleJob) -> `ScriptStage` (S1–S7) ->
-`TrajectoryStage` (T1–T8, continue or regenerate) -> [`JudgeStage`, when `stages.judge` is
-on] -> `Run._finished` (accept into the store, then append to the shard; or reject) — each
-step in its own module.
+The path of a sample: `Admission` (persona -> SampleJob) -> the sample stages of the
+registry (`ScriptStage`: S1–S7, `TrajectoryStage`: T1–T8, continue or regenerate), walked
+by the job queue -> `Recorder.finished` (accept into the store, then append to the shard;
+or reject) — each step in its own module. This module only wires them and decides when
+the run stops.
 
 Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
 sending, lets the requests in flight finish (their answers are stored) for at most
@@ -16,9 +17,10 @@ run directory's writability and, on resume, that the settings shaping the data a
 was started with (`service.resume`) are checked. Every file of the run directory is created
 with `run.file_mode` (owner only by default: they hold prompts and answers).
 
-Observability is wired here too: the run's `RunMetrics` (served on `/metrics` while the
-run lives, written to `metrics.prom` at the end), the `Budget` that stops the run at
-`run.max_cost_usd`, and the end-of-run report (`report.md`, `report/*.png`).
+Observability is wired here too: the sinks of the LLM clients' events (the run's
+`RunMetrics`, served on `/metrics` while the run lives and written to `metrics.prom` at the
+end; the request tally of the progress line and the summary; the `Budget` that stops the
+run at `run.max_cost_usd`; the log), and the end-of-run report (`report.md`, `report/*.png`).
 """
 
 from __future__ import annotations
@@ -39,38 +41,45 @@ import orjson
 import structlog
 
 from dedup.embedder import Embedder
-from metrics.budget import Budget, BudgetExhausted
+from llm import (
+    Budget,
+    BudgetExhausted,
+    EndpointDown,
+    FatalEndpointError,
+    RequestFailed,
+    RequestTally,
+    SendingStopped,
+    cost_usd,
+    log_failures,
+    parse_usage,
+    redact,
+)
+from llm.limiter import EndpointLimiter
 from metrics.prometheus import RunMetrics
-from metrics.report import write_report
 from metrics.server import MetricsServer
-from metrics.stats import RunStats
-from metrics.usage import cost_usd, parse_usage
-from service import logs, redact, resume, rundir
+from pipeline import registry
+from pipeline.expansion import PersonaExpander
+from pipeline.job import SampleJob
+from pipeline.judgement import FLAG_KINDS, VERDICTS
+from pipeline.registry import Handler, StageContext
+from pipeline.sources import SourceItem, check_persona_file, file_source, seed_personas
+from service import logs, resume, rundir
 from service.admission import Admission
 from service.card import write_card
-from service.config import Config, ConfigError, Stage
+from service.config import Config, ConfigError
 from service.dedup import RunDedup, build_embedders
-from service.embedded import EmbeddedEndpoint
-from service.export import OutputWriter, accepted_record, rejected_record
-from service.flight import FlightRecorder, InFlight
+from service.endpoints import EndpointPool
+from service.export import OutputWriter
 from service.floor import AcceptanceFloor
 from service.heap import HeapTrimmer
-from service.pacing import endpoints_want_more, needed_for_target
-from service.personas import SourceItem, check_persona_file, file_source, seed_personas
 from service.progress import Progress
-from service.queue import JobQueue, StageSpec
-from service.store import Store
+from service.recorder import ExportForm, Recorder, SampleCounts
+from service.report import write_report
+from service.store import Store, StoreCache, working_on
 from service.summary import build_summary, shortfall
-from workers.breaker import EndpointDown
-from workers.fallback import EndpointChain
-from workers.judge import JudgeStage, judgement_rows, routed_to_judge
-from workers.judgement import Judgement
-from workers.limiter import EndpointLimiter
-from workers.llm import FatalEndpointError, LLMClient, RequestFailed, SendingStopped
-from workers.personas import PersonaExpander
-from workers.sample import SampleJob
-from workers.script import ScriptStage
-from workers.trajectory import TrajectoryStage
+from workers.flight import FlightRecorder, InFlight
+from workers.pacing import endpoints_want_more, needed_for_target
+from workers.queue import JobQueue, StageSpec
 
 log = structlog.get_logger()
 INTERRUPTED = "interrupted (run the same command to resume)"
@@ -91,20 +100,21 @@ class Run:
         self.allow_change = list(allow_change)
         self.ending = Ending("short", "stopped")
         self.out = Path(config.run.out)
-        self.stats = RunStats(target=config.run.n)
-        self.metrics = RunMetrics(self.stats, config.run.max_cost_usd)
-        self._budget = Budget(config.run.max_cost_usd, self.stats)
+        self.counts = SampleCounts(target=config.run.n)
+        self.requests = RequestTally()  # this process's requests, from the clients' events
+        self._budget = Budget(config.run.max_cost_usd)  # the spend of the whole run
+        self.metrics = RunMetrics(self.counts, self._budget, registry.rules_by_stage())
+        self.flight = FlightRecorder(self._in_flight)
         self._store: Store | None = None
         self._writer: OutputWriter | None = None
+        self._recorder: Recorder | None = None
         self._queue: JobQueue[SampleJob] | None = None
-        self._embedded: list[EmbeddedEndpoint] = []
-        self._clients: dict[str, LLMClient] = {}
+        self._endpoints: EndpointPool | None = None
         self.stop_signal: int | None = None  # the first SIGINT/SIGTERM received
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._base_urls: dict[str, str] = {}
         self._embedders: dict[str, Embedder] = {}
         self._dedup: RunDedup | None = None
-        self._sample_limiters: list[EndpointLimiter] = []  # those of the script and trajectory stages
+        self._sample_limiters: list[EndpointLimiter] = []  # those of the sample stages' endpoints
         self._floor = AcceptanceFloor(config.run.acceptance_floor)
         self._dried_up: str | None = None  # the acceptance floor's line, once it tripped
 
@@ -137,7 +147,10 @@ class Run:
             writer.sync(store)
             if store.promote_surplus(self.config.run.n):
                 writer.sync(store)
-            self._load_counts(store)
+            self.counts.load(store)
+            self._budget.spent_usd = store.spend()
+            form = ExportForm(self.config.run.sharegpt, self.config.run.refinement_data)
+            self._recorder = Recorder(store, writer, self.metrics, self.counts, form, self._settled)
             server = await self._serve_metrics()
             try:
                 self.ending = await self._until_done()
@@ -145,7 +158,9 @@ class Run:
                 if server is not None:
                     await server.stop()
             writer.flush()
-            summary = build_summary(store, self.stats, self.config, self.ending.reason)
+            summary = build_summary(
+                store, self.counts, self.requests, self.flight, self.config, self.ending.reason
+            )
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             try:
                 self.metrics.write(self.out / "metrics.prom")
@@ -165,7 +180,7 @@ class Run:
                 store.close()
 
     async def _until_done(self) -> Ending:
-        if self.stats.accepted >= self.config.run.n:
+        if self.counts.accepted >= self.config.run.n:
             return Ending("target", "target reached")
         if self._budget.exhausted:
             return Ending("budget", self._budget.message())
@@ -218,8 +233,8 @@ class Run:
 
     def _drain(self) -> None:
         """Admit and send nothing new (answers already stored are still replayed)."""
-        for client in self._clients.values():
-            client.stop_sending()
+        if self._endpoints is not None:
+            self._endpoints.stop_sending()
         if self._queue is not None:
             self._queue.close()
 
@@ -228,80 +243,71 @@ class Run:
             self._queue.stop()
 
     async def _generate(self) -> Ending:
-        assert self._store is not None
+        assert self._store is not None and self._recorder is not None
         config = self.config
+        cache = StoreCache(self._store)
+        sinks = (self.metrics.request, self.requests, self._budget, log_failures)
+        endpoints = self._endpoints = EndpointPool(config, self.out, cache, sinks, self._budget, self.metrics)
         try:
-            await self._connect()
-            self._embedders = build_embedders(config, self._base_urls)
+            await endpoints.start()
+            self._embedders = build_embedders(config, endpoints.embedding_client())
             dedup = self._dedup = RunDedup(config, self._store, self._embedders)
-            script_client = self._chain(config.stages.script)
-            trajectory_client = self._chain(config.stages.trajectory)
-            trajectory: Callable[[SampleJob], Awaitable[str | None]] = TrajectoryStage(
-                trajectory_client,
-                config.stages.trajectory,
-                config.stages.script.attempts,
-                config.run.refinement_data,
+            context = StageContext(
+                settings={stage.name: getattr(config.stages, stage.name) for stage in registry.STAGES},
+                llm=endpoints.chain,
+                refinement=config.run.refinement_data,
+                duplicate_script=dedup.script_duplicate,
+                judged=self._recorder.judged,
             )
-            judge = config.stages.judge
-            if judge.enabled:  # off: no stage, no request, nothing changes
-                trajectory = routed_to_judge(trajectory)
-            stages = [
-                StageSpec(
-                    "script",
-                    _in_log_context(
-                        "script", ScriptStage(script_client, config.stages.script, dedup.script_duplicate)
-                    ),
-                    config.stages.script.concurrency,  # a cap if set; the limiters are the gates
-                ),
-                StageSpec(
-                    "trajectory",
-                    _in_log_context("trajectory", trajectory),
-                    config.stages.trajectory.concurrency,
-                ),
-            ]
-            if judge.enabled:
-                self.metrics.add_judge()
-                judging = JudgeStage(self._chain(judge), judge, self._judged)
-                stages.append(StageSpec("judge", _in_log_context("judge", judging), judge.concurrency))
+            sample_stages = registry.sample_stages(context.settings)  # an optional stage only when on
+            if registry.enabled("judge", context.settings):
+                self.metrics.add_judge(FLAG_KINDS, VERDICTS)
             queue = self._queue = JobQueue(
-                stages,
+                [
+                    StageSpec(
+                        stage.name,
+                        _in_sample_context(stage.name, stage.build(context)),
+                        # a cap if set; the limiters are the gates
+                        getattr(config.stages, stage.name).concurrency,
+                    )
+                    for stage in sample_stages
+                    if stage.build is not None
+                ],
                 on_finished=self._finished,
                 on_error=self._errored,
                 max_in_flight=config.run.max_in_flight,
             )
             admission = Admission(
                 self._store,
-                self.stats,
+                self._recorder,
                 config.run.seed,
                 config.personas.strict,
-                self._input_rejected,
                 dedup.personas,
                 config.dedup.batch_size,
             )
-            self._sample_limiters = [c.limiter for c in {*script_client.clients, *trajectory_client.clients}]
+            self._sample_limiters = endpoints.limiters_of(stage.name for stage in sample_stages)
             self.metrics.watch_queue(queue.in_stages, lambda: queue.in_flight)
             progress = Progress(
-                self.stats, self._in_flight, config.run.progress_interval_s, config.run.max_cost_usd
+                self.counts, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
             )
             progress.start()
-            flight = FlightRecorder(self._in_flight, self.stats)
-            flight.start()
+            self.flight.start()
             heap = HeapTrimmer()
             heap.start()
             if self.stop_signal is not None:  # a signal during start-up
                 self._drain()
             try:
                 jobs = self._admitted(admission.jobs(self._source()))
-                exhausted = await queue.run("script", jobs, self._may_admit)
+                exhausted = await queue.run(registry.FIRST_STAGE, jobs, self._may_admit)
             finally:
                 await heap.stop()
-                await flight.stop()
+                await self.flight.stop()
                 await progress.stop()
         finally:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
             await self._disconnect()
-        if self.stats.accepted >= config.run.n:
+        if self.counts.accepted >= config.run.n:
             return Ending("target", "target reached")
         if self._budget.exhausted:
             return Ending("budget", self._budget.message())
@@ -316,10 +322,11 @@ class Run:
     async def _admitted(self, jobs: AsyncIterator[SampleJob]) -> AsyncIterator[SampleJob]:
         """Count admitted samples; end the source (in-flight samples finish) when the budget is
         reached while it asks for personas."""
+        assert self._recorder is not None
         try:
             async with contextlib.aclosing(jobs) as admitted:
                 async for job in admitted:
-                    self.metrics.sample_admitted()
+                    self._recorder.admitted(job)
                     self._floor.taken(job.id)
                     yield job
         except BudgetExhausted as exc:
@@ -334,101 +341,57 @@ class Run:
                 return file_source(path, start_after)
 
             return from_file
+        assert self._endpoints is not None
         stage = self.config.stages.personas
-        expander = PersonaExpander(self._chain(stage), stage, personas.expand_count, seed_personas())
+        expander = PersonaExpander(
+            self._endpoints.chain("personas"), stage, personas.expand_count, seed_personas()
+        )
         return expander.personas
 
-    def _chain(self, stage: Stage) -> EndpointChain:
-        """The stage's endpoint clients: the primary, then its fallbacks."""
-        return EndpointChain([self._clients[ep.name] for ep in self.config.endpoints_for(stage)])
-
-    async def _connect(self) -> None:
-        assert self._store is not None
-        stage_names: dict[str, list[str]] = {}
-        for stage_name, stage in self.config.stages_in_use().items():
-            for endpoint in self.config.endpoints_for(stage):
-                stage_names.setdefault(endpoint.name, []).append(stage_name)
-        for name, endpoint in self.config.endpoints_in_use().items():
-            base_url = endpoint.base_url
-            if endpoint.embedded is not None:
-                embedded = EmbeddedEndpoint(name, endpoint.embedded, self.out / f"endpoint-{name}.log")
-                self._embedded.append(embedded)
-                base_url = await embedded.start()
-            assert base_url is not None
-            self._base_urls[name] = base_url
-            if name in stage_names:  # not the endpoint that only serves dedup embeddings
-                client = LLMClient(endpoint, base_url, self._store, self.stats, self.metrics, self._budget)
-                self._clients[name] = client
-                self.metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
-            log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
-
     async def _disconnect(self) -> None:
-        if self._dedup is not None:
-            await self._dedup.aclose()
-        for embedder in {id(embedder): embedder for embedder in self._embedders.values()}.values():
-            await embedder.aclose()  # an endpoint embedder serves both kinds: closed once
-        for client in self._clients.values():
-            await client.aclose()
-        for embedded in self._embedded:
-            await embedded.stop()
+        """Close the dedup check, then the embedders, then the endpoints; each is closed even
+        when one before it fails (a full disk while the script check stores its last keys
+        must not leave the endpoints' sessions open), and that failure is raised after."""
+        async with contextlib.AsyncExitStack() as closing:  # its callbacks run last-pushed first
+            if self._endpoints is not None:
+                closing.push_async_callback(self._endpoints.aclose)
+            for embedder in {id(embedder): embedder for embedder in self._embedders.values()}.values():
+                closing.push_async_callback(embedder.aclose)  # an endpoint embedder serves both kinds
+            if self._dedup is not None:
+                closing.push_async_callback(self._dedup.aclose)
 
     def _may_admit(self, in_flight: int) -> bool:
         """Admit while the endpoints could take more work and the rest of the target needs it
-        (`service.pacing`), and nothing once the budget is reached."""
+        (`workers.pacing`), and nothing once the budget is reached."""
         if self._budget.exhausted:  # the samples in flight finish or pause; then the run ends
             assert self._queue is not None
             self._queue.close()
             return False
-        return in_flight < needed_for_target(self.stats) and endpoints_want_more(
-            self._sample_limiters, in_flight
+        counts = self.counts
+        return in_flight < needed_for_target(counts.target, counts.accepted, counts.finished) and (
+            endpoints_want_more(self._sample_limiters, in_flight)
         )
 
     def _in_flight(self) -> InFlight:
-        limiters = [client.limiter for client in self._clients.values()]
+        clients = self._endpoints.clients.values() if self._endpoints is not None else ()
         return InFlight(
             self._queue.in_flight if self._queue is not None else 0,
-            sum(limiter.in_flight for limiter in limiters),
-            sum(limiter.waiting for limiter in limiters),
+            sum(client.limiter.in_flight for client in clients),
+            sum(client.limiter.waiting for client in clients),
         )
 
     def _finished(self, job: SampleJob) -> None:
-        assert self._store is not None and self._writer is not None and self._queue is not None
-        for attempt in job.history:
-            if attempt["rule"]:
-                self.stats.check_failures[attempt["rule"]] += 1
-                self.metrics.check_failed(attempt["stage"], attempt["rule"])
-        if job.duplicate is not None:
-            self._reject(job, "duplicate", "script_duplicate")
-            self.stats.duplicates["script"] += 1
-            return
-        if job.trajectory is None:
-            self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
-            self.stats.dropped += 1
-            return
-        record = accepted_record(job, self.config.run.sharegpt, self.config.run.refinement_data)
-        self._settled(job.id, True, "accepted")
-        if self._store.accept(job.id, record, job.failed_checks, self.config.run.n) is None:
-            self.metrics.sample_finished("surplus")
-            return
-        self.metrics.sample_finished("accepted")
-        self._writer.append(record)
-        log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
-        self.stats.accepted += 1
-        self.stats.accepted_this_run += 1
-        if self.stats.accepted >= self.config.run.n:
+        assert self._recorder is not None and self._queue is not None
+        self._recorder.finished(job)
+        if self.counts.accepted >= self.config.run.n:
             self._queue.stop()
-
-    def _judged(self, job: SampleJob, judgement: Judgement) -> None:
-        """The judge stage's verdicts on a sample's DM turns: stored and counted."""
-        assert self._store is not None
-        self._store.put_judgements(job.id, judgement_rows(judgement))
-        self.metrics.judged(judgement)
 
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
         """The endpoint gave up on this sample: record it as failed. A graceful stop leaves it
         unfinished. Anything else (a refused configuration, an endpoint down, a bug) stops the
         run; the sample stays resumable in the store. A sample stopped by the budget also stays
         resumable, and the run ends when none is in flight."""
+        assert self._recorder is not None
         if isinstance(exc, SendingStopped):
             return
         if isinstance(exc, BudgetExhausted):
@@ -442,66 +405,33 @@ class Run:
         if not isinstance(exc, RequestFailed):
             log.error("run_stopped", sample_id=job.id, error=repr(exc), exc_info=exc)
             raise exc
-        job.error = redact.redact(str(exc))
-        self._reject(job, "failed", "failed")
-        self.stats.failed += 1
+        self._recorder.failed(job, redact.redact(str(exc)))
 
-    def _reject(self, job: SampleJob, kind: str, rule: str) -> None:
-        assert self._store is not None
-        record = rejected_record(job, kind)
-        self._store.reject_sample(job.id, kind, rule, job.failed_checks, record)
-        log.info(
-            f"sample_{kind}", sample_id=job.id, rule=rule, message=record["message"], requests=job.requests
-        )
-        self._rejected(record)
-        self._settled(job.id, False, "script duplicates" if kind == "duplicate" else kind)
-
-    def _input_rejected(self, record: dict[str, Any]) -> None:
-        """A persona taken from the source that never became a sample (malformed, duplicate)."""
-        self._rejected(record)
-        if record["kind"] == "duplicate":
-            self._floor.skipped("persona duplicates")
-            self._check_floor()
-
-    def _rejected(self, record: dict[str, Any]) -> None:
-        assert self._writer is not None
-        self._writer.rejects.append(redact.redact_bytes(orjson.dumps(record)))
-        self.metrics.sample_rejected(record)
-
-    def _settled(self, sample_id: str, accepted: bool, outcome: str) -> None:
-        self._floor.settled(sample_id, accepted, outcome)
-        self._check_floor()
-
-    def _check_floor(self) -> None:
-        """Stop taking personas (like a signal: what is in flight finishes and is stored) once
-        the recent ones nearly all failed to become accepted samples."""
+    def _settled(self, sample_id: str | None, accepted: bool, outcome: str) -> None:
+        """What became of a persona taken from the source, for the acceptance floor: stop
+        taking personas (like a signal: what is in flight finishes and is stored) once the
+        recent ones nearly all failed to become accepted samples."""
+        if sample_id is None:
+            self._floor.skipped(outcome)
+        else:
+            self._floor.settled(sample_id, accepted, outcome)
         if self._dried_up is None and self._floor.tripped():
             self._dried_up = self._floor.message()
             log.warning("acceptance_floor_reached", reason=self._dried_up)
             self._drain()
 
-    def _load_counts(self, store: Store) -> None:
-        states = store.state_counts()
-        kinds = store.reject_kinds()
-        rules = store.reject_counts()
-        self.stats.accepted = states.get("accepted", 0)
-        self.stats.dropped = states.get("dropped", 0)
-        self.stats.failed = states.get("failed", 0)
-        for kind in ("persona", "script"):
-            self.stats.duplicates[kind] = rules.get(("duplicate", f"{kind}_duplicate"), 0)
-        self.stats.malformed = kinds.get("malformed", 0)
-        self.stats.check_failures.update(check.split(">")[0] for check in store.finished_checks())
-        self.stats.prior_cost_usd = store.spend()
 
-
-def _in_log_context(
-    stage: str, handler: Callable[[SampleJob], Awaitable[str | None]]
-) -> Callable[[SampleJob], Awaitable[str | None]]:
-    """The stage handler with the sample id and stage bound to every log line it causes."""
+def _in_sample_context(stage: str, handler: Handler) -> Callable[[SampleJob], Awaitable[str | None]]:
+    """The stage handler with the sample id and stage bound to every log line it causes, and
+    the sample noted with every answer it stores."""
 
     async def handle(job: SampleJob) -> str | None:
         with structlog.contextvars.bound_contextvars(sample_id=job.id, stage=stage):
-            return await handler(job)
+            token = working_on.set(job.id)
+            try:
+                return await handler(job)
+            finally:
+                working_on.reset(token)
 
     return handle
 

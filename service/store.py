@@ -27,13 +27,15 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from service.redact import redact_bytes
+from llm import Answer
+from llm.redact import redact_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,7 +89,7 @@ CREATE TABLE IF NOT EXISTS rejects (
     record BLOB NOT NULL
 );
 """
-# How responses are keyed (workers/llm.py): the request body without max_tokens and the
+# How responses are keyed (llm/client.py): the request body without max_tokens and the
 # stream keys. A store without this mark that holds answers keyed them with max_tokens.
 KEY_SCHEME = "question"
 # Columns added after the first release: created here on new stores and added to old ones.
@@ -103,23 +105,6 @@ ADDED_COLUMNS = {
     "samples": {"accepted_at": "REAL"},
     "rejects": {"position": "INTEGER"},  # the source position of a rejected input line or persona
 }
-
-
-@dataclass(frozen=True)
-class StoredResponse:
-    """One completed LLM answer as stored."""
-
-    content: str
-    finish_reason: str | None
-    usage: dict[str, Any]
-    model: str
-    endpoint: str
-    cost_usd: float = 0.0
-    stage: str = ""
-    sample_id: str | None = None
-    latency_s: float | None = None
-    max_tokens: int | None = None  # None: stored before it was kept (sent at the cap)
-    max_tokens_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +125,7 @@ class ResponseRow:
 
     @property
     def cut_below_cap(self) -> bool:
-        """Cut by a max_tokens sized below the stage's cap (and so asked again at the cap)."""
+        """Cut by a max_tokens sized below the stage's cap (and so asked again with more room)."""
         return (
             self.finish_reason == "length"
             and self.max_tokens is not None
@@ -187,7 +172,7 @@ class Store:
 
     # -- response cache ---------------------------------------------------------------
 
-    def get_response(self, key: str) -> StoredResponse | None:
+    def get_response(self, key: str) -> Answer | None:
         row = self._db.execute(
             "SELECT content, finish_reason, usage, model, endpoint, cost_usd, max_tokens, max_tokens_cap"
             " FROM responses WHERE key = ?",
@@ -195,7 +180,7 @@ class Store:
         ).fetchone()
         if row is None:
             return None
-        return StoredResponse(
+        return Answer(
             row[0],
             row[1],
             orjson.loads(row[2]),
@@ -206,7 +191,8 @@ class Store:
             max_tokens_cap=row[7],
         )
 
-    def put_response(self, key: str, response: StoredResponse) -> None:
+    def put_response(self, key: str, response: Answer, sample_id: str | None = None) -> None:
+        """An answer, with the sample it was asked for (for the report and hand checks)."""
         self._db.execute(
             "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
             " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap)"
@@ -220,7 +206,7 @@ class Store:
                 orjson.dumps(response.usage),
                 time.time(),
                 response.stage,
-                response.sample_id,
+                sample_id,
                 response.latency_s,
                 response.cost_usd,
                 response.max_tokens,
@@ -487,3 +473,22 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+
+working_on: ContextVar[str | None] = ContextVar("working_on", default=None)
+"""The sample whose stage work is running in this task (set by the run around each stage)."""
+
+
+class StoreCache:
+    """The store as the LLM clients' `AnswerCache`: every answer is kept with the sample being
+    worked on when it came (`working_on`), so the report can tell what each sample cost."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.legacy_keys = store.legacy_keys
+
+    def get(self, key: str) -> Answer | None:
+        return self._store.get_response(key)
+
+    def put(self, key: str, answer: Answer) -> None:
+        self._store.put_response(key, answer, working_on.get())

@@ -11,14 +11,22 @@ import resource
 from collections import Counter
 from typing import Any
 
-from metrics import agreement
-from metrics.stats import RunStats
-from metrics.usage import Charge, Usage, parse_usage
+from llm import Charge, RequestTally, Usage, parse_usage
+from service import agreement
 from service.config import Config
+from service.recorder import SampleCounts
 from service.store import Store
+from workers.flight import FlightRecorder
 
 
-def build_summary(store: Store, stats: RunStats, config: Config, reason: str) -> dict[str, Any]:
+def build_summary(
+    store: Store,
+    counts: SampleCounts,
+    requests: RequestTally,
+    flight: FlightRecorder,
+    config: Config,
+    reason: str,
+) -> dict[str, Any]:
     checks = Counter(store.finished_checks())
     by_rule = Counter(item.split(">")[0] for item in checks.elements())
     recovery = Counter(item.split(">")[1] for item in checks.elements())
@@ -38,7 +46,7 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
     return {
         "result": reason,
         "accepted": accepted,
-        "target": stats.target,
+        "target": counts.target,
         "dropped_by_rule": dict(
             sorted((rule, n) for (kind, rule), n in rejects.items() if kind == "dropped")
         ),
@@ -59,23 +67,23 @@ def build_summary(store: Store, stats: RunStats, config: Config, reason: str) ->
             "charged_tokens": charge.charged,
             "charged_per_used": None if charge.ratio is None else round(charge.ratio, 3),
         },
-        "answers_reasked_at_cap": reasked,
+        "answers_reasked": reasked,
         "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
         "this_process": {
-            "wall_s": round(stats.elapsed, 2),
-            "requests_per_s": round(sum(stats.requests.values()) / max(stats.elapsed, 1e-9), 1),
+            "wall_s": round(counts.elapsed, 2),
+            "requests_per_s": round(requests.attempts / max(counts.elapsed, 1e-9), 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "peak_samples_in_flight": stats.peak_samples_in_flight,
-            "peak_requests_in_flight": stats.peak_requests_in_flight,
-            "memory_per_sample_in_flight_kib": stats.memory_per_sample_kib,
-            "accepted": stats.accepted_this_run,
-            "requests": dict(stats.requests),
-            "answers_replayed_from_store": stats.cache_hits,
-            "tokens": stats.usage.total,
-            "tokens_charged": stats.tokens_charged,
-            "cost_usd": round(stats.cost_usd, 6),
+            "peak_samples_in_flight": flight.peak_samples,
+            "peak_requests_in_flight": flight.peak_requests,
+            "memory_per_sample_in_flight_kib": flight.memory_per_sample_kib,
+            "accepted": counts.accepted_this_run,
+            "requests": dict(requests.outcomes),
+            "answers_replayed_from_store": requests.replayed,
+            "tokens": requests.usage.total,
+            "tokens_charged": requests.charged,
+            "cost_usd": round(requests.cost_usd, 6),
         },
     } | judge
 
@@ -130,7 +138,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"recovery: {pairs(summary['recovery'])}",
         f"tokens: prompt {tokens['prompt_tokens']} (cached {tokens['cached_prompt_tokens']}), "
         f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
-        _charged_line(tokens, summary["answers_reasked_at_cap"]),
+        _charged_line(tokens, summary["answers_reasked"]),
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
         *_judge_line(summary.get("judge")),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
@@ -171,5 +179,5 @@ def _charged_line(tokens: dict[str, Any], reasked: int) -> str:
     charged = f"{tokens['charged_tokens']} ({ratio}x the tokens used)" if ratio is not None else "-"
     return (
         f"tokens charged against TPM (prompt + max_tokens): {charged}; "
-        f"answers cut by a sized max_tokens and asked again at the cap: {reasked}"
+        f"answers cut by a sized max_tokens and asked again with more room: {reasked}"
     )

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 
 from dedup.exact import text_hash
-from service.export import FLAGS, judge_masked, record_messages, training_record
-from workers.rules import check_script, check_trajectory
+from pipeline.rules import FLAGS, check_script, check_trajectory
+from service.export import judge_masked, record_messages, training_record
 
 
 @dataclass

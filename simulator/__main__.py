@@ -1,7 +1,10 @@
-"""Run the simulator: ``python -m simulator --host 127.0.0.1 --port 0 [--settings-json '{...}' |
---settings FILE.json] [--parent-pid PID]``.
+"""Run the simulator: ``python -m simulator --host 127.0.0.1 --port 0 [--settings-json '{...}'
+[--settings-where '{...}' --settings-key KEY] | --settings FILE.json] [--parent-pid PID]``.
 
-Prints exactly one line ``READY http://HOST:PORT/v1`` once bound. SIGTERM/SIGINT
+Prints exactly one line ``READY http://HOST:PORT/v1`` once bound. Bad settings print one line
+``simulator: bad settings: PLACE: KEY: problem`` on stderr and exit with status 2; the place is
+the file:line of each setting when ``--settings-where`` gives them (dotted key -> place, as the
+service passes them from config.yaml) and ``--settings-key`` the key the settings sit at. SIGTERM/SIGINT
 stop it cleanly; with ``--parent-pid`` it also exits when that process is gone
 (polled every 0.5 s), so a SIGKILLed parent never leaves it running.
 """
@@ -19,8 +22,10 @@ import sys
 
 import uvloop
 
+from service.embedded import BAD_SETTINGS
 from simulator.server import start
 from simulator.settings import SimSettings
+from typedconfig import ConfigError, located
 
 POLL_S = 0.5
 
@@ -57,20 +62,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--settings-json", help="settings as a JSON object")
     group.add_argument("--settings", help="path of a JSON file with the settings")
+    p.add_argument("--settings-where", help="JSON object: dotted setting -> where it was written")
+    p.add_argument("--settings-key", default="", help="the key the settings sit at, for messages")
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
     return p.parse_args(argv)
 
 
 def load_settings(args: argparse.Namespace) -> SimSettings:
-    """Settings from --settings-json or --settings (defaults otherwise)."""
+    """Settings from --settings-json or --settings (defaults otherwise), located by
+    --settings-where."""
+    source = "--settings-json"
     if args.settings_json:
         data = json.loads(args.settings_json)
     elif args.settings:
+        source = args.settings
         with open(args.settings, encoding="utf-8") as f:
             data = json.load(f)
     else:
         data = {}
-    return SimSettings.from_dict(data)
+    places = json.loads(args.settings_where) if args.settings_where else {}
+    return SimSettings.build(located(data, places, places.get("", source)), args.settings_key)
 
 
 def parent_alive(pid: int, original_ppid: int) -> bool:
@@ -115,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         settings = load_settings(args)
-    except (ValueError, OSError) as e:
-        print(f"simulator: bad settings: {e}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError) as e:  # json's errors are ValueErrors
+        print(f"{BAD_SETTINGS}{e}", file=sys.stderr)
         return 2
     quiet_logging()
     uvloop.run(serve(args, settings))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import urllib.request
 from collections.abc import Iterator
@@ -13,15 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from service.embedded import launch_command
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def launch_command(settings: dict[str, Any], parent_pid: int | None = None) -> list[str]:
-    """The command line that runs the simulator on a free loopback port with `settings`; it
-    prints `READY <base url>` once bound and, given `parent_pid`, exits when that process is gone."""
-    command = [sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--settings-json", json.dumps(settings)]
-    return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
 
 
 @contextmanager

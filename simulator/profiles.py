@@ -54,16 +54,3 @@ PROFILES: dict[str, dict[str, Any]] = {
         "batch_half_speed": 128.0,
     },
 }
-
-
-def with_profile(values: dict[str, Any]) -> dict[str, Any]:
-    """`values` laid over the values of the profile it names (ValueError for an unknown name).
-    Nested settings (faults, flaws) are merged key by key."""
-    name = values.get("profile", DEFAULT_PROFILE)
-    if not isinstance(name, str) or name not in PROFILES:
-        raise ValueError(f"setting 'profile': unknown profile {name!r}; known: {', '.join(PROFILES)}")
-    merged = dict(PROFILES[name])
-    for key, value in values.items():
-        base = merged.get(key)
-        merged[key] = {**base, **value} if isinstance(base, dict) and isinstance(value, dict) else value
-    return merged

@@ -99,5 +99,5 @@ def error(status: int, message: str) -> web.Response:
 
 
 def is_expansion(body: bytes) -> bool:
-    """The request is a persona-to-persona expansion (workers/prompts/persona_user.md)."""
+    """The request is a persona-to-persona expansion (pipeline/prompts/persona_user.md)."""
     return b"Who is in close relationship with this persona?" in body

@@ -45,14 +45,15 @@ from typing import Any
 
 import orjson
 
+from pipeline.rules import SCRIPT_RULES, TRAJECTORY_RULES
 from simulator.content import mistakes as mk
 from simulator.content.planner import Step, kind_of
 from simulator.content.scriptmodel import Script
 from simulator.content.trajectories import FLAGS, dm_turn, player_turn
 from simulator.settings import FlawSettings, SimSettings
 
-SCRIPT_FLAWS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
-TRAJECTORY_FLAWS = ("T1", "T2", "T3", "T4", "T5", "T6", "T7", "T8")
+SCRIPT_FLAWS = SCRIPT_RULES  # one flaw for each rule (pipeline/rules.py)
+TRAJECTORY_FLAWS = TRAJECTORY_RULES
 MAX_SCRIPT_BYTES = 32 * 1024
 
 

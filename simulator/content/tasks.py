@@ -1,6 +1,6 @@
 """Recognise which of the service's tasks a request is, from its messages only.
 
-The service's prompts (workers/prompts/*.md) are the contract: tags such as
+The service's prompts (pipeline/prompts/*.md) are the contract: tags such as
 ``<persona>``, ``<script>`` and ``<verified_prefix>`` and a few fixed sentences (among them
 the no-mistakes sentence of the "w/o refinement data" mode).
 Precedence: judge > continuation > trajectory > persona expansion > script > generic (a
@@ -24,7 +24,7 @@ GENERIC = "generic"
 
 _NEXT_TURN = re.compile(r"Continue the interaction from turn\s+(\d+)")
 _FAILED_TURN = re.compile(r"Turn\s+(\d+)\s+failed verification")
-NO_MISTAKES = "The Player makes no mistakes"  # workers/prompts/trajectory_no_mistakes.md
+NO_MISTAKES = "The Player makes no mistakes"  # pipeline/prompts/trajectory_no_mistakes.md
 _COUNT = re.compile(r"Write\s+(\d+)\s+such personas")
 _COUNT_LOOSE = re.compile(r"(\d+)\s+(?:such\s+|distinct\s+|different\s+|related\s+)?personas")
 MAX_PERSONAS = 50
