@@ -130,7 +130,10 @@ class Generation:
 @dataclass(frozen=True)
 class PreparedRequest:
     """One request ready to send: its cache key, the exact bytes, the TPM reservation, the
-    max_tokens sent against the caller's cap, and what it was made from (for the re-ask)."""
+    max_tokens sent against the caller's cap, and what it was made from (for the re-ask).
+    `sizable`: max_tokens is the endpoint's choice (not a re-ask's), made again from what the
+    stage's answers say when the request leaves (it may have waited behind many others, or
+    the TPM limit may have been learned meanwhile)."""
 
     key: str
     payload: bytes
@@ -140,6 +143,7 @@ class PreparedRequest:
     json_mode: bool
     messages: list[dict[str, str]]
     generation: Generation
+    sizable: bool = False
 
 
 @dataclass(frozen=True)
@@ -225,15 +229,17 @@ class LLMClient:
         body = self._question(messages, generation, json_mode)
         key = request_key(body if ep.send_seed else {**body, "seed": generation.seed})
         cap = generation.max_tokens
+        sizable = max_tokens is None and ep.size_max_tokens
         if max_tokens is None:
-            sized = ep.size_max_tokens and self.limiter.limits_tokens
-            max_tokens = self.sizes[stage].max_tokens(cap) if sized else cap
+            max_tokens = self.sizes[stage].max_tokens(cap) if sizable and self.limiter.limits_tokens else cap
         body[ep.max_tokens_param] = max_tokens
         if ep.stream:
             body.update(STREAM)
         payload = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         estimate = estimate_tokens(messages) + max_tokens
-        return PreparedRequest(key, payload, estimate, max_tokens, cap, json_mode, messages, generation)
+        return PreparedRequest(
+            key, payload, estimate, max_tokens, cap, json_mode, messages, generation, sizable
+        )
 
     def cached(self, request: PreparedRequest, stage: str) -> Answer | None:
         """The cached answer to this request, if it was ever answered (a replay: reported)."""
@@ -274,20 +280,22 @@ class LLMClient:
         """Ask the endpoint (with retries) and cache the answer. `stage` is the caller's label
         for the events, and what max_tokens is sized by."""
         self._check_sending()
+        current = request
+
+        def outgoing() -> tuple[bytes, int, int]:
+            nonlocal current
+            current = self._sized_now(request, stage)
+            return current.payload, current.estimate, current.max_tokens
+
         read, latency, cost = await self._exchange(
-            CHAT_PATH,
-            request.payload,
-            request.estimate,
-            stage,
-            lambda reply: self._chat_answer(reply, request),
-            request.max_tokens,
+            CHAT_PATH, outgoing, stage, lambda reply: self._chat_answer(reply, current)
         )
         answer = replace(
             read.value,
             cost_usd=cost,
             stage=stage,
             latency_s=latency,
-            max_tokens=request.max_tokens,
+            max_tokens=current.max_tokens,
             max_tokens_cap=request.cap,
         )
         if self._cache is not None:
@@ -306,8 +314,18 @@ class LLMClient:
             vectors, usage = parse_embeddings(reply.body, len(texts))
             return _Read(vectors, parse_usage(usage))
 
-        result, _, _ = await self._exchange(EMBEDDINGS_PATH, payload, estimate, stage, read)
+        result, _, _ = await self._exchange(EMBEDDINGS_PATH, lambda: (payload, estimate, 0), stage, read)
         return result.value
+
+    def _sized_now(self, request: PreparedRequest, stage: str) -> PreparedRequest:
+        """`request` as it leaves now: a sized max_tokens chosen again from what the stage's
+        answers say by now, under a TPM limit (else the cap)."""
+        if not request.sizable:
+            return request
+        cap = request.cap
+        if (self.sizes[stage].max_tokens(cap) if self.limiter.limits_tokens else cap) == request.max_tokens:
+            return request
+        return self.prepare(request.messages, request.generation, stage)
 
     def _check_sending(self) -> None:
         if not self._sending:
@@ -316,23 +334,29 @@ class LLMClient:
     async def _exchange(
         self,
         path: str,
-        payload: bytes,
-        estimate: int,
+        outgoing: Callable[[], tuple[bytes, int, int]],
         stage: str,
         read: Callable[[Reply], _Read],
-        max_tokens: int = 0,
     ) -> tuple[_Read, float, float]:
-        """Send `payload` until a 200 answer reads well (`read`; ValueError: a bad answer,
-        retried), with backoff; report every attempt. Returns what was read, its latency and
-        its cost."""
+        """Send the request until a 200 answer reads well (`read`; ValueError: a bad answer,
+        retried), with backoff; report every attempt. `outgoing` gives its bytes, its TPM
+        reservation and its max_tokens once it holds a concurrency slot, before the token
+        bucket is asked. Returns what was read, its latency and its cost."""
         ep = self.endpoint
         stream = ep.stream and path == CHAT_PATH
         last_error = ""
         attempt = 0  # failed tries other than 429; a 429 is backpressure, bounded by time instead
         limited_since: float | None = None
+        sending: list[tuple[bytes, int, int]] = []  # what this attempt sends
+
+        def estimate() -> int:
+            sending[:] = [outgoing()]
+            return sending[0][1]
+
         while attempt <= ep.max_retries:
             delay = _backoff(attempt)
             async with self.limiter.slot(estimate, stage) as ticket:
+                payload, _, max_tokens = sending[0]
                 self._check_budget()  # here, not before the limiter wait: only sent requests may finish
                 sent = time.monotonic()
                 try:

@@ -189,11 +189,15 @@ class EndpointLimiter:
         return self.concurrency.waiting <= backlog
 
     @asynccontextmanager
-    async def slot(self, estimated_tokens: int, stage: str = "") -> AsyncIterator[Ticket]:
-        """Wait for a concurrency slot and bucket capacity; hold the slot while the request runs."""
+    async def slot(self, estimated_tokens: int | Callable[[], int], stage: str = "") -> AsyncIterator[Ticket]:
+        """Wait for a concurrency slot and bucket capacity; hold the slot while the request runs.
+        `estimated_tokens` may be a function, asked once the slot is held (the request is
+        sized then)."""
         control = self.concurrency
         queued = await control.acquire()
         try:
+            if callable(estimated_tokens):
+                estimated_tokens = estimated_tokens()
             paced = False
             async with self._gate:
                 while True:

@@ -128,8 +128,24 @@ class Action:
         )
 
 
+class _Checked:
+    """What every verdict answers: its failures, the earliest first."""
+
+    failures: tuple[Failure, ...]
+
+    @property
+    def failure(self) -> Failure | None:
+        """The earliest failure: its rule id is the one counted (for a trajectory, its turn
+        bounds the verified prefix)."""
+        return self.failures[0] if self.failures else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
 @dataclass(frozen=True)
-class ScriptVerdict:
+class ScriptVerdict(_Checked):
     """``script`` is the parsed object (None unless S1 passed); ``actions`` are set only when ok.
     ``failures``: every independent problem found, the first one first (its rule id is the one
     counted in metrics and rejects)."""
@@ -138,32 +154,15 @@ class ScriptVerdict:
     actions: tuple[Action, ...]
     failures: tuple[Failure, ...] = ()
 
-    @property
-    def failure(self) -> Failure | None:
-        return self.failures[0] if self.failures else None
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
 
 @dataclass(frozen=True)
-class TrajectoryVerdict:
+class TrajectoryVerdict(_Checked):
     """Outcome of ``check_trajectory``; ``turns`` is the whole trajectory (prefix + new turns)."""
 
     turns: list[dict]
     failures: tuple[Failure, ...]
     verified_prefix: list[dict]
     error_refine_turns: int
-
-    @property
-    def failure(self) -> Failure | None:
-        """The earliest failure: its rule id is counted, its turn bounds the verified prefix."""
-        return self.failures[0] if self.failures else None
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
 
     @property
     def continuable(self) -> bool:

@@ -28,6 +28,7 @@ from llm.sizing import FLOOR, LEARN_FROM, MARGIN, WINDOW, CompletionSizes
 from pipeline.script import script_messages
 from service.store import Store, StoreCache
 from tests.conftest import FAST_SIM, sim_stats, simulator
+from tests.llm.fakes import FakeTransport, chat
 
 CAP = 4096
 MESSAGES = script_messages("A beekeeper with forty hives.", None)
@@ -188,3 +189,24 @@ def test_a_store_keyed_before_max_tokens_left_the_key_is_still_replayed(tmp_path
     new = Store(tmp_path / "new")
     assert new.legacy_keys is False
     new.close()
+
+
+def test_a_request_prepared_before_the_sizes_were_learned_is_sized_when_it_leaves() -> None:
+    # the whole workload prepared at once (the throughput bench does that): every request was
+    # made at the cap before any answer was seen, and is sized again once it holds a slot
+    transport = FakeTransport([chat(content='{"a": 1}')] * 3)
+    endpoint = Endpoint(model="m", name="e", base_url="http://127.0.0.1:9/v1", limits=UNDER_TPM, stream=False)
+    client = LLMClient(endpoint, transport=transport)
+    generation = Generation(temperature=0.7, max_tokens=CAP, seed=1, json_mode=True)
+    early = client.prepare(MESSAGES, generation, "script")
+    reask = client.prepare(MESSAGES, generation, "script", max_tokens=CAP)
+    for _ in range(LEARN_FROM):
+        client.sizes["script"].observe(1000, 10)
+
+    async def go() -> list[int]:
+        sent = [(await client.send(request, "script")).max_tokens for request in (early, reask)]
+        await client.aclose()
+        return sent
+
+    assert early.max_tokens == CAP and asyncio.run(go()) == [FLOOR, CAP]
+    assert [body["max_tokens"] for body in transport.bodies()] == [FLOOR, CAP]  # a re-ask keeps its own
