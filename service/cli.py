@@ -1,7 +1,9 @@
 """Command line: `agentrefine run` (also `python -m service run`).
 
 `agentrefine report OUT` writes a run's report (also written at the end of every run);
-`agentrefine export OUT --format F [--mask M]` writes its samples for a trainer.
+`agentrefine export OUT --format F [--mask M]` writes its samples for a trainer;
+`agentrefine diversity OUT [OTHER_OUT]` prints how diverse a run's accepted data is, or two
+runs side by side, and draws their scripts on one map.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key.
 
@@ -32,6 +34,7 @@ from llm import EndpointDown, FatalEndpointError
 from llm.redact import redact
 from pipeline.sources import PersonaInputError
 from service.card import write_card
+from service.compare import NotARunDirectory, main_diversity
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
@@ -74,6 +77,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="run directory")
     export.add_argument("--format", required=True, choices=FORMATS, help="the trainer's form (README)")
     export.add_argument("--mask", default="paper", choices=MASKS, help="loss mask (paper Table 2 ablations)")
+    diversity = sub.add_parser(
+        "diversity", help="how diverse a run's accepted samples are; two runs side by side"
+    )
+    diversity.add_argument("out", help="run directory")
+    diversity.add_argument("other", nargs="?", help="a second run directory to compare with")
+    diversity.add_argument("--png", help="where to draw the map (default: under OUT/report/)")
+    diversity.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
 
@@ -85,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.out)
     if args.command == "export":
         return main_export(args.out, args.format, args.mask)
+    if args.command == "diversity":
+        return _diversity([args.out, *([args.other] if args.other else [])], args.png, args.json)
     options = [
         (option, key, value)
         for option, key, value in (
@@ -162,6 +174,17 @@ def _report(out: str) -> int:
             return _error(str(exc))
         except sqlite3.Error as exc:
             return _error(str(storage_error(database, exc)))
+    return 0
+
+
+def _diversity(outs: list[str], png: str | None, as_json: bool) -> int:
+    try:
+        text, drawn = main_diversity(outs, png, as_json)
+    except (NotARunDirectory, RunDirectoryError) as exc:
+        return _error(str(exc))
+    print(text)
+    if drawn is not None and not as_json:
+        print(f"map: {drawn}")
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from llm import Charge, Usage, parse_usage
+from service import agreement, diversity
 from service.store import Store
 
 BIN_WIDTHS_S = (10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
@@ -50,6 +51,8 @@ class ReportData:
     answer_times: list[tuple[float, float]]  # (created, cost) of each paid answer, in order
     bins: list[TimeBin]
     bin_width_s: int
+    diversity: diversity.Diversity | None = None
+    judge: agreement.Agreement | None = None
 
     @property
     def accepted(self) -> int:
@@ -99,6 +102,8 @@ def collect(store: Store) -> ReportData:
         answer_times=[(created, cost) for created, cost, _ in answers],
         bins=bins,
         bin_width_s=width,
+        diversity=diversity.measure(store),
+        judge=agreement.collect(store),
     )
 
 
