@@ -103,19 +103,25 @@ class Recorder:
         self.counts = counts
         self._form = form
         self._on_settled = on_settled
+        self._verdicts: dict[str, list[tuple[str, str]]] = {}  # judged samples not yet finished
 
     def admitted(self, job: SampleJob) -> None:
         self._metrics.sample_admitted()
 
     def judged(self, job: SampleJob, judgement: Judgement) -> None:
         """The judge stage's verdicts on a sample's DM turns, before the sample finishes:
-        stored (a resumed sample's replace them), then counted."""
+        stored (a resumed sample's replace them); counted once the sample is accepted or
+        dropped, as the summary counts them (not for a surplus sample past the target)."""
         self._store.put_judgements(job.id, judgement_rows(judgement))
-        for turn in judgement.turns:
-            for kind in FLAG_KINDS:
-                self._metrics.judged(
-                    kind, verdict(turn.dm[kind], None if turn.judge is None else turn.judge[kind])
-                )
+        self._verdicts[job.id] = [
+            (kind, verdict(turn.dm[kind], None if turn.judge is None else turn.judge[kind]))
+            for turn in judgement.turns
+            for kind in FLAG_KINDS
+        ]
+
+    def _count_judged(self, job: SampleJob) -> None:
+        for kind, judged in self._verdicts.pop(job.id, ()):
+            self._metrics.judged(kind, judged)
 
     def finished(self, job: SampleJob) -> None:
         """A sample the stages are done with: accepted (or surplus, once the target is met),
@@ -131,14 +137,17 @@ class Recorder:
             return
         if job.trajectory is None:
             self._reject(job, "dropped", job.last_failure.rule if job.last_failure else "dropped")
+            self._count_judged(job)
             self.counts.dropped += 1
             self._on_settled(job.id, False, "dropped")
             return
         record = accepted_record(job, self._form.sharegpt, self._form.refinement_data)
         self._on_settled(job.id, True, "accepted")
         if self._store.accept(job.id, record, job.failed_checks, self.counts.target) is None:
+            self._verdicts.pop(job.id, None)
             self._metrics.sample_finished("surplus")
             return
+        self._count_judged(job)
         self._metrics.sample_finished("accepted")
         self._writer.append(record)
         log.info("sample_accepted", sample_id=job.id, requests=job.requests, cost_usd=round(job.cost_usd, 6))
@@ -148,6 +157,7 @@ class Recorder:
     def failed(self, job: SampleJob, message: str) -> None:
         """A sample the endpoint gave up on (its retries spent, or a request refused)."""
         job.error = message
+        self._verdicts.pop(job.id, None)
         self._reject(job, "failed", "failed")
         self.counts.failed += 1
         self._on_settled(job.id, False, "failed")
