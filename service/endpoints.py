@@ -56,7 +56,12 @@ class EndpointPool:
         for name, endpoint in self._config.endpoints_in_use().items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
-                embedded = EmbeddedEndpoint(name, endpoint.embedded, self._out / f"endpoint-{name}.log")
+                embedded = EmbeddedEndpoint(
+                    name,
+                    endpoint.embedded,
+                    self._out / f"endpoint-{name}.log",
+                    self._out / f"endpoint-{name}-batches",  # the provider's side of the run's batches
+                )
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None
