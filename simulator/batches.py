@@ -374,7 +374,8 @@ def _fate_error(fate: str, batch: dict[str, Any]) -> dict[str, Any]:
     if fate == "token_limit":
         return _problem(
             "token_limit_exceeded",
-            f"Enqueued token limit reached for {batch['_model']}. Please try submitting your batch again later.",
+            f"Enqueued token limit reached for {batch['_model']}. "
+            "Please try submitting your batch again later.",
         )
     return _problem("batch_failed", "The batch failed (simulated).")
 

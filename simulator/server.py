@@ -1,7 +1,8 @@
 """The simulator's aiohttp app: an OpenAI-compatible chat completions endpoint.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embeddings`),
-``GET /v1/models`` (and ``/v1/models/{id}``), the files and batches API (`simulator.batches`), and ``GET /_sim/stats`` (tests, `make bench`):
+``GET /v1/models`` (and ``/v1/models/{id}``), the files and batches API
+(`simulator.batches`), and ``GET /_sim/stats`` (tests, `make bench`):
 
 - ``requests``: every chat and embeddings request; ``by_status``: HTTP statuses plus
   ``"reset"`` (connection aborted), ``"truncated"`` (a cut body or stream), ``"empty_choices"``
@@ -41,14 +42,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from simulator import embeddings as embedding_content
 from simulator import batches, faults, tokens, validation
+from simulator import embeddings as embedding_content
 from simulator.answer import Answer
-from simulator.validation import error_body
 from simulator.content import canonical_digest, max_tokens_of, request_digest, wants_json
 from simulator.delivery import deliver
 from simulator.settings import SimSettings
 from simulator.state import SimState
+from simulator.validation import error_body
 
 STATE: web.AppKey[SimState] = web.AppKey("sim_state")
 DEFAULT_COMPLETION_ESTIMATE = 1024
