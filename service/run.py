@@ -6,6 +6,10 @@ by the job queue -> `Recorder.finished` (accept into the store, then append to t
 or reject) — each step in its own module. This module only wires them and decides when
 the run stops.
 
+In batch mode (`run.mode: batch`) the sample stages ask through the provider's Batch API,
+round by round (`llm/batch.py`, wired by `service/endpoints.py`): admission then takes every
+sample the rest of the target needs at once, so that they share rounds.
+
 Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
 sending, lets the requests in flight finish (their answers are stored) for at most
 `run.stop_grace_s`, then stops; a second signal stops at once. A run can also stop short of
@@ -64,6 +68,7 @@ from pipeline.registry import Handler, StageContext
 from pipeline.sources import SourceItem, check_persona_file, file_source, seed_personas
 from service import logs, resume, rundir
 from service.admission import Admission
+from service.batch_plan import batch_plan
 from service.card import write_card
 from service.config import Config, ConfigError
 from service.dedup import RunDedup, build_embedders
@@ -246,7 +251,10 @@ class Run:
         config = self.config
         cache = StoreCache(self._store)
         sinks = (self.metrics.request, self.requests, self._budget, log_failures)
-        endpoints = self._endpoints = EndpointPool(config, self.out, cache, sinks, self._budget, self.metrics)
+        batch = config.run.mode == "batch"
+        endpoints = self._endpoints = EndpointPool(
+            config, self.out, cache, sinks, self._budget, self.metrics, self._store if batch else None
+        )
         try:
             await endpoints.start()
             self._embedders = build_embedders(config, endpoints.embedding_client())
@@ -286,6 +294,8 @@ class Run:
             progress = Progress(
                 self.counts, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
             )
+            if batch:
+                _notice(batch_plan(self.config, self.counts, self._store))
             progress.start()
             self.flight.start()
             heap = HeapTrimmer()
@@ -364,9 +374,10 @@ class Run:
             self._queue.close()
             return False
         counts = self.counts
-        return in_flight < needed_for_target(counts.target, counts.accepted, counts.finished) and (
-            endpoints_want_more(self._sample_limiters, in_flight)
-        )
+        needed = needed_for_target(counts.target, counts.accepted, counts.finished)
+        if self.config.run.mode == "batch":  # every sample the target needs, in the same rounds
+            return in_flight < needed
+        return in_flight < needed and endpoints_want_more(self._sample_limiters, in_flight)
 
     def _in_flight(self) -> InFlight:
         clients = self._endpoints.clients.values() if self._endpoints is not None else ()
