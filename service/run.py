@@ -374,9 +374,12 @@ class Run:
             self._queue.close()
             return False
         counts = self.counts
+        if self.config.run.mode == "batch":
+            # every sample the target needs, in the same rounds; until one is accepted (round 2
+            # at best) the samples that finished are only the early drops: no accept rate yet
+            finished = counts.finished if counts.accepted else 0
+            return in_flight < needed_for_target(counts.target, counts.accepted, finished)
         needed = needed_for_target(counts.target, counts.accepted, counts.finished)
-        if self.config.run.mode == "batch":  # every sample the target needs, in the same rounds
-            return in_flight < needed
         return in_flight < needed and endpoints_want_more(self._sample_limiters, in_flight)
 
     def _in_flight(self) -> InFlight:
