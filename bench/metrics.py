@@ -2,8 +2,9 @@
 
 - one `RunMetrics.request` call (every LLM attempt makes one);
 - one scrape of a run's registry (default config: one endpoint, three stages);
-- the report (report.md + 5 PNGs, matplotlib import included) of a store holding
-  1000 accepted samples and 3000 answers.
+- the report (report.md + 6 PNGs, matplotlib import included, the diversity figures among
+  them) of a store holding 1000 accepted samples (each with the worked example's script and
+  a persona and a script vector) and 3000 answers.
 
 `--quick`: a tenth of the events, scrapes and samples (the test suite runs it).
 """
@@ -15,10 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 from prometheus_client import generate_latest
 
 from llm import Answer, Budget, LimiterState, RequestEvent, Usage
 from metrics.prometheus import RunMetrics
+from pipeline.prompts import example
 from pipeline.registry import rules_by_stage
 from service.recorder import SampleCounts
 from service.report import write_report
@@ -59,10 +62,14 @@ def main(argv: list[str]) -> None:
 
 def _filled_store(folder: Path, samples: int) -> Store:
     store = Store(folder / "state.sqlite")
-    vector = np.zeros(384, dtype=np.float32).tobytes()  # the persona's embedding, as admission stores it
+    script = orjson.loads(example("script"))
+    vectors = np.random.default_rng(0).normal(size=(2 * samples, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     for i in range(samples):
         sample = f"s{i}"
-        store.admit(sample, i, "bench", f"persona {i}", {}, f"h{i}", vector)
+        # the persona's and the script's embeddings, as admission and the script dedup store them
+        store.admit(sample, i, "bench", f"persona {i}", {}, f"h{i}", vectors[2 * i].tobytes())
+        store.keep_for_dedup("script", sample, f"k{i}", vectors[2 * i + 1].tobytes())
         for n, stage in enumerate(("script", "trajectory", "trajectory")):
             usage = {
                 "prompt_tokens": 1500,
@@ -71,5 +78,5 @@ def _filled_store(folder: Path, samples: int) -> Store:
             }
             answer = Answer("{}", "stop", usage, "sim-gpt-4o", "local", 0.011, stage, 0.3)
             store.put_response(f"{sample}:{n}", answer, sample)
-        store.accept(sample, {"id": sample}, ["T4>continue"] if i % 3 else [], samples)
+        store.accept(sample, {"id": sample, "script": script}, ["T4>continue"] if i % 3 else [], samples)
     return store

@@ -7,7 +7,9 @@ several runs in one process (tests) do not mix. Callers report events:
   with its outcome, latency, time to first token, usage, max_tokens sent and cost, and once
   per answer replayed from the store (outcome `cached`);
 - the run: `sample_admitted()`, `sample_finished(outcome, rule=, kind=)`,
-  `sample_rejected(record)` and `check_failed(stage, rule)`.
+  `sample_rejected(record)` and `check_failed(stage, rule)`;
+- the judge stage, when it is on (`add_judge(...)` creates its series at zero):
+  `judged(kind, verdict)` per flag it checked.
 
 State that already lives elsewhere (the run's sample counts, the spend in the `Budget`,
 samples per stage, limiter state) is read at scrape time by a collector, so it is never
@@ -165,8 +167,24 @@ class RunMetrics:
             for rule in rules:
                 self._checks.labels(stage, rule)
                 self._samples.labels("dropped", rule, "")
+        self._judge: Counter | None = None  # add_judge()
 
     # -- wiring -------------------------------------------------------------------------
+
+    def add_judge(self, kinds: Sequence[str], verdicts: Sequence[str]) -> None:
+        """Create the judge stage's series at zero (only runs with the judge have them)."""
+        self._judge = Counter(
+            "agentrefine_judge_flags",
+            "DM place_error / logic_error flags checked by the judge stage, by verdict: agree, "
+            "false_flag (the DM set it, the judge would not), missed_flag (the judge would set it, "
+            "the DM did not), unjudged (no readable answer); agreement = agree / all but unjudged, "
+            "per kind.",
+            ["kind", "verdict"],
+            registry=self.registry,
+        )
+        for kind in kinds:
+            for verdict in verdicts:
+                self._judge.labels(kind, verdict)
 
     def add_endpoint(
         self, endpoint: str, model: str, stages: Iterable[str], limiter: Callable[[], LimiterState]
@@ -248,6 +266,11 @@ class RunMetrics:
 
     def check_failed(self, stage: str, rule: str) -> None:
         self._checks.labels(stage, rule).inc()
+
+    def judged(self, kind: str, verdict: str) -> None:
+        """One DM flag the judge checked, and its verdict."""
+        assert self._judge is not None, "add_judge() first"
+        self._judge.labels(kind, verdict).inc()
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """`SampleJob`: everything one persona's sample carries through the stages.
 
 A job is created when a persona is admitted, moves script -> trajectory (and back to
-script when a script's trajectory attempts are used up), and ends accepted, dropped
+script when a script's trajectory attempts are used up; on to the judge when it is on), and
+ends accepted, dropped
 (attempts exhausted; `last_failure` says why) or failed (the endpoint kept failing).
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 
 from dedup.near import Verdict
 from llm import Completion, Usage
+from pipeline.judgement import Judgement
 from pipeline.rules import Action, Failure
 
 
@@ -32,6 +34,7 @@ class SampleJob:
     last_failure: Failure | None = None
     error: str | None = None
     duplicate: Verdict | None = None  # the script repeats another sample's
+    judgement: Judgement | None = None  # the judge stage's, when it is on
     history: list[dict[str, Any]] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from dedup.near import Verdict
 from llm import EndpointChain
 from pipeline.job import SampleJob
+from pipeline.judge import JudgeStage, routed_to_judge
+from pipeline.judgement import Judgement
 from pipeline.rules import SCRIPT_RULES, TRAJECTORY_RULES
 from pipeline.script import ScriptStage
-from pipeline.settings import StageSettings
+from pipeline.settings import JudgeSettings, StageSettings
 from pipeline.trajectory import TrajectoryStage
 
 Handler = Callable[[SampleJob], Awaitable[str | None]]  # the job's next stage, or None: finished
@@ -32,6 +34,7 @@ class StageContext:
     llm: Callable[[str], EndpointChain]  # a stage's endpoints: the primary, then its fallbacks
     refinement: bool  # false: the paper's "w/o refinement data" ablation
     duplicate_script: Callable[[SampleJob], Awaitable[Verdict | None]]  # the script dedup check
+    judged: Callable[[SampleJob, Judgement], None]  # stores and counts the judge's verdicts
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,9 @@ class Stage:
     next: tuple[str, ...]  # where a sample may go from here (none: it finishes here)
     defaults: StageSettings
     build: Callable[[StageContext], Handler] | None = None  # a sample stage's handler
+    # off unless its settings enable it (`enabled: true`); off, it is not built, asked, counted
+    # or recorded anywhere: the run is the one it would be without the stage
+    optional: bool = False
 
 
 def _script(context: StageContext) -> Handler:
@@ -51,9 +57,16 @@ def _script(context: StageContext) -> Handler:
 
 def _trajectory(context: StageContext) -> Handler:
     settings = context.settings
-    return TrajectoryStage(
+    stage = TrajectoryStage(
         context.llm("trajectory"), settings["trajectory"], settings["script"].attempts, context.refinement
     )
+    return routed_to_judge(stage) if enabled("judge", settings) else stage
+
+
+def _judge(context: StageContext) -> Handler:
+    settings = context.settings["judge"]
+    assert isinstance(settings, JudgeSettings)
+    return JudgeStage(context.llm("judge"), settings, context.judged)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -86,17 +99,39 @@ STAGES: tuple[Stage, ...] = (
             "trajectory_feedback",
         ),
         rules=TRAJECTORY_RULES,
-        next=("script",),  # a new script once this one's trajectory attempts are used up
+        # a new script once this one's trajectory attempts are used up; the judge, when it is on
+        next=("script", "judge"),
         defaults=StageSettings(temperature=0.7, max_tokens=12288, attempts=3),
         build=_trajectory,
+    ),
+    Stage(
+        "judge",
+        "sample",
+        prompts=("judge/system", "judge/user"),
+        rules=(),  # its one rule, `judge` (the drop policy), is counted when it is used
+        next=(),
+        defaults=JudgeSettings(),
+        build=_judge,
+        optional=True,
     ),
 )
 FIRST_STAGE = "script"  # where an admitted sample starts
 
 
-def sample_stages() -> tuple[Stage, ...]:
-    """The stages a sample walks through, in registration order."""
-    return tuple(stage for stage in STAGES if stage.role == "sample")
+def sample_stages(settings: Mapping[str, StageSettings] | None = None) -> tuple[Stage, ...]:
+    """The stages a sample walks through, in registration order; given the run's settings,
+    without the optional stages they leave off."""
+    return tuple(
+        stage
+        for stage in STAGES
+        if stage.role == "sample" and (settings is None or enabled(stage.name, settings))
+    )
+
+
+def enabled(name: str, settings: Mapping[str, StageSettings]) -> bool:
+    """Whether a stage runs: every stage but an optional one its settings leave off."""
+    stage = next(stage for stage in STAGES if stage.name == name)
+    return not stage.optional or bool(getattr(settings[name], "enabled", False))
 
 
 def rules_by_stage() -> dict[str, tuple[str, ...]]:

@@ -4,6 +4,8 @@
 `agentrefine export OUT --format F [--mask M]` writes its samples for a trainer;
 `agentrefine batches OUT [--cancel]` lists a batch-mode run's batches and their states, and
 cancels those not finished.
+`agentrefine diversity OUT [OTHER_OUT]` prints how diverse a run's accepted data is, or two
+runs side by side, and draws their scripts on one map.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
 run.out, `--generator` = generator, `--mode` = run.mode); `--set KEY=VALUE` overrides any key.
 
@@ -35,6 +37,7 @@ from llm.redact import redact
 from pipeline.sources import PersonaInputError
 from service.batch_admin import cancel_batches, format_batches
 from service.card import write_card
+from service.compare import NotARunDirectory, main_diversity
 from service.config import ConfigError, load_config
 from service.export import MASKS
 from service.formats import FORMATS, main_export
@@ -82,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="run directory")
     export.add_argument("--format", required=True, choices=FORMATS, help="the trainer's form (README)")
     export.add_argument("--mask", default="paper", choices=MASKS, help="loss mask (paper Table 2 ablations)")
+    diversity = sub.add_parser(
+        "diversity", help="how diverse a run's accepted samples are; two runs side by side"
+    )
+    diversity.add_argument("out", help="run directory")
+    diversity.add_argument("other", nargs="?", help="a second run directory to compare with")
+    diversity.add_argument("--png", help="where to draw the map (default: under OUT/report/)")
+    diversity.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
 
@@ -95,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return _batches(args.out, args.cancel, args.config)
     if args.command == "export":
         return main_export(args.out, args.format, args.mask)
+    if args.command == "diversity":
+        return _diversity([args.out, *([args.other] if args.other else [])], args.png, args.json)
     options = [
         (option, key, value)
         for option, key, value in (
@@ -194,6 +206,17 @@ def _batches(out: str, cancel: bool, config_path: str) -> int:
         return _error(str(exc))
     except sqlite3.Error as exc:
         return _error(str(storage_error(database, exc)))
+    return 0
+
+
+def _diversity(outs: list[str], png: str | None, as_json: bool) -> int:
+    try:
+        text, drawn = main_diversity(outs, png, as_json)
+    except (NotARunDirectory, RunDirectoryError) as exc:
+        return _error(str(exc))
+    print(text)
+    if drawn is not None and not as_json:
+        print(f"map: {drawn}")
     return 0
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import llm
 from pipeline import registry
-from pipeline.settings import StageSettings
+from pipeline.settings import JUDGE_POLICIES, StageSettings
 from typedconfig import ConfigError, Node, Range, bounded, build, one_of, override, read_yaml, yaml_value
 
 __all__ = ["Config", "ConfigError", "load_config"]
@@ -59,7 +59,7 @@ class Endpoint(llm.Endpoint):
 
 Stages = make_dataclass(
     "Stages",
-    [(stage.name, StageSettings, field(default=stage.defaults)) for stage in registry.STAGES],
+    [(stage.name, type(stage.defaults), field(default=stage.defaults)) for stage in registry.STAGES],
     frozen=True,
 )
 Stages.__doc__ = """`stages:`, one key per stage of the registry (pipeline/registry.py), each defaulting to
@@ -175,12 +175,13 @@ class Config:
         return [self.endpoints[name] for name in ([names] if isinstance(names, str) else names)]
 
     def stages_in_use(self) -> dict[str, StageSettings]:
-        """The stages this run has: the sample stages, and the persona sources (expansion)
-        when there is no persona file."""
+        """The stages this run has: the sample stages (an optional one, the judge, only when it
+        is enabled), and the persona sources (expansion) when there is no persona file."""
+        settings = {stage.name: getattr(self.stages, stage.name) for stage in registry.STAGES}
         return {
-            stage.name: getattr(self.stages, stage.name)
+            stage.name: settings[stage.name]
             for stage in registry.STAGES
-            if stage.role == "sample" or not self.personas.path
+            if registry.enabled(stage.name, settings) and (stage.role == "sample" or not self.personas.path)
         }
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
@@ -256,6 +257,11 @@ def _check_references(config: Config, tree: Node, env: Mapping[str, str]) -> Con
         raise ConfigError(
             f"{where('dedup', 'embedder')}: dedup.embedder: expected {LOCAL_EMBEDDER} or an endpoint name, "
             f"got {config.dedup.embedder!r} (defined: {names})"
+        )
+    if config.stages.judge.policy not in JUDGE_POLICIES:
+        raise ConfigError(
+            f"{where('stages', 'judge', 'policy')}: stages.judge.policy: expected "
+            f"{', '.join(JUDGE_POLICIES)}, got {config.stages.judge.policy!r}"
         )
     floor = config.run.acceptance_floor
     if floor.accepted > floor.personas:

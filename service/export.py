@@ -6,7 +6,9 @@ hidden information), the Goal and the action templates with their descriptions (
 patterns); the user message states the task; each Player turn becomes an assistant
 message "Thought: ...\\nAction: ..." and each DM observation a user message
 "Observation: ...". An assistant message whose DM reply carries any error flag gets
-`"train": false` (erroneous loss masking); every other assistant message `"train": true`,
+`"train": false` (erroneous loss masking), and so does one whose DM reply the judge called an
+error under its `remask` policy (`meta.judge.masked`, `pipeline/judge.py`); every other
+assistant message `"train": true`,
 and system and user messages `"train": false`. The messages end on the final assistant
 message (the successful action), so no trainer sees an untrainable last turn.
 
@@ -27,7 +29,7 @@ write raises `RunDirectoryError` naming the file.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,12 @@ MASKS = ("paper", "no-refinement-loss", "erroneous-loss")
 `erroneous-loss` trains every assistant turn."""
 
 
-def train_flags(turns: list[dict[str, Any]], mask: str = "paper") -> list[bool]:
-    """The `train` flag of each Player turn's assistant message under `mask`."""
+def train_flags(turns: list[dict[str, Any]], mask: str = "paper", masked: Collection[int] = ()) -> list[bool]:
+    """The `train` flag of each Player turn's assistant message under `mask`; `masked`: DM turn
+    numbers that count as erroneous whatever their flags (the judge's, under `remask`)."""
     if mask not in MASKS:
         raise ValueError(f"unknown mask {mask!r}; one of {', '.join(MASKS)}")
-    erroneous = [any(dm[flag] for flag in FLAGS) for dm in turns[1::2]]
+    erroneous = [any(dm[flag] for flag in FLAGS) or dm["turn"] in masked for dm in turns[1::2]]
     if mask == "erroneous-loss":
         return [True] * len(erroneous)
     flags = [not wrong for wrong in erroneous]
@@ -62,7 +65,7 @@ def train_flags(turns: list[dict[str, Any]], mask: str = "paper") -> list[bool]:
 
 
 def to_messages(
-    script: dict[str, Any], turns: list[dict[str, Any]], mask: str = "paper"
+    script: dict[str, Any], turns: list[dict[str, Any]], mask: str = "paper", masked: Collection[int] = ()
 ) -> list[dict[str, Any]]:
     """SPEC §5 chat messages, every one with its `train` flag (true only on trained assistant
     messages). They end on the final assistant message (the successful action): the final
@@ -71,7 +74,7 @@ def to_messages(
         {"role": "system", "content": agent_view(script), "train": False},
         {"role": "user", "content": render("sample_user", goal=script["Goal"]), "train": False},
     ]
-    for player, dm, train in zip(turns[0::2], turns[1::2], train_flags(turns, mask), strict=True):
+    for player, dm, train in zip(turns[0::2], turns[1::2], train_flags(turns, mask, masked), strict=True):
         messages.append(
             {
                 "role": "assistant",
@@ -91,8 +94,18 @@ def training_record(record: dict[str, Any], mask: str = "paper") -> dict[str, An
     return {
         "id": record["id"],
         "persona": record["persona"],
-        "messages": to_messages(record["script"], record["trajectory"], mask),
+        "messages": record_messages(record, mask),
     }
+
+
+def record_messages(record: dict[str, Any], mask: str = "paper") -> list[dict[str, Any]]:
+    """The messages of an accepted (audit) record under `mask`, with the judge's masks."""
+    return to_messages(record["script"], record["trajectory"], mask, judge_masked(record))
+
+
+def judge_masked(record: dict[str, Any]) -> frozenset[int]:
+    """The DM turns the judge called errors and the `remask` policy masks (none otherwise)."""
+    return frozenset(record.get("meta", {}).get("judge", {}).get("masked", ()))
 
 
 def to_sharegpt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,7 +116,8 @@ def to_sharegpt(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def accepted_record(job: SampleJob, sharegpt: bool, refinement_data: bool = True) -> dict[str, Any]:
     assert job.script is not None and job.trajectory is not None
-    messages = to_messages(job.script, job.trajectory)
+    masked = job.judgement.masked if job.judgement is not None else ()
+    messages = to_messages(job.script, job.trajectory, masked=masked)
     record: dict[str, Any] = {
         "id": job.id,
         "persona": job.persona,
@@ -140,6 +154,7 @@ def rejected_record(job: SampleJob, kind: str) -> dict[str, Any]:
 
 
 def _meta(job: SampleJob) -> dict[str, Any]:
+    judged = {"judge": job.judgement.as_meta()} if job.judgement is not None else {}
     return {
         "source": job.source,
         **({"persona_meta": job.persona_meta} if job.persona_meta else {}),
@@ -148,10 +163,14 @@ def _meta(job: SampleJob) -> dict[str, Any]:
         "cost_usd": round(job.cost_usd, 10),
         "requests": job.requests,
         "attempts": {
-            **{stage.name: job.attempts[stage.name] for stage in registry.sample_stages()},
+            **{
+                stage.name: job.attempts[stage.name]
+                for stage in registry.sample_stages()
+                if not stage.optional or stage.name in job.attempts  # an optional stage when it ran
+            },
             "history": job.history,
         },
-    }
+    } | judged
 
 
 class _JsonlStream:

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from service.export import MASKS, to_messages, to_sharegpt, training_record
+from service.export import MASKS, record_messages, to_sharegpt, training_record
 from service.store import Store
 
 FORMATS = ("axolotl", "trl", "llamafactory", "sharegpt", "parquet")
@@ -58,7 +58,7 @@ def rows(record: dict[str, Any], fmt: str, mask: str = "paper") -> list[dict[str
     """The rows of one accepted (audit) record in `fmt` under `mask`."""
     if fmt in ("axolotl", "parquet"):
         return [training_record(record, mask)]
-    messages = to_messages(record["script"], record["trajectory"], mask)
+    messages = record_messages(record, mask)
     if fmt == "sharegpt":
         return [{"id": record["id"], "persona": record["persona"], "conversations": to_sharegpt(messages)}]
     trained = [i for i, m in enumerate(messages) if m["train"]]

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
+from service.diversity import Diversity, pca_map
 from service.report_data import ReportData, utc_clock
 from service.rundir import storage_error, write_atomic
 
@@ -32,17 +33,53 @@ def draw(data: ReportData, folder: Path) -> list[Path]:
         ("tokens", _tokens),
         ("rejects", _rejects),
         ("latency", _latency),
+        ("diversity", lambda d: diversity_figure([("this run", d.diversity)]) if d.diversity else None),
     ):
         figure = plot(data)
         if figure is None:
             continue
         path = folder / f"{name}.png"
-        image = io.BytesIO()
-        figure.savefig(image, dpi=100, format="png")
-        plt.close(figure)
-        write_atomic(path, image.getvalue())
+        save(figure, path)
         drawn.append(path)
     return drawn
+
+
+def save(figure: Figure, path: Path) -> None:
+    """Write a figure as a PNG, atomically."""
+    image = io.BytesIO()
+    figure.savefig(image, dpi=100, format="png")
+    plt.close(figure)
+    write_atomic(path, image.getvalue())
+
+
+def diversity_figure(runs: list[tuple[str, Diversity]]) -> Figure | None:
+    """The scripts of one or more runs on one 2-D map (PCA fitted on all of them), beside the
+    distributions of their scripts' and personas' nearest-neighbour cosine."""
+    if not any(len(d.script_vectors) for _, d in runs):
+        return None
+    figure, (atlas, scripts, personas) = plt.subplots(
+        1, 3, figsize=(15, 5), layout="constrained", gridspec_kw={"width_ratios": [1.4, 1, 1]}
+    )
+    for (name, d), points in zip(runs, pca_map(*(d.script_vectors for _, d in runs)), strict=True):
+        atlas.scatter(points[:, 0], points[:, 1], s=4, alpha=0.5, label=f"{name} ({len(points)})")
+        for axes, neighbours in ((scripts, d.scripts), (personas, d.personas)):
+            if neighbours is not None:
+                axes.hist(
+                    neighbours.values,
+                    bins=40,
+                    range=(0, 1),
+                    histtype="step",
+                    label=f"{name} (mean {neighbours.mean:.3f})",
+                )
+    atlas.set_title("Scripts (Goal + environment), first two principal components")
+    atlas.legend(loc="best", markerscale=3)
+    for axes, what in ((scripts, "script"), (personas, "persona")):
+        axes.set_title(f"Each accepted {what}'s nearest neighbour")
+        axes.set_xlabel("cosine similarity (lower: more diverse)")
+        axes.set_ylabel(f"{what}s")
+        if axes.has_data():
+            axes.legend(loc="upper left")
+    return figure
 
 
 def _throughput(data: ReportData) -> Figure | None:

@@ -2,7 +2,8 @@
 metrics, the log line and the run's counts, in that order (the store first: it is the source
 of truth, and everything else is derived from it or rebuilt on resume).
 
-`Recorder.finished(job)` handles a sample the stages are done with (accepted, surplus,
+`Recorder.judged(job, judgement)` stores and counts what the judge stage found (when it is
+on); `finished(job)` handles a sample the stages are done with (accepted, surplus,
 dropped by a rule, its script a duplicate), `failed(job, message)` one the endpoint gave up
 on, and `input_rejected(...)` a persona that never became a sample (a malformed line, a
 duplicate persona). Each tells the run how it settled (`on_settled`), for its stopping rule.
@@ -24,6 +25,8 @@ import structlog
 from llm.redact import redact_bytes
 from metrics.prometheus import RunMetrics
 from pipeline.job import SampleJob
+from pipeline.judge import judgement_rows
+from pipeline.judgement import FLAG_KINDS, Judgement, verdict
 from service.export import OutputWriter, accepted_record, rejected_record
 from service.store import Store
 
@@ -103,6 +106,16 @@ class Recorder:
 
     def admitted(self, job: SampleJob) -> None:
         self._metrics.sample_admitted()
+
+    def judged(self, job: SampleJob, judgement: Judgement) -> None:
+        """The judge stage's verdicts on a sample's DM turns, before the sample finishes:
+        stored (a resumed sample's replace them), then counted."""
+        self._store.put_judgements(job.id, judgement_rows(judgement))
+        for turn in judgement.turns:
+            for kind in FLAG_KINDS:
+                self._metrics.judged(
+                    kind, verdict(turn.dm[kind], None if turn.judge is None else turn.judge[kind])
+                )
 
     def finished(self, job: SampleJob) -> None:
         """A sample the stages are done with: accepted (or surplus, once the target is met),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from service import agreement, diversity
 from service.report_data import ReportData, collect, utc_clock
 from service.rundir import write_atomic
 from service.store import Store
@@ -84,6 +85,8 @@ def render(data: ReportData, images: list[Path]) -> str:
             if b.accepted or b.requests
         ),
         "",
+        *_judge(data),
+        *_diversity(data.diversity),
         "## Plots",
         "",
         *(f"![{image.stem}]({image.as_posix()})" for image in images),
@@ -99,6 +102,77 @@ def _batch_saving(batch: tuple[int, float, float]) -> list[str]:
     return [
         f"Batch mode: {answers} answers cost **${cost:.4f}** at batch prices against ${listed:.4f} online: "
         f"saved **${listed - cost:.4f}**."
+    ]
+
+
+def _judge(data: ReportData) -> list[str]:
+    judged = data.judge
+    if judged is None:
+        return []
+    judge_cost = sum(t.cost_usd for (stage, _, _), t in data.by_stage_model.items() if stage == "judge")
+    share = f"{judge_cost / data.cost_usd:.1%}" if data.cost_usd else "-"
+    lines = [
+        "## Judge: the DM's place and logic flags audited",
+        "",
+        f"{judged.samples} samples judged ({judged.turns} DM turns answering a valid action, "
+        f"{judged.unjudged} left unjudged: answers unreadable or requests failed); the judge "
+        f"disagrees with the DM on {judged.disagreeing_samples} samples, {judged.dropped_samples} of "
+        f"them dropped. The judge cost ${judge_cost:.4f}, {share} of the run's spend.",
+        "",
+        "| flag | judged | agree | DM set, judge would not | judge would set, DM did not | agreement "
+        "| paper (GPT-4 vs humans) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    paper = f"{agreement.PAPER_AGREEMENT:.0%}"
+    for kind, counts in judged.verdicts.items():
+        lines.append(
+            f"| {kind} | {counts.total() - counts['unjudged']} | {counts['agree']} "
+            f"| {counts['false_flag']} | {counts['missed_flag']} | {_percent(judged.rate(kind))} | {paper} |"
+        )
+    lines += [
+        f"| both (per turn) | {judged.turns - judged.unjudged} | {judged.turns_agreeing} | | "
+        f"| {_percent(judged.rate())} | {paper} |",
+        "",
+    ]
+    if judged.examples:
+        lines += [
+            f"Disagreements ({len(judged.examples)} examples, one per sample):",
+            "",
+            "| sample | turn | flag | DM | judge | Player action | DM observation | judge's reason |",
+            "|---|---:|---|---|---|---|---|---|",
+            *(
+                f"| {e.sample_id} | {e.turn} | {e.kind} | {str(e.dm).lower()} | {str(not e.dm).lower()} "
+                f"| {_cell(e.action)} | {_cell(e.observation)} | {_cell(e.reason)} |"
+                for e in judged.examples
+            ),
+            "",
+        ]
+    return lines
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    """Text for a Markdown table cell: one line, no pipes, at most `limit` characters."""
+    flat = " ".join(text.split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def _diversity(figures: diversity.Diversity | None) -> list[str]:
+    if figures is None or not figures.accepted:
+        return []
+    return [
+        "## Diversity of the accepted samples",
+        "",
+        *diversity.table([("this run", figures)]),
+        "",
+        "Nearest-neighbour cosine: for each accepted script (its Goal + environment, as dedup "
+        "embedded it) and persona, the similarity of the closest other one; lower is more "
+        "diverse (the paper's Figures 6 and 7). The map of the scripts is `report/diversity.png`; "
+        "`agentrefine diversity OUT OTHER_OUT` compares two runs.",
+        "",
     ]
 
 

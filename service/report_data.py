@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from llm import Charge, Usage, parse_usage
+from service import agreement, diversity
 from service.store import Store
 
 BIN_WIDTHS_S = (10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
@@ -51,6 +52,8 @@ class ReportData:
     bins: list[TimeBin]
     bin_width_s: int
     batch: tuple[int, float, float] = (0, 0.0, 0.0)  # batch answers, their cost, their online price
+    diversity: diversity.Diversity | None = None
+    judge: agreement.Agreement | None = None
 
     @property
     def accepted(self) -> int:
@@ -101,6 +104,8 @@ def collect(store: Store) -> ReportData:
         bins=bins,
         bin_width_s=width,
         batch=store.batch_saving(),
+        diversity=diversity.measure(store),
+        judge=agreement.collect(store),
     )
 
 

@@ -36,6 +36,7 @@ from service.store import Store
 
 META_KEY = "settings"
 HEAD_BYTES = 64 * 1024  # the persona file's identity: its size and a hash of its head
+JUDGE_PROMPTS = tuple((PROMPT_DIR / "judge").glob("*.md"))
 RULES_FILE = Path(rules.__file__)
 WAY_OUT = "use a new --out, or resume with {flags} to take the change on"
 
@@ -62,6 +63,10 @@ def recorded(config: Config) -> dict[str, Any]:
         "run.max_in_flight": config.run.max_in_flight,
         "dedup.index": config.dedup.index,
     }
+    if config.stages.judge.enabled:  # the judge decides what is masked or dropped
+        judge = config.stages.judge
+        shaping["stages.judge.prompts"] = _digest(sorted((p.name, p.read_bytes()) for p in JUDGE_PROMPTS))
+        shaping["stages.judge.policy"] = [judge.policy, judge.share]
     for name, stage in config.stages_in_use().items():
         endpoints = config.endpoints_for(stage)
         shaping[f"stages.{name}.model"] = [endpoint.model for endpoint in endpoints]

@@ -64,6 +64,7 @@ from metrics.server import MetricsServer
 from pipeline import registry
 from pipeline.expansion import PersonaExpander
 from pipeline.job import SampleJob
+from pipeline.judgement import FLAG_KINDS, VERDICTS
 from pipeline.registry import Handler, StageContext
 from pipeline.sources import SourceItem, check_persona_file, file_source, seed_personas
 from service import logs, resume, rundir
@@ -264,8 +265,11 @@ class Run:
                 llm=endpoints.chain,
                 refinement=config.run.refinement_data,
                 duplicate_script=dedup.script_duplicate,
+                judged=self._recorder.judged,
             )
-            sample_stages = registry.sample_stages()
+            sample_stages = registry.sample_stages(context.settings)  # an optional stage only when on
+            if registry.enabled("judge", context.settings):
+                self.metrics.add_judge(FLAG_KINDS, VERDICTS)
             queue = self._queue = JobQueue(
                 [
                     StageSpec(

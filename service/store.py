@@ -7,6 +7,8 @@ It holds
   (with its acceptance order 1..N and exported record), `surplus` (accepted after the
   target was met; kept for a later, larger run), `dropped` or `failed`;
 - every reject (dropped samples, duplicate and malformed personas) in write order;
+- the judge stage's verdict on each DM turn it judged (`judgements`: the DM's place/logic
+  flags beside the judge's; NULL where it gave no readable answer);
 - every item kept by dedup (a persona, a script) with its digest and embedding, written in
   the same transaction that admits it, so the dedup index is rebuilt exactly on resume;
 - the persona source cursor: how far the source has been consumed (every position at or
@@ -90,6 +92,18 @@ CREATE TABLE IF NOT EXISTS batch_requests (
     key TEXT NOT NULL,
     stage TEXT NOT NULL,
     PRIMARY KEY (file_id, custom_id)
+);
+CREATE TABLE IF NOT EXISTS judgements (
+    sample_id TEXT NOT NULL,
+    turn INTEGER NOT NULL,
+    dm_place INTEGER NOT NULL,
+    dm_logic INTEGER NOT NULL,
+    judge_place INTEGER,
+    judge_logic INTEGER,
+    reason TEXT NOT NULL,
+    action TEXT NOT NULL,
+    observation TEXT NOT NULL,
+    PRIMARY KEY (sample_id, turn)
 );
 CREATE TABLE IF NOT EXISTS rejects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -487,6 +501,30 @@ class Store:
             "SELECT failures FROM samples WHERE state != 'running' AND failures != ''"
         ):
             yield from failures.split(",")
+
+    # -- judge ----------------------------------------------------------------------------
+
+    def put_judgements(self, sample_id: str, rows: list[tuple[Any, ...]]) -> None:
+        """A sample's judged turns: (turn, dm_place, dm_logic, judge_place, judge_logic, reason,
+        action, observation); a sample judged again (resumed) replaces its rows."""
+        with self._transaction():
+            self._db.execute("DELETE FROM judgements WHERE sample_id = ?", (sample_id,))
+            self._db.executemany(
+                "INSERT INTO judgements (sample_id, turn, dm_place, dm_logic, judge_place, judge_logic,"
+                " reason, action, observation) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(sample_id, *row) for row in rows],
+            )
+
+    def judgement_rows(self) -> Iterator[tuple[Any, ...]]:
+        """The judged turns of finished samples (accepted, or dropped), in acceptance order then
+        turn: (sample_id, state, turn, dm_place, dm_logic, judge_place, judge_logic, reason,
+        action, observation)."""
+        yield from self._db.execute(
+            "SELECT j.sample_id, s.state, j.turn, j.dm_place, j.dm_logic, j.judge_place, j.judge_logic,"
+            " j.reason, j.action, j.observation FROM judgements j JOIN samples s ON s.id = j.sample_id"
+            " WHERE s.state IN ('accepted', 'dropped')"
+            " ORDER BY s.accepted_seq IS NULL, s.accepted_seq, s.position, j.turn"
+        )
 
     # -- internals --------------------------------------------------------------------
 

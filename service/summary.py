@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any
 
 from llm import Charge, RequestTally, Usage, parse_usage
+from service import agreement
 from service.config import Config
 from service.recorder import SampleCounts
 from service.store import Store
@@ -40,6 +41,8 @@ def build_summary(
         reasked += row.cut_below_cap
     cost = store.spend()
     accepted = store.accepted_count()
+    judged = agreement.collect(store)
+    judge = {"judge": judged.as_dict()} if judged is not None else {}  # runs with the judge only
     return {
         "result": reason,
         "accepted": accepted,
@@ -83,7 +86,7 @@ def build_summary(
             "tokens_charged": requests.charged,
             "cost_usd": round(requests.cost_usd, 6),
         },
-    }
+    } | judge
 
 
 def _batches(store: Store, config: Config) -> dict[str, Any] | None:
@@ -156,6 +159,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         _charged_line(tokens, summary["answers_reasked"]),
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
         *_batch_lines(summary.get("batch")),
+        *_judge_line(summary.get("judge")),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
         f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
         f"requests {pairs(proc['requests'])}, "
@@ -180,6 +184,24 @@ def _batch_lines(batch: dict[str, Any] | None) -> list[str]:
         f"{batch['answers']} answers cost ${batch['cost_usd']:.4f} at batch prices, "
         f"${batch['online_cost_usd']:.4f} online: saved ${batch['saved_usd']:.4f}"
     ]
+
+
+def _judge_line(judge: dict[str, Any] | None) -> list[str]:
+    if judge is None:
+        return []
+    rates = ", ".join(
+        f"{kind} {_percent(figures['agreement'])}" for kind, figures in judge["by_kind"].items()
+    )
+    return [
+        f"judge: agrees with the DM on {_percent(judge['turn_agreement'])} of {judge['turns']} turns "
+        f"({rates}; the paper's GPT-4 vs humans: {_percent(judge['paper_gpt4_human_agreement'])}); "
+        f"disagrees on {judge['disagreeing_samples']} of {judge['samples']} samples, "
+        f"{judge['dropped_samples']} dropped"
+    ]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
 
 
 def _charged_line(tokens: dict[str, Any], reasked: int) -> str:

@@ -17,7 +17,7 @@ import orjson
 
 from dedup.exact import text_hash
 from pipeline.rules import FLAGS, check_script, check_trajectory
-from service.export import to_messages, training_record
+from service.export import judge_masked, record_messages, training_record
 
 
 @dataclass
@@ -45,13 +45,14 @@ def validate_record(record: dict[str, Any]) -> list[str]:
     if not trajectory.ok:
         return [f"{sid}: trajectory fails {trajectory.failure.rule}: {trajectory.failure.message}"]
     problems = []
-    if record.get("messages") != to_messages(record["script"], record["trajectory"]):
+    if record.get("messages") != record_messages(record):
         problems.append(f"{sid}: messages are not the SPEC §5 conversion of the trajectory")
     assistant = [m for m in record["messages"] if m.get("role") == "assistant"]
+    masked = judge_masked(record)
     for message, dm in zip(assistant, record["trajectory"][1::2], strict=False):
-        if message.get("train") is any(dm[flag] for flag in FLAGS):
+        if message.get("train") is (any(dm[flag] for flag in FLAGS) or dm["turn"] in masked):
             problems.append(f"{sid}: train flag wrong on turn {dm['turn'] - 1}")
-    if record["messages"][-1] != {**assistant[-1], "train": True}:
+    if record["messages"][-1] != {**assistant[-1], "train": record["trajectory"][-1]["turn"] not in masked}:
         problems.append(f"{sid}: the last message is not the final, trained assistant turn")
     return problems
 

@@ -42,7 +42,8 @@ class FaultSettings:
 
 @dataclass(frozen=True)
 class FlawSettings:
-    """Share of generated outputs that break one of the SPEC rules on purpose."""
+    """Share of generated outputs that break one of the SPEC rules on purpose (and of judge
+    answers that disagree with what the judged turn shows)."""
 
     script_rate: float = bounded(0.2, 0, 1)
     trajectory_rate: float = bounded(0.35, 0, 1)
@@ -50,6 +51,8 @@ class FlawSettings:
     # share of correct answers wrapped in a Markdown code fence when the request
     # does not ask for JSON mode (real models do this; SPEC S1 strips fences)
     code_fence_rate: float = bounded(0.1, 0, 1)
+    # share of judge answers (the judge stage) that flip one flag the DM turn calls for
+    judge_disagree_rate: float = bounded(0.0, 0, 1)
 
 
 @dataclass(frozen=True)

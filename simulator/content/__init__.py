@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from simulator import tokens
-from simulator.content import flaws, personas, scripts, tasks, trajectories
+from simulator.content import flaws, judge, personas, scripts, tasks, trajectories
 from simulator.content.scriptmodel import loads_lenient, parse_script
 from simulator.settings import SimSettings
 
@@ -91,6 +91,8 @@ def generate(
         content = flaws.flaw_script(flaw, gen.script, rng) if flaw else _dumps(gen.script, rng)
     elif task.kind in (tasks.TRAJECTORY, tasks.CONTINUATION):
         content, flaw = _trajectory(task, fs, rng)
+    elif task.kind == tasks.JUDGE:
+        content = judge.answer(task.turn_text, fs.judge_disagree_rate, rng)
     elif task.kind == tasks.PERSONAS:
         content = orjson.dumps({"personas": personas.expand(task.persona, task.count, rng)}).decode()
     else:

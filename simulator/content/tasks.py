@@ -3,7 +3,8 @@
 The service's prompts (pipeline/prompts/*.md) are the contract: tags such as
 ``<persona>``, ``<script>`` and ``<verified_prefix>`` and a few fixed sentences (among them
 the no-mistakes sentence of the "w/o refinement data" mode).
-Precedence: continuation > trajectory > persona expansion > script > generic.
+Precedence: judge > continuation > trajectory > persona expansion > script > generic (a
+judge request shows a script too: its ``<judged_turn>`` tag comes first).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from simulator.tokens import message_text
 
+JUDGE = "judge"
 CONTINUATION = "continuation"
 TRAJECTORY = "trajectory"
 PERSONAS = "persona_expansion"
@@ -41,6 +43,7 @@ class Task:
     next_turn: int = 0
     prompt: str = ""
     clean: bool = False  # the "w/o refinement data" mode: a trajectory without mistakes
+    turn_text: str = ""  # the DM turn a judge request asks about
 
 
 def between(text: str, open_tag: str, close_tag: str) -> str | None:
@@ -70,6 +73,13 @@ def recognise(messages: list[Any]) -> Task:
     user = [t for r, t in zip(roles, texts, strict=True) if r == "user"]
     is_retry = "assistant" in roles or any("failed verification" in t for t in user)
     clean = any(NO_MISTAKES in t for t in texts)
+
+    judged = [t for t in user if "<judged_turn>" in t]
+    if judged:
+        text = judged[-1]
+        return Task(
+            JUDGE, is_retry, turn_text=between(text, "<judged_turn>", "</judged_turn>") or "", prompt=text
+        )
 
     cont = [t for t in user if "<verified_prefix>" in t]
     if cont:

@@ -203,6 +203,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     config = write_config(tmp / "config.yaml", {"sim": endpoint}, "sim", run={"max_cost_usd": 10000.0})
     out, personas = tmp / "run", persona_file(tmp / "personas.txt", 6000)
     command = f"run --config {config} -n 100000 --out {out} --personas {personas}".split()
+    command += ["--set", "stages.judge.enabled=true"]  # the judge's series feed a panel too
     run = subprocess.Popen(
         [sys.executable, "-m", "service", *command],
         cwd=ROOT,
@@ -256,6 +257,7 @@ def live_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
             ("ten scrapes", "count_over_time(agentrefine_run_target_samples[5m]) >= 10"),
             ("accepted samples", "agentrefine_run_accepted_samples > 0"),
             ("duplicate personas", 'sum(agentrefine_samples_total{outcome="duplicate"}) > 0'),
+            ("judged flags", 'sum(agentrefine_judge_flags_total{verdict!="unjudged"}) > 0'),
             ("the recorded budget-pace projection", "agentrefine:projected_cost_usd:pace15m"),
         ):
             wait_for(what, lambda expr=expr: query(api, expr), run, log)

@@ -196,7 +196,7 @@ def test_budget_stops_the_run_and_a_larger_one_resumes_it(tmp_path: Path) -> Non
     for stage in ("script", "trajectory"):
         assert f"| {stage} | sim | sim-gpt-4o |" in text
     pngs = sorted((out / "report").glob("*.png"))
-    assert {p.stem for p in pngs} == {"throughput", "cost", "tokens", "rejects", "latency"}
+    assert {p.stem for p in pngs} == {"throughput", "cost", "tokens", "rejects", "latency", "diversity"}
     assert all(p.read_bytes().startswith(PNG_SIGNATURE) for p in pngs)
 
 
