@@ -142,6 +142,7 @@ class BatchCollector:
         self._sending = True
         self.round = 0
         self.batches_created = 0
+        self._running: dict[str, str] = {}  # file id -> batch id, of the batches followed now
 
     async def start(self) -> None:
         """Check the endpoint has a batch API, then resume the batches the journal holds."""
@@ -318,6 +319,7 @@ class BatchCollector:
         """Poll the batch with backoff until it ends, then hand out its answers."""
         delay = self.settings.poll_s
         status = ""
+        self._running[file_id] = batch_id
         while True:
             try:
                 batch = await self._api.batches.retrieve(batch_id)
@@ -348,7 +350,25 @@ class BatchCollector:
                 self._retry(item, errors.get(key, failure))
         if self._budget is not None:
             self._budget.release(file_id)
+        self._running.pop(file_id, None)
         self._journal.batch_status(file_id, "done:" + status)
+
+    async def cancel_running(self) -> int:
+        """Cancel the batches still running once the run's target is reached: their answers
+        would be paid for and never used. Returns how many were cancelled. (A later run with
+        a larger N resumes them: it polls them until cancelled and keeps what they answered.)"""
+        cancelled = 0
+        for file_id, batch_id in list(self._running.items()):
+            try:
+                await self._api.batches.cancel(batch_id)
+            except Exception as exc:  # the SDK has retried; it may have ended meanwhile
+                log.warning("batch_cancel_failed", batch_id=batch_id, error=str(exc))
+                continue
+            self._journal.batch_status(file_id, "cancelling")
+            cancelled += 1
+        if cancelled:
+            log.info("batches_cancelled_at_target", endpoint=self.endpoint.name, batches=cancelled)
+        return cancelled
 
     async def _read(
         self, file_id: str, asked: dict[str, _Asked], answered: dict[str, Answer], errors: dict[str, str]

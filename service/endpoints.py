@@ -145,6 +145,10 @@ class EndpointPool:
         for collector in self.collectors.values():
             collector.stop_sending()
 
+    async def cancel_running_batches(self) -> int:
+        """The target is reached: cancel every batch still running (batch mode)."""
+        return sum([await collector.cancel_running() for collector in self.collectors.values()])
+
     async def aclose(self) -> None:
         for collector in self.collectors.values():
             await collector.aclose()

@@ -309,6 +309,8 @@ class Run:
             try:
                 jobs = self._admitted(admission.jobs(self._source()))
                 exhausted = await queue.run(registry.FIRST_STAGE, jobs, self._may_admit)
+                if self.counts.accepted >= config.run.n and self._endpoints is not None:
+                    await self._endpoints.cancel_running_batches()
             finally:
                 await heap.stop()
                 await self.flight.stop()

@@ -73,7 +73,9 @@ def test_batch_run_gives_valid_samples_at_half_price(tmp_path: Path) -> None:
     _assert_valid(out, 30)
     batch = _summary(out)["batch"]
     assert batch["rounds"] >= 2  # a script round, then a trajectory round at least
-    assert batch["by_status"] == {"completed": batch["batches"]}
+    # none left running: a batch still running at the target is cancelled, not paid in full
+    assert set(batch["by_status"]) <= {"completed", "cancelled", "cancelling"}
+    assert sum(batch["by_status"].values()) == batch["batches"]
     assert batch["saved_usd"] == pytest.approx(batch["online_cost_usd"] / 2, rel=1e-6)
     assert "saved $" in result.stdout
     stats = _endpoint_stats(out)
