@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine (the venv holds the service, installed
 # editable, and puts this folder's development tools, simulator/ bench/ trainers/, on its path):
-#   make run N=1000   generate (or resume) a run
+#   make run N=1000   generate (or resume) a run (MODE=batch: through the provider's Batch API)
 #   make test         run the test suite
 # and `make bench` prints the benchmark figures (SECTIONS="..." to pick some, QUICK=1 for the
 # scaled-down versions the test suite runs);
@@ -17,11 +17,13 @@ CONFIG ?= config.yaml
 PERSONAS ?=
 OUT ?=
 GENERATOR ?=
+MODE ?=
 CHAOS_ARGS ?=
 QUICK ?=
 
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
-	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR))
+	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR)) \
+	$(if $(MODE),--mode $(MODE))
 
 .PHONY: run test bench chaos lint format clean check-trainers check-datasets
 

@@ -12,10 +12,12 @@ from one endpoint to the next. Answers are kept in an `AnswerCache` (any object 
     completion = await chain.complete(messages, temperature=0.7, max_tokens=4096, seed=1, stage="x")
 """
 
+from llm.batch import BatchCollector, BatchJournal, BatchRecord, NoBatchApi
 from llm.breaker import EndpointDown
 from llm.budget import Budget, BudgetExhausted
 from llm.cache import Answer, AnswerCache, MemoryCache
 from llm.client import (
+    BatchUnanswered,
     Completion,
     FatalEndpointError,
     Generation,
@@ -24,7 +26,7 @@ from llm.client import (
     RequestFailed,
     SendingStopped,
 )
-from llm.config import Breaker, Endpoint, Limits, Price
+from llm.config import BatchSettings, Breaker, Endpoint, Limits, Price
 from llm.events import RequestEvent, RequestTally, Sink, log_failures
 from llm.fallback import EndpointChain
 from llm.limiter import LimiterState
@@ -34,6 +36,11 @@ from llm.usage import Charge, Usage, cost_usd, parse_usage
 __all__ = [
     "Answer",
     "AnswerCache",
+    "BatchCollector",
+    "BatchJournal",
+    "BatchRecord",
+    "BatchSettings",
+    "BatchUnanswered",
     "Breaker",
     "Budget",
     "BudgetExhausted",
@@ -48,6 +55,7 @@ __all__ = [
     "LimiterState",
     "Limits",
     "MemoryCache",
+    "NoBatchApi",
     "PreparedRequest",
     "Price",
     "Reply",

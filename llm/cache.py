@@ -26,6 +26,7 @@ class Answer:
     latency_s: float | None = None
     max_tokens: int | None = None  # sent with the request (None: cached before it was kept)
     max_tokens_cap: int | None = None  # the caller's cap then: below it, a cut answer was asked again
+    list_cost_usd: float | None = None  # a batch answer: what it would have cost online
 
 
 class AnswerCache(Protocol):

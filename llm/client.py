@@ -61,6 +61,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
+import structlog
 
 from llm.answers import parse_answer, parse_embeddings, parse_stream
 from llm.breaker import CircuitBreaker
@@ -81,6 +82,7 @@ REFUSALS = FATAL_STATUSES | REQUEST_SPECIFIC  # answers that are never retried
 STREAM = {"stream": True, "stream_options": {"include_usage": True}}
 CHAT_PATH = "/chat/completions"
 EMBEDDINGS_PATH = "/embeddings"
+log = structlog.get_logger()
 
 
 class FatalEndpointError(Exception):
@@ -93,6 +95,21 @@ class RequestFailed(Exception):
 
 class SendingStopped(Exception):
     """The client is stopping: no new request is sent (what is cached is still replayed)."""
+
+
+class BatchUnanswered(RequestFailed):
+    """Batch mode: no batch answered this request (its rounds are spent, or it goes online)."""
+
+
+class Batcher(Protocol):
+    """Batch mode's way of answering (`llm/batch.py`): the request goes into the next round's
+    batch, and its answer (priced, cached and reported) comes back when that batch ends."""
+
+    online_fallback: bool
+
+    async def ask(
+        self, key: str, payload: bytes, stage: str, max_tokens: int, cap: int, estimate: int
+    ) -> Answer: ...
 
 
 class Gate(Protocol):
@@ -185,10 +202,13 @@ class LLMClient:
         budget: Gate | None = None,
         transport: Transport | None = None,
         legacy_keys: bool = False,
+        batch: Batcher | None = None,
     ) -> None:
         """`base_url` overrides the endpoint's (an endpoint started by the caller); `transport`
         replaces HTTP (tests); `legacy_keys` also looks answers up under the keys of caches
-        written before max_tokens left the key."""
+        written before max_tokens left the key; `batch` answers what is not cached through the
+        provider's Batch API instead of online (batch mode)."""
+        self.batch = batch
         self.endpoint = endpoint
         self._cache = cache
         self._sinks = tuple(sinks)
@@ -229,7 +249,7 @@ class LLMClient:
         body = self._question(messages, generation, json_mode)
         key = request_key(body if ep.send_seed else {**body, "seed": generation.seed})
         cap = generation.max_tokens
-        sizable = max_tokens is None and ep.size_max_tokens
+        sizable = max_tokens is None and ep.size_max_tokens and self.batch is None  # no TPM in a batch
         if max_tokens is None:
             max_tokens = self.sizes[stage].max_tokens(cap) if sizable and self.limiter.limits_tokens else cap
         body[ep.max_tokens_param] = max_tokens
@@ -280,6 +300,15 @@ class LLMClient:
         """Ask the endpoint (with retries) and cache the answer. `stage` is the caller's label
         for the events, and what max_tokens is sized by."""
         self._check_sending()
+        if self.batch is not None:
+            try:
+                return await self.batch.ask(
+                    request.key, request.payload, stage, request.max_tokens, request.cap, request.estimate
+                )
+            except BatchUnanswered:
+                if not self.batch.online_fallback:
+                    raise
+                log.info("batch_request_online", endpoint=self.endpoint.name, stage=stage)
         current = request
 
         def outgoing() -> tuple[bytes, int, int]:

@@ -37,6 +37,24 @@ class Price:
 
 
 @dataclass(frozen=True)
+class BatchSettings:
+    """Batch mode (`llm/batch.py`): how a round is gathered, how batches are polled, and what
+    becomes of a request its batch did not answer."""
+
+    gather_s: float = bounded(
+        1.0, 0, 3600, above=True
+    )  # a round closes after this long without a new request
+    gather_max_s: float = bounded(60.0, 0, 86_400, above=True)  # ... or after this long in all
+    poll_s: float = bounded(5.0, 0, 3600, above=True)  # first poll of a batch; then x1.5 each time
+    poll_max_s: float = bounded(60.0, 0, 86_400, above=True)
+    max_requests: int = bounded(50_000, 1, 50_000)  # per input file (the API's limit)
+    max_file_bytes: int = bounded(200 * 1024 * 1024, 1024, 200 * 1024 * 1024)
+    max_tries: int = bounded(3, 1, 100)  # rounds a request may be sent in before it fails its sample
+    # next_round: a request its batch did not answer goes to the next round; online: it is sent online
+    on_failure: str = one_of("next_round", ("next_round", "online"))
+
+
+@dataclass(frozen=True)
 class Breaker:
     """When an endpoint is down or refuses the configuration, stop the run with one line
     instead of failing sample after sample."""
@@ -66,7 +84,15 @@ class Endpoint:
     extra_body: dict[str, Any] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     price: Price = field(default_factory=Price)
+    batch_price: Price | None = None  # the Batch API's prices (null: half the list price)
     breaker: Breaker = field(default_factory=Breaker)
+
+    def batch_prices(self) -> Price:
+        """The Batch API's prices: `batch_price`, else half the list price (OpenAI's discount)."""
+        if self.batch_price is not None:
+            return self.batch_price
+        p = self.price
+        return Price(p.input / 2, None if p.cached_input is None else p.cached_input / 2, p.output / 2)
 
     def api_key(self) -> str:
         """The key from the environment; local endpoints without one get a placeholder."""

@@ -33,6 +33,7 @@ class RequestEvent:
     model: str
     stage: str
     # ok, cut_below_cap (answered, cut by a sized max_tokens: asked again at the cap), cached,
+    # batch_error (a batch did not answer it: next round),
     # 429, 5xx, timeout, reset, bad_response, or the HTTP status of a refusal (400, 401, ...)
     outcome: str
     latency_s: float = 0.0  # sent to last byte (limiter wait excluded)
@@ -41,6 +42,7 @@ class RequestEvent:
     max_tokens: int = 0  # sent with the request (what a TPM limit is charged with)
     first_token_s: float | None = None  # a streamed answer's first token, after sending
     error: str = ""  # why a failed attempt failed, one line
+    saved_usd: float = 0.0  # a batch answer: its online list price less what it cost
 
     @property
     def answered(self) -> bool:
@@ -60,6 +62,7 @@ class RequestTally:
     charged: int = 0
     cost_usd: float = 0.0
     replayed: int = 0
+    saved_usd: float = 0.0  # batch answers against their online list price
 
     def __call__(self, event: RequestEvent) -> None:
         if event.outcome == CACHED:
@@ -70,6 +73,7 @@ class RequestTally:
             self.usage += event.usage
             self.charged += event.usage.prompt + event.max_tokens
             self.cost_usd += event.cost_usd
+            self.saved_usd += event.saved_usd
 
     @property
     def attempts(self) -> int:

@@ -44,7 +44,17 @@ from llm.events import ANSWERED, CACHED
 # `_created` series would double the series count for no use on a dashboard.
 disable_created_metrics()
 
-REQUEST_OUTCOMES = ("ok", "cut_below_cap", "429", "5xx", "timeout", "reset", "bad_content", "4xx")
+REQUEST_OUTCOMES = (
+    "ok",
+    "cut_below_cap",
+    "429",
+    "5xx",
+    "timeout",
+    "reset",
+    "bad_content",
+    "4xx",
+    "batch_error",
+)
 SAMPLE_OUTCOMES = ("accepted", "surplus", "dropped", "failed", "duplicate", "malformed")
 DEDUP_KINDS = ("persona", "script")
 TOKEN_KINDS = ("prompt", "cached_prompt", "completion", "reasoning")
@@ -121,6 +131,12 @@ class RunMetrics:
         )
         self._cost = Counter(
             "agentrefine_llm_cost_usd", "Cost of the paid LLM answers in USD.", llm, registry=self.registry
+        )
+        self._saved = Counter(
+            "agentrefine_llm_batch_saved_usd",
+            "Batch mode: the online list price of the batch answers less what they cost.",
+            llm,
+            registry=self.registry,
         )
         self._charged = Counter(
             "agentrefine_llm_tokens_charged",
@@ -208,6 +224,8 @@ class RunMetrics:
         ):
             counter.inc(count)
         series.cost.inc(event.cost_usd)
+        if event.saved_usd:
+            series.saved.inc(event.saved_usd)
 
     def _series_of(self, labels: tuple[str, str, str]) -> _RequestSeries:
         return self._series.get(labels) or self._new_series(labels)
@@ -222,6 +240,7 @@ class RunMetrics:
             charged=self._charged.labels(*labels),
             tokens=tuple(self._tokens.labels(*labels, kind) for kind in TOKEN_KINDS),
             cost=self._cost.labels(*labels),
+            saved=self._saved.labels(*labels),
             cache_hits=self._cache_hits.labels(*labels),
         )
         self._series[labels] = series
@@ -264,6 +283,7 @@ class _RequestSeries:
     charged: Counter
     tokens: tuple[Counter, ...]  # in TOKEN_KINDS order
     cost: Counter
+    saved: Counter
     cache_hits: Counter
 
 

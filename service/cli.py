@@ -2,10 +2,12 @@
 
 `agentrefine report OUT` writes a run's report (also written at the end of every run);
 `agentrefine export OUT --format F [--mask M]` writes its samples for a trainer;
+`agentrefine batches OUT [--cancel]` lists a batch-mode run's batches and their states, and
+cancels those not finished.
 `agentrefine diversity OUT [OTHER_OUT]` prints how diverse a run's accepted data is, or two
 runs side by side, and draws their scripts on one map.
 Options map onto config keys (`-n` = run.n, `--personas` = personas.path, `--out` =
-run.out, `--generator` = generator); `--set KEY=VALUE` overrides any key.
+run.out, `--generator` = generator, `--mode` = run.mode); `--set KEY=VALUE` overrides any key.
 
 Exit status of `run`, with the summary's `result:` line saying why:
 - 0: the target was reached;
@@ -33,6 +35,7 @@ import uvloop
 from llm import EndpointDown, FatalEndpointError
 from llm.redact import redact
 from pipeline.sources import PersonaInputError
+from service.batch_admin import cancel_batches, format_batches
 from service.card import write_card
 from service.compare import NotARunDirectory, main_diversity
 from service.config import ConfigError, load_config
@@ -60,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--personas", help="persona file, JSONL or plain text (personas.path)")
     run.add_argument("--out", help="run directory: samples, rejects and state (run.out)")
     run.add_argument("--generator", help="endpoint name for every stage (generator)")
+    run.add_argument("--mode", choices=("online", "batch"), help="online, or batch: the Batch API (run.mode)")
     run.add_argument("--strict", action="store_true", help="stop at the first malformed persona line")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument(
@@ -73,6 +77,10 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("out", help="run directory")
     report = sub.add_parser("report", help="write OUT/report.md, OUT/report/*.png and the card OUT/README.md")
     report.add_argument("out", help="run directory")
+    batches = sub.add_parser("batches", help="list a run's batches (batch mode) and their states; --cancel")
+    batches.add_argument("out", help="run directory")
+    batches.add_argument("--cancel", action="store_true", help="cancel the batches not yet finished")
+    batches.add_argument("--config", default="config.yaml", help="config file (for --cancel: the endpoints)")
     export = sub.add_parser("export", help="write a run's samples for a trainer (OUT/export/FORMAT[-MASK])")
     export.add_argument("out", help="run directory")
     export.add_argument("--format", required=True, choices=FORMATS, help="the trainer's form (README)")
@@ -93,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return _validate(args.out)
     if args.command == "report":
         return _report(args.out)
+    if args.command == "batches":
+        return _batches(args.out, args.cancel, args.config)
     if args.command == "export":
         return main_export(args.out, args.format, args.mask)
     if args.command == "diversity":
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--personas", "personas.path", args.personas),
             ("--out", "run.out", args.out),
             ("--generator", "generator", args.generator),
+            ("--mode", "run.mode", args.mode),
             ("--strict", "personas.strict", True if args.strict else None),
         )
         if value is not None
@@ -174,6 +185,27 @@ def _report(out: str) -> int:
             return _error(str(exc))
         except sqlite3.Error as exc:
             return _error(str(storage_error(database, exc)))
+    return 0
+
+
+def _batches(out: str, cancel: bool, config_path: str) -> int:
+    database = Path(out) / "state.sqlite"
+    if not database.is_file():
+        return _error(f"{out}: not a run directory (no state.sqlite)")
+    try:
+        if cancel:
+            config = load_config(config_path, options=[("OUT", "run.out", out)])
+            for line in uvloop.run(cancel_batches(config)):
+                print(line)
+        store = Store(database)
+        try:
+            print(format_batches(store.batch_rows()))
+        finally:
+            store.close()
+    except (ConfigError, RunDirectoryBusy, FatalEndpointError) as exc:
+        return _error(str(exc))
+    except sqlite3.Error as exc:
+        return _error(str(storage_error(database, exc)))
     return 0
 
 

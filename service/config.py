@@ -104,6 +104,9 @@ class Run:
     # permissions of every file the run creates (directories get x where r is set): 0600 = owner only
     file_mode: int = field(default=0o600, metadata={"range": FileModeRange(0, 0o777)})
     acceptance_floor: AcceptanceFloor = field(default_factory=AcceptanceFloor)
+    # online: every request is sent as it comes; batch: the sample stages' requests go round by
+    # round through the provider's Batch API at its batch price (`batch:`; llm/batch.py)
+    mode: str = one_of("online", ("online", "batch"))
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class Config:
     run: Run = field(default_factory=Run)
     metrics: Metrics = field(default_factory=Metrics)
     dedup: Dedup = field(default_factory=Dedup)
+    batch: llm.BatchSettings = field(default_factory=llm.BatchSettings)
 
     def endpoints_for(self, stage: StageSettings) -> list[Endpoint]:
         """The stage's endpoints: the primary first, then its fallbacks."""

@@ -35,23 +35,28 @@ def launch_command(
     parent_pid: int | None = None,
     where: dict[str, str] | None = None,
     key: str = "",
+    state_dir: Path | None = None,
 ) -> list[str]:
     """The command line that runs the embedded endpoint on a free loopback port with `settings`;
-    it prints `READY <base url>` once bound and, given `parent_pid`, exits when that process is
-    gone. `where` (dotted setting -> file:line) and `key` (where the settings sit in a config)
-    make its one-line errors name the place each setting was written."""
+        it prints `READY <base url>` once bound and, given `parent_pid`, exits when that process is
+        gone. `where` (dotted setting -> file:line) and `key` (where the settings sit in a config)
+        make its one-line errors name the place each setting was written; `state_dir` keeps its
+    files and batches, so that a restarted endpoint still has the batches it was given."""
     command = [sys.executable, "-m", MODULE, "--host", "127.0.0.1", "--port", "0"]
     command += ["--settings-json", json.dumps(settings)]
     if where:
         command += ["--settings-where", json.dumps(where)]
     if key:
         command += ["--settings-key", key]
+    if state_dir is not None:
+        command += ["--state-dir", str(state_dir)]
     return command + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
 
 
 class EmbeddedEndpoint:
-    def __init__(self, name: str, settings: Node, log_path: Path) -> None:
+    def __init__(self, name: str, settings: Node, log_path: Path, state_dir: Path | None = None) -> None:
         self.name = name
+        self._state_dir = state_dir
         self._settings = settings
         self._log_path = log_path
         self._process: asyncio.subprocess.Process | None = None
@@ -90,6 +95,7 @@ class EmbeddedEndpoint:
                 parent_pid=os.getpid(),
                 where=self._settings.locations(),
                 key=f"endpoints.{self.name}.embedded",
+                state_dir=self._state_dir,
             ),
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,

@@ -6,6 +6,9 @@ Every client of the run keeps its answers in the run's store (`StoreCache`), cle
 request with the run's `Budget` and hands its events to the run's sinks (the Prometheus
 metrics, the request tally, the budget, the log). The embedder's client is a client of its
 own, for the embedding model: that model's limits and prices are not the chat model's.
+In batch mode (`run.mode: batch`) each endpoint of the sample stages also has a
+`BatchCollector`, and the sample stages ask through a client that answers through it; the
+persona expansion stays online (it feeds admission, which a batch round would stall).
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from pathlib import Path
 
 import structlog
 
-from llm import Budget, EndpointChain, LLMClient, Sink
+from llm import BatchCollector, BatchJournal, Budget, EndpointChain, LLMClient, NoBatchApi, RequestEvent, Sink
 from llm.limiter import EndpointLimiter
 from metrics.prometheus import RunMetrics
-from service.config import LOCAL_EMBEDDER, Config, Endpoint
+from pipeline import registry
+from service.config import LOCAL_EMBEDDER, Config, ConfigError, Endpoint
 from service.embedded import EmbeddedEndpoint
 from service.store import StoreCache
 
@@ -35,16 +39,23 @@ class EndpointPool:
         sinks: Sequence[Sink],
         budget: Budget,
         metrics: RunMetrics,
+        journal: BatchJournal | None = None,
     ) -> None:
+        """`journal` (the store) turns batch mode on for the sample stages (`run.mode: batch`)."""
         self._config = config
         self._out = out
         self._cache = cache
         self._sinks = tuple(sinks)
         self._budget = budget
         self._metrics = metrics
+        self._journal = journal
+        self._batched = {stage.name for stage in registry.sample_stages()} if journal is not None else set()
         self._embedded: list[EmbeddedEndpoint] = []
         self._base_urls: dict[str, str] = {}
         self.clients: dict[str, LLMClient] = {}  # by endpoint name: those of the stages
+        # batch mode: the sample stages' clients answer through the Batch API (llm/batch.py)
+        self.batch_clients: dict[str, LLMClient] = {}
+        self.collectors: dict[str, BatchCollector] = {}
         self._embedding: LLMClient | None = None
 
     async def start(self) -> None:
@@ -56,7 +67,12 @@ class EndpointPool:
         for name, endpoint in self._config.endpoints_in_use().items():
             base_url = endpoint.base_url
             if endpoint.embedded is not None:
-                embedded = EmbeddedEndpoint(name, endpoint.embedded, self._out / f"endpoint-{name}.log")
+                embedded = EmbeddedEndpoint(
+                    name,
+                    endpoint.embedded,
+                    self._out / f"endpoint-{name}.log",
+                    self._out / f"endpoint-{name}-batches",  # the provider's side of the run's batches
+                )
                 self._embedded.append(embedded)
                 base_url = await embedded.start()
             assert base_url is not None
@@ -64,12 +80,46 @@ class EndpointPool:
             if name in stage_names:  # not the endpoint that only serves dedup embeddings
                 client = self.clients[name] = self._client(endpoint, base_url)
                 self._metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
+                if self._journal is not None and set(stage_names[name]) & self._batched:
+                    await self._start_batches(name, endpoint, base_url, client)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
 
+    async def _start_batches(self, name: str, endpoint: Endpoint, base_url: str, online: LLMClient) -> None:
+        """Batch mode for this endpoint: its collector (resuming the batches the store holds) and
+        the client the sample stages ask through it."""
+        assert self._journal is not None
+        collector = BatchCollector(
+            endpoint,
+            base_url,
+            endpoint.api_key(),
+            self._config.batch,
+            self._journal,
+            self._cache,
+            self._emit,
+            self._budget,
+            lambda stage, cap: online.sizes[stage].max_tokens(cap),
+        )
+        try:
+            await collector.start()
+        except NoBatchApi as exc:
+            await collector.aclose()
+            raise ConfigError(f"run.mode=batch: {exc}") from None
+        self.collectors[name] = collector
+        self.batch_clients[name] = LLMClient(
+            endpoint, base_url, cache=self._cache, sinks=self._sinks, budget=self._budget, batch=collector
+        )
+
+    def _emit(self, event: RequestEvent) -> None:
+        for sink in self._sinks:
+            sink(event)
+
     def chain(self, stage_name: str) -> EndpointChain:
-        """The stage's clients: the primary, then its fallbacks."""
+        """The stage's clients: the primary, then its fallbacks (batch clients in batch mode)."""
         stage = getattr(self._config.stages, stage_name)
-        return EndpointChain([self.clients[ep.name] for ep in self._config.endpoints_for(stage)])
+        clients = self.batch_clients if stage_name in self._batched else self.clients
+        return EndpointChain(
+            [clients.get(ep.name) or self.clients[ep.name] for ep in self._config.endpoints_for(stage)]
+        )
 
     def limiters_of(self, stage_names: Iterable[str]) -> list[EndpointLimiter]:
         """The limiters of these stages' endpoints, each once."""
@@ -92,15 +142,27 @@ class EndpointPool:
         """Answers already sent finish (and are stored); nothing new is sent."""
         for client in self._all():
             client.stop_sending()
+        for collector in self.collectors.values():
+            collector.stop_sending()
+
+    async def cancel_running_batches(self) -> int:
+        """The target is reached: cancel every batch still running (batch mode)."""
+        return sum([await collector.cancel_running() for collector in self.collectors.values()])
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
+        for collector in self.collectors.values():
+            await collector.aclose()
+        for client in [*self.clients.values(), *self.batch_clients.values()]:
             await client.aclose()
         for embedded in self._embedded:
             await embedded.stop()
 
     def _all(self) -> list[LLMClient]:
-        return [*self.clients.values(), *([self._embedding] if self._embedding else [])]
+        return [
+            *self.clients.values(),
+            *self.batch_clients.values(),
+            *([self._embedding] if self._embedding else []),
+        ]
 
     def _client(self, endpoint: Endpoint, base_url: str) -> LLMClient:
         return LLMClient(

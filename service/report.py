@@ -37,6 +37,7 @@ def render(data: ReportData, images: list[Path]) -> str:
         "",
         f"Accepted **{accepted}{target}**; spent **${cost:.4f}**"
         + (f" (${cost / accepted:.6f} per accepted sample)." if accepted else "."),
+        *_batch_saving(data.batch),
         "",
         "## Counts",
         "",
@@ -92,6 +93,16 @@ def render(data: ReportData, images: list[Path]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _batch_saving(batch: tuple[int, float, float]) -> list[str]:
+    answers, cost, listed = batch
+    if not answers:
+        return []
+    return [
+        f"Batch mode: {answers} answers cost **${cost:.4f}** at batch prices against ${listed:.4f} online: "
+        f"saved **${listed - cost:.4f}**."
+    ]
 
 
 def _judge(data: ReportData) -> list[str]:

@@ -51,6 +51,7 @@ class ReportData:
     answer_times: list[tuple[float, float]]  # (created, cost) of each paid answer, in order
     bins: list[TimeBin]
     bin_width_s: int
+    batch: tuple[int, float, float] = (0, 0.0, 0.0)  # batch answers, their cost, their online price
     diversity: diversity.Diversity | None = None
     judge: agreement.Agreement | None = None
 
@@ -102,6 +103,7 @@ def collect(store: Store) -> ReportData:
         answer_times=[(created, cost) for created, cost, _ in answers],
         bins=bins,
         bin_width_s=width,
+        batch=store.batch_saving(),
         diversity=diversity.measure(store),
         judge=agreement.collect(store),
     )

@@ -6,6 +6,10 @@ by the job queue -> `Recorder.finished` (accept into the store, then append to t
 or reject) — each step in its own module. This module only wires them and decides when
 the run stops.
 
+In batch mode (`run.mode: batch`) the sample stages ask through the provider's Batch API,
+round by round (`llm/batch.py`, wired by `service/endpoints.py`): admission then takes every
+sample the rest of the target needs at once, so that they share rounds.
+
 Stopping: the target reached ends the run; a first SIGINT/SIGTERM stops admitting and
 sending, lets the requests in flight finish (their answers are stored) for at most
 `run.stop_grace_s`, then stops; a second signal stops at once. A run can also stop short of
@@ -65,6 +69,7 @@ from pipeline.registry import Handler, StageContext
 from pipeline.sources import SourceItem, check_persona_file, file_source, seed_personas
 from service import logs, resume, rundir
 from service.admission import Admission
+from service.batch_plan import batch_plan
 from service.card import write_card
 from service.config import Config, ConfigError
 from service.dedup import RunDedup, build_embedders
@@ -247,7 +252,10 @@ class Run:
         config = self.config
         cache = StoreCache(self._store)
         sinks = (self.metrics.request, self.requests, self._budget, log_failures)
-        endpoints = self._endpoints = EndpointPool(config, self.out, cache, sinks, self._budget, self.metrics)
+        batch = config.run.mode == "batch"
+        endpoints = self._endpoints = EndpointPool(
+            config, self.out, cache, sinks, self._budget, self.metrics, self._store if batch else None
+        )
         try:
             await endpoints.start()
             self._embedders = build_embedders(config, endpoints.embedding_client())
@@ -290,6 +298,8 @@ class Run:
             progress = Progress(
                 self.counts, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
             )
+            if batch:
+                _notice(batch_plan(self.config, self.counts, self._store))
             progress.start()
             self.flight.start()
             heap = HeapTrimmer()
@@ -299,6 +309,8 @@ class Run:
             try:
                 jobs = self._admitted(admission.jobs(self._source()))
                 exhausted = await queue.run(registry.FIRST_STAGE, jobs, self._may_admit)
+                if self.counts.accepted >= config.run.n and self._endpoints is not None:
+                    await self._endpoints.cancel_running_batches()
             finally:
                 await heap.stop()
                 await self.flight.stop()
@@ -368,9 +380,13 @@ class Run:
             self._queue.close()
             return False
         counts = self.counts
-        return in_flight < needed_for_target(counts.target, counts.accepted, counts.finished) and (
-            endpoints_want_more(self._sample_limiters, in_flight)
-        )
+        if self.config.run.mode == "batch":
+            # every sample the target needs, in the same rounds; until one is accepted (round 2
+            # at best) the samples that finished are only the early drops: no accept rate yet
+            finished = counts.finished if counts.accepted else 0
+            return in_flight < needed_for_target(counts.target, counts.accepted, finished)
+        needed = needed_for_target(counts.target, counts.accepted, counts.finished)
+        return in_flight < needed and endpoints_want_more(self._sample_limiters, in_flight)
 
     def _in_flight(self) -> InFlight:
         clients = self._endpoints.clients.values() if self._endpoints is not None else ()

@@ -15,7 +15,11 @@ It holds
   below it; a source whose items come out of order also has some consumed above it: the
   positions of admitted samples and of rejected input, `consumed_after`);
 - for the report and the budget: each answer's stage, sample, latency and cost (priced when
-  it was paid) and each accepted sample's acceptance time.
+  it was paid; a batch answer also at its online list price) and each accepted sample's
+  acceptance time;
+- in batch mode, the journal of the batches (`llm.BatchJournal`): each input file with its
+  requests (custom_id -> answer key) before its batch is created, then the batch id and its
+  status, so a resumed run polls the batches it created instead of creating them again.
 
 All writes are single short transactions in WAL mode, so a SIGKILL at any moment leaves
 a consistent database: each row is either fully there or absent. The output files are
@@ -34,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from llm import Answer
+from llm import Answer, BatchRecord
 from llm.redact import redact_bytes
 
 SCHEMA = """
@@ -70,6 +74,25 @@ CREATE TABLE IF NOT EXISTS dedup_items (
     digest TEXT NOT NULL,
     vector BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    file_id TEXT PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    batch_id TEXT,
+    round INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    committed_usd REAL NOT NULL,
+    counts BLOB,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batch_requests (
+    file_id TEXT NOT NULL,
+    custom_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    PRIMARY KEY (file_id, custom_id)
+);
 CREATE TABLE IF NOT EXISTS judgements (
     sample_id TEXT NOT NULL,
     turn INTEGER NOT NULL,
@@ -101,6 +124,7 @@ ADDED_COLUMNS = {
         "cost_usd": "REAL",
         "max_tokens": "INTEGER",  # sent with the request (what a TPM limit is charged with)
         "max_tokens_cap": "INTEGER",  # the stage's cap then: below it, a cut answer was re-asked
+        "list_cost_usd": "REAL",  # a batch answer: what it would have cost online
     },
     "samples": {"accepted_at": "REAL"},
     "rejects": {"position": "INTEGER"},  # the source position of a rejected input line or persona
@@ -195,8 +219,8 @@ class Store:
         """An answer, with the sample it was asked for (for the report and hand checks)."""
         self._db.execute(
             "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
-            " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap, list_cost_usd)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 response.endpoint,
@@ -211,6 +235,7 @@ class Store:
                 response.cost_usd,
                 response.max_tokens,
                 response.max_tokens_cap,
+                response.list_cost_usd,
             ),
         )
 
@@ -225,6 +250,93 @@ class Store:
     def spend(self) -> float:
         """USD paid by the whole run, each answer at the price it was paid at."""
         return self._db.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM responses").fetchone()[0]
+
+    def batch_saving(self) -> tuple[int, float, float]:
+        """Batch answers: how many, what they cost, and what they would have cost online."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(list_cost_usd), 0)"
+            " FROM responses WHERE list_cost_usd IS NOT NULL"
+        ).fetchone()
+        return row[0], row[1], row[2]
+
+    # -- batches (the BatchJournal of llm/batch.py) -------------------------------------
+
+    def open_batches(self, endpoint: str) -> list[BatchRecord]:
+        """Input files whose batch was not seen to end (nor known never to have been created)."""
+        records = []
+        for file_id, batch_id, round_, status, committed in self._db.execute(
+            "SELECT file_id, batch_id, round, status, committed_usd FROM batches"
+            " WHERE endpoint = ? AND status NOT LIKE 'done:%' AND status != 'not_created' ORDER BY created",
+            (endpoint,),
+        ).fetchall():
+            requests = dict(
+                self._db.execute(
+                    "SELECT custom_id, key FROM batch_requests WHERE file_id = ?", (file_id,)
+                ).fetchall()
+            )
+            records.append(BatchRecord(endpoint, file_id, batch_id, round_, status, requests, committed))
+        return records
+
+    def last_round(self, endpoint: str) -> int:
+        row = self._db.execute("SELECT MAX(round) FROM batches WHERE endpoint = ?", (endpoint,)).fetchone()
+        return row[0] or 0
+
+    def file_uploaded(self, record: BatchRecord, stages: dict[str, str]) -> None:
+        """An input file and its requests, before its batch is created."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO batches (file_id, endpoint, batch_id, round, status, requests, committed_usd,"
+                " created, updated) VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.file_id,
+                    record.endpoint,
+                    record.round,
+                    record.status,
+                    len(record.requests),
+                    record.committed_usd,
+                    now,
+                    now,
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO batch_requests (file_id, custom_id, key, stage) VALUES (?, ?, ?, ?)",
+                [(record.file_id, cid, key, stages.get(cid, "")) for cid, key in record.requests.items()],
+            )
+
+    def batch_created(self, file_id: str, batch_id: str) -> None:
+        self._db.execute(
+            "UPDATE batches SET batch_id = ?, status = 'created', updated = ? WHERE file_id = ?",
+            (batch_id, time.time(), file_id),
+        )
+
+    def batch_status(self, file_id: str, status: str, counts: dict[str, int] | None = None) -> None:
+        self._db.execute(
+            "UPDATE batches SET status = ?, counts = COALESCE(?, counts), updated = ? WHERE file_id = ?",
+            (status, orjson.dumps(counts) if counts else None, time.time(), file_id),
+        )
+
+    def batch_rows(self) -> list[dict[str, Any]]:
+        """Every batch of the run, oldest first (`agentrefine batches`, the summary)."""
+        rows = self._db.execute(
+            "SELECT endpoint, round, file_id, batch_id, status, requests, committed_usd, counts, created"
+            " FROM batches ORDER BY created"
+        ).fetchall()
+        names = (
+            "endpoint",
+            "round",
+            "file_id",
+            "batch_id",
+            "status",
+            "requests",
+            "committed_usd",
+            "counts",
+            "created",
+        )
+        return [
+            {**dict(zip(names, row, strict=True)), "counts": orjson.loads(row[7]) if row[7] else None}
+            for row in rows
+        ]
 
     def price_unpriced(self, price: Callable[[str, dict[str, Any]], float]) -> int:
         """Give answers stored before costs were kept a cost: price(endpoint, usage)."""

@@ -71,6 +71,7 @@ def build_summary(
         "cost_usd": round(cost, 6),
         "cost_per_accepted_usd": round(cost / accepted, 6) if accepted else None,
         "max_cost_usd": config.run.max_cost_usd,
+        "batch": _batches(store, config),
         "this_process": {
             "wall_s": round(counts.elapsed, 2),
             "requests_per_s": round(requests.attempts / max(counts.elapsed, 1e-9), 1),
@@ -86,6 +87,23 @@ def build_summary(
             "cost_usd": round(requests.cost_usd, 6),
         },
     } | judge
+
+
+def _batches(store: Store, config: Config) -> dict[str, Any] | None:
+    """Batch mode: rounds, batches by status, and the cost against online list prices."""
+    rows = store.batch_rows()
+    answers, cost, listed = store.batch_saving()
+    if not rows and config.run.mode != "batch":
+        return None
+    return {
+        "rounds": max((row["round"] for row in rows), default=0),
+        "batches": sum(1 for row in rows if row["batch_id"]),
+        "by_status": dict(Counter(row["status"].removeprefix("done:") for row in rows)),
+        "answers": answers,
+        "cost_usd": round(cost, 6),
+        "online_cost_usd": round(listed, 6),
+        "saved_usd": round(listed - cost, 6),
+    }
 
 
 def shortfall(store: Store, config: Config, cause: str, dried_up: bool) -> str:
@@ -140,6 +158,7 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         f"completion {tokens['completion_tokens']}, total {tokens['total_tokens']}",
         _charged_line(tokens, summary["answers_reasked"]),
         f"cost: ${summary['cost_usd']:.4f}" + (f" (${per:.6f} per accepted sample)" if per else ""),
+        *_batch_lines(summary.get("batch")),
         *_judge_line(summary.get("judge")),
         f"this process: {proc['wall_s']} s wall, accepted {proc['accepted']}, "
         f"{proc['requests_per_s']} requests/s, peak memory {proc['peak_rss_mib']} MiB, "
@@ -154,6 +173,17 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
         ),
     ]
     return "\n".join(lines)
+
+
+def _batch_lines(batch: dict[str, Any] | None) -> list[str]:
+    if not batch:
+        return []
+    statuses = ", ".join(f"{k} {v}" for k, v in batch["by_status"].items()) or "none"
+    return [
+        f"batch mode: {batch['rounds']} rounds, {batch['batches']} batches ({statuses}); "
+        f"{batch['answers']} answers cost ${batch['cost_usd']:.4f} at batch prices, "
+        f"${batch['online_cost_usd']:.4f} online: saved ${batch['saved_usd']:.4f}"
+    ]
 
 
 def _judge_line(judge: dict[str, Any] | None) -> list[str]:

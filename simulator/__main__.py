@@ -65,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--settings-where", help="JSON object: dotted setting -> where it was written")
     p.add_argument("--settings-key", default="", help="the key the settings sit at, for messages")
     p.add_argument("--parent-pid", type=int, help="exit when this process is gone")
+    p.add_argument("--state-dir", help="where files and batches are kept (survives a restart)")
     return p.parse_args(argv)
 
 
@@ -107,7 +108,7 @@ async def serve(args: argparse.Namespace, settings: SimSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner, port = await start(settings, args.host, args.port)
+    runner, port = await start(settings, args.host, args.port, state_dir=args.state_dir)
     host = f"[{args.host}]" if ":" in args.host else args.host
     sys.stdout.write(f"READY http://{host}:{port}/v1\n")
     sys.stdout.flush()

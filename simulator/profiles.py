@@ -42,6 +42,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "prefill_tokens_per_s": 6000.0,
         "output_tokens_per_s": 35.0,
         "max_concurrent": 256,
+        "batches": {"enabled": False},  # DeepSeek has no batch API
         "keepalive_s": 2.0,
         "usage_style": "deepseek",
     },
@@ -51,6 +52,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "prefill_tokens_per_s": 20_000.0,
         "output_tokens_per_s": 100.0,
         "max_num_seqs": 256,
+        "batches": {"enabled": False},  # vLLM's server has no batch API
         "batch_half_speed": 128.0,
     },
 }

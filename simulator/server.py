@@ -1,7 +1,8 @@
 """The simulator's aiohttp app: an OpenAI-compatible chat completions endpoint.
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embeddings`),
-``GET /v1/models`` (and ``/v1/models/{id}``), and ``GET /_sim/stats`` (tests, `make bench`):
+``GET /v1/models`` (and ``/v1/models/{id}``), the files and batches API
+(`simulator.batches`), and ``GET /_sim/stats`` (tests, `make bench`):
 
 - ``requests``: every chat and embeddings request; ``by_status``: HTTP statuses plus
   ``"reset"`` (connection aborted), ``"truncated"`` (a cut body or stream), ``"empty_choices"``
@@ -22,6 +23,8 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` (`simulator.embed
   seconds of the complete ones ``queued_s``, ``ttft_s``, ``latency_s``), ``hangs``
   (``given_up``: hung requests the client left, ``silence_s`` / ``max_silence_s``: how long
   it had heard nothing when it did): `simulator.load`;
+- ``batch_api``: the files and batches API (`simulator.batches`): batches created, by status,
+  and what a client must never cause (``answered_twice``, ``inputs_batched_twice``);
 - ``batch``: sequences ``running`` (in the batch) and ``queued`` (waiting for a place);
 - ``limits``: the profile, time_scale, and the limits in force per real minute (rpm, tpm;
   0 = none), max_concurrent, max_num_seqs and the ``knee`` (`simulator.latency.knee`).
@@ -39,23 +42,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from simulator import batches, faults, tokens, validation
 from simulator import embeddings as embedding_content
-from simulator import faults, tokens
 from simulator.answer import Answer
 from simulator.content import canonical_digest, max_tokens_of, request_digest, wants_json
 from simulator.delivery import deliver
 from simulator.settings import SimSettings
 from simulator.state import SimState
+from simulator.validation import error_body
 
 STATE: web.AppKey[SimState] = web.AppKey("sim_state")
 DEFAULT_COMPLETION_ESTIMATE = 1024
-MAX_CHOICES = 8
-_ROLES = frozenset(("system", "user", "assistant", "tool", "developer", "function"))
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
@@ -84,46 +81,6 @@ def _unauthorised(request: web.Request) -> web.Response:
     )
 
 
-def _validate(body: Any) -> str | None:
-    """An error message for a malformed chat completion request, or None."""
-    if not isinstance(body, dict):
-        return "The request body must be a JSON object."
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        return "you must provide a model parameter"
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return "'messages' must be a non-empty array."
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            return f"Invalid value for 'messages[{i}].role'."
-        c = m.get("content")
-        if c is not None and not isinstance(c, str | list):
-            return f"Invalid type for 'messages[{i}].content': expected a string or an array."
-    for key in ("max_tokens", "max_completion_tokens", "n", "seed"):
-        v = body.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
-            return f"Invalid type for '{key}': expected an integer."
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        v = body.get(key)
-        if v is not None and v < 1:
-            return f"Invalid '{key}': integer below minimum value 1."
-    if body.get("n") is not None and body["n"] > MAX_CHOICES:
-        return f"Invalid 'n': integer above maximum value {MAX_CHOICES}."
-    rf = body.get("response_format")
-    if rf is not None and (
-        not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object", "json_schema")
-    ):
-        return "Invalid 'response_format': expected type 'text', 'json_object' or 'json_schema'."
-    return None
-
-
-def _refused(messages: list[Any], phrases: list[str]) -> bool:
-    if not phrases:
-        return False
-    text = " ".join(tokens.message_text(m) for m in messages).lower()
-    return any(phrase.lower() in text for phrase in phrases)
-
-
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     s = st.settings
@@ -137,7 +94,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError:
         st.by_status["400"] += 1
         return _unparsable()
-    problem = _validate(body)
+    problem = validation.problem(body)
     if problem:
         st.by_status["400"] += 1
         return _json(400, error_body(problem, "invalid_request_error"))
@@ -170,7 +127,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     messages = body["messages"]
     prompt_tokens = tokens.count_messages(messages)
-    if _refused(messages, s.refused_phrases):
+    if validation.refused(messages, s.refused_phrases):
         st.by_status["400"] += 1
         return _json(
             400,
@@ -305,6 +262,7 @@ async def stats(request: web.Request) -> web.Response:
         **st.load.snapshot(),
         "batch": {"running": st.model.batch.running, "queued": st.model.batch.queued},
         "limits": st.limits(),
+        "batch_api": request.app[batches.BATCH_API].stats(),
     }
     if request.query.get("digests", "1") != "0":
         body["received"] = dict(st.received)
@@ -312,10 +270,16 @@ async def stats(request: web.Request) -> web.Response:
     return _json(200, body)
 
 
-def build_app(settings: SimSettings) -> web.Application:
-    """The simulator app for these settings."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app[STATE] = SimState(settings)
+def _guard(request: web.Request) -> web.Response | None:
+    return None if _authorised(request, request.app[STATE]) else _unauthorised(request)
+
+
+def build_app(settings: SimSettings, state_dir: str | None = None) -> web.Application:
+    """The simulator app for these settings; `state_dir` keeps its files and batches (a
+    temporary directory when None)."""
+    app = web.Application(client_max_size=batches.MAX_FILE_BYTES + 1024 * 1024)
+    st = app[STATE] = SimState(settings)
+    batches.add_routes(app, batches.BatchApi(st, state_dir), _guard)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", list_models)
@@ -325,11 +289,18 @@ def build_app(settings: SimSettings) -> web.Application:
 
 
 async def start(
-    settings: SimSettings, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 1.0
+    settings: SimSettings,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_timeout: float = 1.0,
+    state_dir: str | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Start the app in the running loop; returns the runner (call `cleanup()`) and the bound port."""
     runner = web.AppRunner(
-        build_app(settings), access_log=None, shutdown_timeout=shutdown_timeout, handler_cancellation=True
+        build_app(settings, state_dir),
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        handler_cancellation=True,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port)

@@ -56,6 +56,24 @@ class FlawSettings:
 
 
 @dataclass(frozen=True)
+class BatchApiSettings:
+    """The files and batches API (`simulator.batches`): how long a batch takes in each status
+    (model seconds, times `time_scale`), and its failure modes."""
+
+    enabled: bool = True  # false: no batch API (404), as at DeepSeek or vLLM
+    validating_s: float = bounded(2.0, 0, 86_400)
+    in_progress_s: float = bounded(60.0, 0, 86_400)
+    finalizing_s: float = bounded(2.0, 0, 86_400)
+    # per request of a batch: the share answered with a 500 in the error file
+    p_request_error: float = bounded(0.0, 0, 1)
+    fail_first: int = bounded(0, 0, 10**6, note="the first K batches created fail")
+    expire_first: int = bounded(0, 0, 10**6, note="the next K batches expire, half answered")
+    # prompt + max_tokens of the requests of unfinished batches, per model (0: no limit); a batch
+    # beyond it fails at validation with token_limit_exceeded, as at OpenAI
+    max_enqueued_tokens: int = bounded(0, 0, 10**12, note="0: no limit")
+
+
+@dataclass(frozen=True)
 class SimSettings:
     """All simulator settings; every field has a default."""
 
@@ -101,6 +119,7 @@ class SimSettings:
     # comment when streaming) every keepalive_s seconds while the request waits
     keepalive_s: float = bounded(0.0, 0, 3600, note="0: off")
     faults: FaultSettings = field(default_factory=FaultSettings)
+    batches: BatchApiSettings = field(default_factory=BatchApiSettings)
     flaws: FlawSettings = field(default_factory=FlawSettings)
     usage_style: str = one_of("openai", USAGE_STYLES)
     api_key: str | None = None
