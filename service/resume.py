@@ -62,6 +62,7 @@ def recorded(config: Config) -> dict[str, Any]:
         "run.max_cost_usd": config.run.max_cost_usd,
         "run.max_in_flight": config.run.max_in_flight,
         "dedup.index": config.dedup.index,
+        "stages.judge.enabled": config.stages.judge.enabled,
     }
     if config.stages.judge.enabled:  # the judge decides what is masked or dropped
         judge = config.stages.judge
@@ -126,7 +127,12 @@ def check(store: Store, config: Config, out: Path, allow: Iterable[str] = ()) ->
     if not changed:
         return []
     applied = "; ".join(f"{key} {_show(old)} -> {_show(new)}" for key, (old, new) in changed.items())
-    return [f"resume: changed since the last start, applied: {applied}"]
+    said = [f"resume: changed since the last start, applied: {applied}"]
+    if changed.get("stages.judge.enabled") == (False, True) and accepted:
+        said.append(
+            f"resume: the judge is on from now: the {accepted} samples accepted before are not judged"
+        )
+    return said
 
 
 def _persona_source(config: Config) -> dict[str, Any]:

@@ -197,6 +197,20 @@ def test_harmless_changes_are_applied_and_said(started: tuple[Path, str], tmp_pa
     assert "accepted: 8 / 8" in result.stdout
 
 
+def test_a_judge_turned_on_is_applied_and_says_what_it_leaves_unjudged(
+    started: tuple[Path, str], tmp_path: Path
+) -> None:
+    base = copy_of(started, tmp_path)
+    with (base / "personas.txt").open("a") as grown:
+        grown.write("A glassblower who works in Murano.\n")
+    result = cli(*resume_args(base, 7), "--set", "stages.judge.enabled=true")
+    assert result.returncode == 0, result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("resume:")]
+    assert "stages.judge.enabled False -> True" in said[0]
+    assert said[1] == "resume: the judge is on from now: the 6 samples accepted before are not judged"
+    assert "accepted: 7 / 7" in result.stdout
+
+
 def test_a_smaller_n_than_accepted_is_refused(started: tuple[Path, str], tmp_path: Path) -> None:
     base = copy_of(started, tmp_path)
     line = refusal(cli(*resume_args(base, 4)))
