@@ -33,6 +33,7 @@ import contextlib
 import contextvars
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -45,6 +46,7 @@ from llm.cache import Answer, AnswerCache
 from llm.client import BatchUnanswered, SendingStopped
 from llm.config import BatchSettings, Endpoint
 from llm.events import RequestEvent
+from llm.sizing import CompletionSizes
 from llm.usage import cost_usd, parse_usage
 
 log = structlog.get_logger()
@@ -120,7 +122,6 @@ class BatchCollector:
         cache: AnswerCache | None,
         emit: Callable[[RequestEvent], None],
         budget: Commitments | None = None,
-        expected_completion: Callable[[str, int], int] | None = None,
     ) -> None:
         from openai import AsyncOpenAI  # the SDK speaks the files and batches API
 
@@ -131,7 +132,8 @@ class BatchCollector:
         self._cache = cache
         self._emit = emit
         self._budget = budget
-        self._expected = expected_completion or (lambda stage, cap: cap)
+        # the stages' answer lengths, from the batches' own answers: what a request commits
+        self._sizes: defaultdict[str, CompletionSizes] = defaultdict(CompletionSizes)
         self._api = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=endpoint.max_retries)
         self._gathering: dict[str, _Asked] = {}  # the round being gathered, by key
         self._open: dict[str, _Asked] = {}  # requests in created batches, by key
@@ -306,8 +308,10 @@ class BatchCollector:
         self._spawn(self._follow(uploaded.id, batch.id, {item.key: item for item in items}))
 
     def _commitment(self, item: _Asked) -> float:
-        """What a request may cost at the batch price: its prompt and a typical answer."""
-        completion = self._expected(item.stage, item.cap)
+        """What a request may cost at the batch price: its prompt and a long answer of its
+        stage (at or above the 90th percentile of the batches' answers so far; the cap until
+        enough are seen)."""
+        completion = self._sizes[item.stage].max_tokens(item.cap)
         return cost_usd(
             parse_usage({"prompt_tokens": item.estimate - item.max_tokens, "completion_tokens": completion}),
             self.endpoint.batch_prices(),
@@ -399,6 +403,7 @@ class BatchCollector:
         ep = self.endpoint
         answer = parse_answer(orjson.dumps(body), ep.name, ep.model)
         usage = parse_usage(answer.usage)
+        self._sizes[item.stage].observe(usage.prompt, usage.completion)
         cost, listed = cost_usd(usage, ep.batch_prices()), cost_usd(usage, ep.price)
         answer = replace(
             answer,

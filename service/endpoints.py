@@ -81,10 +81,10 @@ class EndpointPool:
                 client = self.clients[name] = self._client(endpoint, base_url)
                 self._metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
                 if self._journal is not None and set(stage_names[name]) & self._batched:
-                    await self._start_batches(name, endpoint, base_url, client)
+                    await self._start_batches(name, endpoint, base_url)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
 
-    async def _start_batches(self, name: str, endpoint: Endpoint, base_url: str, online: LLMClient) -> None:
+    async def _start_batches(self, name: str, endpoint: Endpoint, base_url: str) -> None:
         """Batch mode for this endpoint: its collector (resuming the batches the store holds) and
         the client the sample stages ask through it."""
         assert self._journal is not None
@@ -97,7 +97,6 @@ class EndpointPool:
             self._cache,
             self._emit,
             self._budget,
-            lambda stage, cap: online.sizes[stage].max_tokens(cap),
         )
         try:
             await collector.start()
