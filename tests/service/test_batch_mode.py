@@ -5,14 +5,20 @@ round, the `batches` command, and an endpoint without a batch API refused in one
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llm import Budget, BudgetExhausted
+from llm import Budget, BudgetExhausted, Endpoint
+from llm.batch import BatchCollector, _Asked
+from llm.config import BatchSettings, Price
+from llm.sizing import LEARN_FROM, MARGIN
 from service.batch_plan import expected_rounds
 from simulator.batches import BatchApi
 from simulator.settings import SimSettings
@@ -181,3 +187,22 @@ def test_expected_rounds_and_committed_money() -> None:
         budget.check()
     budget.release("file-1")
     budget.check()
+
+
+def test_a_batch_commits_what_its_stage_answers_cost_once_they_are_known() -> None:
+    # until the batches have answered LEARN_FROM requests of a stage, a request commits its
+    # prompt and the stage's cap; then its prompt and a long answer of the stage (>= p90)
+    endpoint = Endpoint(model="m", name="e", base_url="http://127.0.0.1:9/v1", price=Price(2.0, None, 8.0))
+    collector = BatchCollector(endpoint, "http://127.0.0.1:9/v1", "k", BatchSettings(), None, None, [].append)  # type: ignore[arg-type]
+    item = _Asked("k", {}, "script", 12_288, 12_288, 1000 + 12_288, contextvars.Context())
+    at_cap = collector._commitment(item)
+    assert at_cap == pytest.approx((1000 * 1.0 + 12_288 * 4.0) / 1e6)  # half the list price
+    body = {
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 900, "completion_tokens": 1000},
+    }
+    for _ in range(LEARN_FROM):
+        collector._answer(item, body)
+    assert collector._commitment(item) == pytest.approx((1000 * 1.0 + math.ceil(1000 * MARGIN) * 4.0) / 1e6)
+    asyncio.run(collector.aclose())
