@@ -76,7 +76,7 @@ def test_every_fault_at_once_is_survived_and_counted(tmp_path: Path) -> None:
     }
     out = tmp_path / "run"
     with simulator({**FAST_SIM, "faults": faults}) as url:
-        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url, "timeout_s": 3.0}}, "sim")
+        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url, "timeout_s": 1.5}}, "sim")
         result = cli("run", "--config", str(config), "-n", "20", "--out", str(out))
         assert result.returncode == 0, result.stderr
         summary = json.loads((out / "summary.json").read_text())
