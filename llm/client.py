@@ -251,7 +251,7 @@ class LLMClient:
         cap = generation.max_tokens
         sizable = max_tokens is None and ep.size_max_tokens and self.batch is None  # no TPM in a batch
         if max_tokens is None:
-            max_tokens = self.sizes[stage].max_tokens(cap) if sizable and self.limiter.limits_tokens else cap
+            max_tokens = self._sized(stage, cap) if sizable else cap
         body[ep.max_tokens_param] = max_tokens
         if ep.stream:
             body.update(STREAM)
@@ -349,12 +349,13 @@ class LLMClient:
     def _sized_now(self, request: PreparedRequest, stage: str) -> PreparedRequest:
         """`request` as it leaves now: a sized max_tokens chosen again from what the stage's
         answers say by now, under a TPM limit (else the cap)."""
-        if not request.sizable:
-            return request
-        cap = request.cap
-        if (self.sizes[stage].max_tokens(cap) if self.limiter.limits_tokens else cap) == request.max_tokens:
+        if not request.sizable or self._sized(stage, request.cap) == request.max_tokens:
             return request
         return self.prepare(request.messages, request.generation, stage)
+
+    def _sized(self, stage: str, cap: int) -> int:
+        """The max_tokens the stage's answers call for under a TPM limit; else the cap."""
+        return self.sizes[stage].max_tokens(cap) if self.limiter.limits_tokens else cap
 
     def _check_sending(self) -> None:
         if not self._sending:
