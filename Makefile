@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine (the venv holds the service, installed
 # editable, and puts this folder's development tools, simulator/ bench/ trainers/, on its path):
-#   make run N=1000   generate (or resume) a run (MODE=batch: through the provider's Batch API)
+#   make run N=1000   generate (or resume) a run (MODE=batch: through the provider's Batch API;
+#                     WORKERS=K: on K Ray workers, a local cluster or $RAY_ADDRESS)
 #   make test         run the test suite
 # and `make bench` prints the benchmark figures (SECTIONS="..." to pick some, QUICK=1 for the
 # scaled-down versions the test suite runs);
@@ -18,12 +19,13 @@ PERSONAS ?=
 OUT ?=
 GENERATOR ?=
 MODE ?=
+WORKERS ?=
 CHAOS_ARGS ?=
 QUICK ?=
 
 RUN_ARGS := --config $(CONFIG) $(if $(N),-n $(N)) $(if $(PERSONAS),--personas $(PERSONAS)) \
 	$(if $(OUT),--out $(OUT)) $(if $(GENERATOR),--generator $(GENERATOR)) \
-	$(if $(MODE),--mode $(MODE))
+	$(if $(MODE),--mode $(MODE)) $(if $(WORKERS),--workers $(WORKERS))
 
 .PHONY: run test bench chaos lint format clean check-trainers check-datasets
 
@@ -34,13 +36,21 @@ $(STAMP): pyproject.toml
 	$(PY) -c 'import pathlib, sysconfig; pathlib.Path(sysconfig.get_path("purelib"), "agentrefine-dev-tools.pth").write_text("$(CURDIR)\n")'
 	touch $(STAMP)
 
-run: $(STAMP)
+# WORKERS=K: the sample stages on K Ray workers (a local cluster, or $$RAY_ADDRESS); Ray is the
+# optional extra `cluster`, installed here the first time it is asked for
+CLUSTER_STAMP := $(VENV)/.cluster-stamp
+
+$(CLUSTER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,cluster]'
+	touch $(CLUSTER_STAMP)
+
+run: $(STAMP) $(if $(WORKERS),$(CLUSTER_STAMP))
 	$(PY) -m service run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(CLUSTER_STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(CLUSTER_STAMP)
 	$(PY) -m bench $(if $(QUICK),--quick) $(SECTIONS)
 
 chaos: $(STAMP)

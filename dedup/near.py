@@ -17,7 +17,7 @@ and its own digest is a replay (after a resume), not news.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,10 +26,14 @@ from dedup.index import VectorIndex
 
 @dataclass(frozen=True)
 class Candidate:
+    """`vector`: the text's embedding when it was embedded where the candidate was made (a
+    cluster worker embeds its scripts; the run's one index screens them)."""
+
     id: str
     digest: str
     text: str
     own: bool = False
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,15 @@ class Deduplicator:
         self._embedder = embedder
 
     async def screen(self, batch: Sequence[Candidate]) -> list[Verdict]:
-        """Verdicts in batch order; the caller `keep`s the new items it admits."""
+        """Verdicts in batch order; the caller `keep`s the new items it admits. A candidate that
+        carries its vector (embedded by a cluster worker) is not embedded again."""
         positions = self.set.needs_vector(batch)
-        vectors = (
-            await self._embedder.embed([batch[i].text for i in positions])
-            if positions
-            else np.zeros((0, 0), dtype=np.float32)
+        if not positions:
+            return await asyncio.to_thread(self.set.screen, batch, np.zeros((0, 0), dtype=np.float32))
+        to_embed = [i for i in positions if batch[i].vector is None]  # the rest came embedded
+        embedded = iter(await self._embedder.embed([batch[i].text for i in to_embed]) if to_embed else ())
+        vectors = np.stack(
+            [next(embedded) if batch[i].vector is None else batch[i].vector for i in positions]
         )
         return await asyncio.to_thread(self.set.screen, batch, vectors)
 

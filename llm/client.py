@@ -203,18 +203,20 @@ class LLMClient:
         transport: Transport | None = None,
         legacy_keys: bool = False,
         batch: Batcher | None = None,
+        limit_share: float = 1.0,
     ) -> None:
         """`base_url` overrides the endpoint's (an endpoint started by the caller); `transport`
         replaces HTTP (tests); `legacy_keys` also looks answers up under the keys of caches
         written before max_tokens left the key; `batch` answers what is not cached through the
-        provider's Batch API instead of online (batch mode)."""
+        provider's Batch API instead of online (batch mode); `limit_share` is the part of the
+        endpoint's limits this client may use (`EndpointLimiter`'s `share`)."""
         self.batch = batch
         self.endpoint = endpoint
         self._cache = cache
         self._sinks = tuple(sinks)
         self._budget = budget
         self._legacy_keys = legacy_keys
-        self.limiter = EndpointLimiter(endpoint.limits, endpoint.name)
+        self.limiter = EndpointLimiter(endpoint.limits, endpoint.name, share=limit_share)
         self.sizes: defaultdict[str, CompletionSizes] = defaultdict(CompletionSizes)  # by stage
         self._breaker = CircuitBreaker(f"endpoint {endpoint.name} ({endpoint.model})", endpoint.breaker)
         self._sending = True

@@ -28,6 +28,8 @@ looks at: a new sample starts only while the endpoints have little work queued.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import resource
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -108,25 +110,36 @@ class _Bucket:
         self._refill()
         self.level = min(self.capacity, self.level + amount)
 
-    def sync(self, remaining: int) -> None:
+    def sync(self, remaining: float) -> None:
         """The provider says only `remaining` is left: never assume more than that."""
         self._refill()
-        self.level = min(self.level, float(remaining))
+        self.level = min(self.level, remaining)
 
 
 class EndpointLimiter:
     """Admission control for one endpoint."""
 
-    def __init__(self, limits: Limits, name: str = "", clock: Callable[[], float] = time.monotonic) -> None:
-        ceiling = min(limits.max_concurrency, open_files_allowed())
-        if ceiling < limits.max_concurrency:
+    def __init__(
+        self,
+        limits: Limits,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        share: float = 1.0,
+    ) -> None:
+        """`share`: the part of the key this limiter may use (1/K for each of K processes that
+        share one key: a fixed lease of its RPM, TPM, concurrency ceiling and of what the
+        provider's headers say is left; `service/cluster`)."""
+        self._share = share
+        leased = math.ceil(limits.max_concurrency * share)
+        ceiling = min(leased, open_files_allowed())
+        if ceiling < leased:
             log.warning(
                 "concurrency_ceiling_lowered", endpoint=name, ceiling=ceiling, reason="open files limit"
             )
         self.concurrency = AdaptiveConcurrency(ceiling, name, clock)
         self._clock = clock
-        self._requests = _Bucket(limits.rpm, clock=clock) if limits.rpm else None
-        self._tokens = _Bucket(limits.tpm, clock=clock) if limits.tpm else None
+        self._requests = _Bucket(self._leased(limits.rpm), clock=clock) if limits.rpm else None
+        self._tokens = _Bucket(self._leased(limits.tpm), clock=clock) if limits.tpm else None
         self._gate = asyncio.Lock()
         self._cooldown_until = 0.0
         self._latency_s = _Mean()  # of the answers, for the Little's-law floor
@@ -141,10 +154,14 @@ class EndpointLimiter:
             if bucket is None:
                 limit = _header_int(headers, f"x-ratelimit-limit-{kind}")
                 if limit:
-                    level = float(limit if remaining is None else remaining)
-                    setattr(self, f"_{kind}", _Bucket(limit, level, self._clock))
+                    level = float(limit if remaining is None else remaining) * self._share
+                    setattr(self, f"_{kind}", _Bucket(self._leased(limit), level, self._clock))
             elif remaining is not None:
-                bucket.sync(remaining)
+                bucket.sync(remaining * self._share)
+
+    def _leased(self, per_minute: int) -> int:
+        """This limiter's part of a per-minute limit of the whole key."""
+        return max(1, int(per_minute * self._share))
 
     @property
     def limits_tokens(self) -> bool:
@@ -258,6 +275,15 @@ class _Mean:
     def add(self, x: float) -> None:
         self._count += 1
         self.value += (x - self.value) * max(self.WEIGHT, 1 / self._count)
+
+
+def raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit (often 1024 of 1M):
+    the limiters keep each endpoint's concurrency below what the soft limit allows."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def open_files_allowed() -> int:

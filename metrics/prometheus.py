@@ -35,7 +35,7 @@ from prometheus_client import (
     disable_created_metrics,
     write_to_textfile,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from llm import Budget, LimiterState, RequestEvent
@@ -198,6 +198,10 @@ class RunMetrics:
         """Read the job queue's samples per stage and samples in flight at scrape time."""
         self._live.samples_in_stages, self._live.samples_in_flight = in_stages, in_flight
 
+    def watch_workers(self, workers: Callable[[], Sequence[WorkerFigures]]) -> None:
+        """Read the cluster's workers at scrape time (`agentrefine_worker_*{worker}`)."""
+        self._live.workers = workers
+
     def write(self, path: Path) -> None:
         """Write the final values in the text format (atomically), e.g. for a textfile collector."""
         write_to_textfile(str(path), self.registry)
@@ -287,6 +291,34 @@ class _RequestSeries:
     cache_hits: Counter
 
 
+@dataclass(frozen=True)
+class WorkerFigures:
+    """One cluster worker as the driver sees it (`service/cluster`): the run's own series sum
+    over the workers; these show them one by one."""
+
+    worker: str
+    up: bool
+    samples_in_flight: int
+    requests_in_flight: int
+    cpu_seconds: float  # CPU time of the worker's processes so far (replacements included)
+    answers: int
+    samples_finished: int
+    restarts: int
+
+
+WORKER_GAUGES = {
+    "up": "1 while the worker runs, 0 while it is being replaced.",
+    "samples_in_flight": "Samples the driver has handed this worker and not had back.",
+    "requests_in_flight": "This worker's requests at the endpoints.",
+}
+WORKER_COUNTERS = {
+    "cpu_seconds": "CPU time of the worker's processes (replacements included).",
+    "answers": "Answers this worker received and the driver stored.",
+    "samples_finished": "Samples this worker finished (accepted, dropped or failed).",
+    "restarts": "Times this worker was lost and replaced.",
+}
+
+
 class _LiveState(Collector):
     """Gauges read at scrape time from the objects that own the state."""
 
@@ -296,11 +328,28 @@ class _LiveState(Collector):
         self.limiters: dict[tuple[str, str], Callable[[], LimiterState]] = {}
         self.samples_in_stages: Callable[[], Mapping[str, int]] | None = None
         self.samples_in_flight: Callable[[], int] | None = None
+        self.workers: Callable[[], Sequence[WorkerFigures]] | None = None
 
     def collect(self) -> Iterator[Metric]:
         yield from self._run()
         yield from self._queue()
         yield from self._limiters()
+        yield from self._workers()
+
+    def _workers(self) -> Iterator[Metric]:
+        if self.workers is None:
+            return
+        workers = self.workers()
+        for name, documentation in WORKER_GAUGES.items():
+            family = GaugeMetricFamily(f"agentrefine_worker_{name}", documentation, labels=["worker"])
+            for figures in workers:
+                family.add_metric([figures.worker], float(getattr(figures, name)))
+            yield family
+        for name, documentation in WORKER_COUNTERS.items():
+            family = CounterMetricFamily(f"agentrefine_worker_{name}", documentation, labels=["worker"])
+            for figures in workers:
+                family.add_metric([figures.worker], float(getattr(figures, name)))
+            yield family
 
     def _run(self) -> Iterator[Metric]:
         stats = self._progress

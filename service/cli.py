@@ -24,8 +24,6 @@ provider or a path) have API keys redacted and control characters escaped.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import resource
 import sqlite3
 import sys
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 import uvloop
 
 from llm import EndpointDown, FatalEndpointError
+from llm.limiter import raise_open_file_limit
 from llm.redact import redact
 from pipeline.sources import PersonaInputError
 from service.batch_admin import cancel_batches, format_batches
@@ -65,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--generator", help="endpoint name for every stage (generator)")
     run.add_argument("--mode", choices=("online", "batch"), help="online, or batch: the Batch API (run.mode)")
     run.add_argument("--strict", action="store_true", help="stop at the first malformed persona line")
+    run.add_argument(
+        "--workers",
+        type=int,
+        help="the sample stages on K Ray workers ($RAY_ADDRESS: join it) (cluster.workers)",
+    )
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     run.add_argument(
         "--allow-change",
@@ -116,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             ("--generator", "generator", args.generator),
             ("--mode", "run.mode", args.mode),
             ("--strict", "personas.strict", True if args.strict else None),
+            ("--workers", "cluster.workers", args.workers),
         )
         if value is not None
     ]
@@ -147,15 +152,6 @@ def main(argv: list[str] | None = None) -> int:
 def _error(message: str) -> int:
     print(f"error: {printable(redact(message))}", file=sys.stderr)
     return EXIT_USER_ERROR
-
-
-def raise_open_file_limit() -> None:
-    """Raise this process's soft limit on open files to its hard limit (often 1024 of 1M):
-    the limiters keep each endpoint's concurrency below what the soft limit allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _validate(out: str) -> int:

@@ -20,7 +20,7 @@ name the line of this file too.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,16 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Cluster:
+    """The sample stages on K Ray workers (`service/cluster`); 0: one process, Ray not imported."""
+
+    workers: int = bounded(0, 0, 4096, note="0: one process, no Ray")
+    # a Ray cluster to join ("auto", or ray://host:10001); null: $RAY_ADDRESS, else a local
+    # cluster started for the run (and stopped with it)
+    address: str | None = None
+
+
+@dataclass(frozen=True)
 class Metrics:
     """The Prometheus `/metrics` endpoint of the running service."""
 
@@ -166,6 +176,7 @@ class Config:
     personas: Personas = field(default_factory=Personas)
     run: Run = field(default_factory=Run)
     metrics: Metrics = field(default_factory=Metrics)
+    cluster: Cluster = field(default_factory=Cluster)
     dedup: Dedup = field(default_factory=Dedup)
     batch: llm.BatchSettings = field(default_factory=llm.BatchSettings)
 
@@ -183,6 +194,15 @@ class Config:
             for stage in registry.STAGES
             if registry.enabled(stage.name, settings) and (stage.role == "sample" or not self.personas.path)
         }
+
+    def stages_by_endpoint(self, stage_names: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """The stages (of `stage_names`, else those in use) that ask each endpoint, by its name."""
+        in_use = self.stages_in_use()
+        stages = {}
+        for stage_name in in_use if stage_names is None else stage_names:
+            for endpoint in self.endpoints_for(getattr(self.stages, stage_name)):
+                stages.setdefault(endpoint.name, []).append(stage_name)
+        return stages
 
     def endpoints_in_use(self) -> dict[str, Endpoint]:
         """The endpoints this run talks to: those of `stages_in_use`, and the dedup embedder's."""

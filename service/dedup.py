@@ -5,6 +5,8 @@ and the script check used by the script stage."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from threadpoolctl import threadpool_limits
 
@@ -22,13 +24,15 @@ from service.config import Config, ConfigError
 from service.store import Store
 
 
-def build_embedders(config: Config, client: LLMClient | None) -> dict[str, Embedder]:
-    """The embedder of each dedup kind: locally, each kind's bundled model; an endpoint (its
-    `client`, for the embedding model) serves both."""
+def build_embedders(
+    config: Config, client: LLMClient | None, kinds: Iterable[str] = tuple(MODEL_FOR_KIND)
+) -> dict[str, Embedder]:
+    """The embedder of each dedup kind (of `kinds`): locally, each kind's bundled model; an
+    endpoint (its `client`, for the embedding model) serves both."""
     settings = config.dedup
     if client is None:
-        return {kind: MiniLMEmbedder(model, settings.threads) for kind, model in MODEL_FOR_KIND.items()}
-    return dict.fromkeys(MODEL_FOR_KIND, EndpointEmbedder(client))
+        return {kind: MiniLMEmbedder(MODEL_FOR_KIND[kind], settings.threads) for kind in kinds}
+    return dict.fromkeys(kinds, EndpointEmbedder(client))
 
 
 class RunDedup:
@@ -58,9 +62,11 @@ class RunDedup:
 
     async def script_duplicate(self, job: SampleJob) -> Verdict | None:
         """The verdict naming the sample whose script this job's script repeats, or None."""
-        assert job.script is not None
-        key = script_key(job.script)
-        verdict = await self._scripts.check(Candidate(job.id, text_hash(key), key, own=True))
+        return await self.screen_script(script_candidate(job))
+
+    async def screen_script(self, candidate: Candidate) -> Verdict | None:
+        """`script_duplicate` for a candidate made elsewhere (a cluster worker's, with its vector)."""
+        verdict = await self._scripts.check(candidate)
         return verdict if verdict.duplicate_of is not None else None
 
     async def aclose(self) -> None:
@@ -83,6 +89,13 @@ class RunDedup:
             vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(owners), -1)
             dedup_set.add_many(owners, digests, vectors)
         return dedup_set
+
+
+def script_candidate(job: SampleJob) -> Candidate:
+    """What the script dedup compares of a sample: its script's key text and that text's digest."""
+    assert job.script is not None
+    key = script_key(job.script)
+    return Candidate(job.id, text_hash(key), key, own=True)
 
 
 def _index(config: Config) -> VectorIndex:

@@ -13,19 +13,28 @@ persona expansion stays online (it feeds admission, which a batch round would st
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 
-from llm import BatchCollector, BatchJournal, Budget, EndpointChain, LLMClient, NoBatchApi, RequestEvent, Sink
+from llm import (
+    AnswerCache,
+    BatchCollector,
+    BatchJournal,
+    Budget,
+    EndpointChain,
+    LLMClient,
+    NoBatchApi,
+    RequestEvent,
+    Sink,
+)
 from llm.limiter import EndpointLimiter
 from metrics.prometheus import RunMetrics
 from pipeline import registry
 from service.config import LOCAL_EMBEDDER, Config, ConfigError, Endpoint
 from service.embedded import EmbeddedEndpoint
-from service.store import StoreCache
 
 log = structlog.get_logger()
 
@@ -35,13 +44,23 @@ class EndpointPool:
         self,
         config: Config,
         out: Path,
-        cache: StoreCache,
+        cache: AnswerCache,
         sinks: Sequence[Sink],
         budget: Budget,
-        metrics: RunMetrics,
+        metrics: RunMetrics | None,
         journal: BatchJournal | None = None,
+        *,
+        legacy_keys: bool = False,
+        started: Mapping[str, str] | None = None,
+        limit_share: float = 1.0,
     ) -> None:
-        """`journal` (the store) turns batch mode on for the sample stages (`run.mode: batch`)."""
+        """`journal` (the store) turns batch mode on for the sample stages (`run.mode: batch`).
+        A cluster worker's pool (`service/cluster`) is given the base URLs of the endpoints the
+        driver `started` (it starts none itself), no metrics (its events reach the driver's),
+        and its `limit_share` of each endpoint's limits."""
+        self._legacy_keys = legacy_keys
+        self._started = started
+        self._limit_share = limit_share
         self._config = config
         self._out = out
         self._cache = cache
@@ -60,13 +79,12 @@ class EndpointPool:
 
     async def start(self) -> None:
         """Start the embedded endpoints in use and make the stages' clients."""
-        stage_names: dict[str, list[str]] = {}
-        for stage_name, stage in self._config.stages_in_use().items():
-            for endpoint in self._config.endpoints_for(stage):
-                stage_names.setdefault(endpoint.name, []).append(stage_name)
+        stage_names = self._config.stages_by_endpoint()
         for name, endpoint in self._config.endpoints_in_use().items():
             base_url = endpoint.base_url
-            if endpoint.embedded is not None:
+            if self._started is not None:
+                base_url = self._started[name]
+            elif endpoint.embedded is not None:
                 embedded = EmbeddedEndpoint(
                     name,
                     endpoint.embedded,
@@ -79,7 +97,8 @@ class EndpointPool:
             self._base_urls[name] = base_url
             if name in stage_names:  # not the endpoint that only serves dedup embeddings
                 client = self.clients[name] = self._client(endpoint, base_url)
-                self._metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
+                if self._metrics is not None:
+                    self._metrics.add_endpoint(name, endpoint.model, stage_names[name], client.limiter.state)
                 if self._journal is not None and set(stage_names[name]) & self._batched:
                     await self._start_batches(name, endpoint, base_url)
             log.info("endpoint_ready", endpoint=name, model=endpoint.model, base_url=base_url)
@@ -119,6 +138,11 @@ class EndpointPool:
         return EndpointChain(
             [clients.get(ep.name) or self.clients[ep.name] for ep in self._config.endpoints_for(stage)]
         )
+
+    @property
+    def base_urls(self) -> dict[str, str]:
+        """Where each endpoint in use answers (an embedded one: where it was started)."""
+        return dict(self._base_urls)
 
     def limiters_of(self, stage_names: Iterable[str]) -> list[EndpointLimiter]:
         """The limiters of these stages' endpoints, each once."""
@@ -170,5 +194,6 @@ class EndpointPool:
             cache=self._cache,
             sinks=self._sinks,
             budget=self._budget,
-            legacy_keys=self._cache.legacy_keys,
+            legacy_keys=self._legacy_keys,
+            limit_share=self._limit_share,
         )

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import signal
 import sqlite3
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,19 +60,19 @@ from llm import (
     parse_usage,
     redact,
 )
-from llm.limiter import EndpointLimiter
 from metrics.prometheus import RunMetrics
 from metrics.server import MetricsServer
 from pipeline import registry
 from pipeline.expansion import PersonaExpander
 from pipeline.job import SampleJob
 from pipeline.judgement import FLAG_KINDS, VERDICTS
-from pipeline.registry import Handler, StageContext
+from pipeline.registry import StageContext
 from pipeline.sources import SourceItem, check_persona_file, file_source, seed_personas
 from service import logs, resume, rundir
 from service.admission import Admission
 from service.batch_plan import batch_plan
 from service.card import write_card
+from service.cluster.pool import WorkerPool
 from service.config import Config, ConfigError
 from service.dedup import RunDedup, build_embedders
 from service.endpoints import EndpointPool
@@ -80,14 +82,16 @@ from service.heap import HeapTrimmer
 from service.progress import Progress
 from service.recorder import ExportForm, Recorder, SampleCounts
 from service.report import write_report
-from service.store import Store, StoreCache, working_on
+from service.stages import sample_stage_specs, stage_settings
+from service.store import Store, StoreCache
 from service.summary import build_summary, shortfall
 from workers.flight import FlightRecorder, InFlight
-from workers.pacing import endpoints_want_more, needed_for_target
+from workers.pacing import EndpointLoad, endpoints_want_more, needed_for_target
 from workers.queue import JobQueue, StageSpec
 
 log = structlog.get_logger()
 INTERRUPTED = "interrupted (run the same command to resume)"
+ON_WORKER = "on_worker"  # a cluster run's one stage: the sample on a Ray worker
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,8 @@ class Run:
         self._grace_timer: asyncio.TimerHandle | None = None
         self._embedders: dict[str, Embedder] = {}
         self._dedup: RunDedup | None = None
-        self._sample_limiters: list[EndpointLimiter] = []  # those of the sample stages' endpoints
+        self._sample_limiters: Sequence[EndpointLoad] = []  # the sample stages' endpoints
+        self._cluster: WorkerPool | None = None  # a cluster run's workers
         self._floor = AcceptanceFloor(config.run.acceptance_floor)
         self._dried_up: str | None = None  # the acceptance floor's line, once it tripped
 
@@ -166,6 +171,8 @@ class Run:
             summary = build_summary(
                 store, self.counts, self.requests, self.flight, self.config, self.ending.reason
             )
+            if self._cluster is not None:
+                summary["cluster"] = self._cluster.summary() | {"driver_cpu_s": round(time.process_time(), 2)}
             rundir.write_atomic(self.out / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
             try:
                 self.metrics.write(self.out / "metrics.prom")
@@ -240,6 +247,8 @@ class Run:
         """Admit and send nothing new (answers already stored are still replayed)."""
         if self._endpoints is not None:
             self._endpoints.stop_sending()
+        if self._cluster is not None:
+            self._cluster.stop_sending()
         if self._queue is not None:
             self._queue.close()
 
@@ -253,34 +262,37 @@ class Run:
         cache = StoreCache(self._store)
         sinks = (self.metrics.request, self.requests, self._budget, log_failures)
         batch = config.run.mode == "batch"
+        if batch and config.cluster.workers:
+            raise ConfigError(
+                "cluster.workers: batch mode (run.mode: batch) runs in one process (the provider "
+                "does the work); leave cluster.workers at 0 for it"
+            )
         endpoints = self._endpoints = EndpointPool(
-            config, self.out, cache, sinks, self._budget, self.metrics, self._store if batch else None
+            config,
+            self.out,
+            cache,
+            sinks,
+            self._budget,
+            self.metrics,
+            self._store if batch else None,
+            legacy_keys=cache.legacy_keys,
         )
         try:
             await endpoints.start()
             self._embedders = build_embedders(config, endpoints.embedding_client())
             dedup = self._dedup = RunDedup(config, self._store, self._embedders)
             context = StageContext(
-                settings={stage.name: getattr(config.stages, stage.name) for stage in registry.STAGES},
+                settings=stage_settings(config),
                 llm=endpoints.chain,
                 refinement=config.run.refinement_data,
                 duplicate_script=dedup.script_duplicate,
                 judged=self._recorder.judged,
             )
-            sample_stages = registry.sample_stages(context.settings)  # an optional stage only when on
             if registry.enabled("judge", context.settings):
                 self.metrics.add_judge(FLAG_KINDS, VERDICTS)
+            stages, first_stage = await self._sample_stages(context, endpoints, dedup)
             queue = self._queue = JobQueue(
-                [
-                    StageSpec(
-                        stage.name,
-                        _in_sample_context(stage.name, stage.build(context)),
-                        # a cap if set; the limiters are the gates
-                        getattr(config.stages, stage.name).concurrency,
-                    )
-                    for stage in sample_stages
-                    if stage.build is not None
-                ],
+                stages,
                 on_finished=self._finished,
                 on_error=self._errored,
                 max_in_flight=config.run.max_in_flight,
@@ -293,7 +305,6 @@ class Run:
                 dedup.personas,
                 config.dedup.batch_size,
             )
-            self._sample_limiters = endpoints.limiters_of(stage.name for stage in sample_stages)
             self.metrics.watch_queue(queue.in_stages, lambda: queue.in_flight)
             progress = Progress(
                 self.counts, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
@@ -308,7 +319,7 @@ class Run:
                 self._drain()
             try:
                 jobs = self._admitted(admission.jobs(self._source()))
-                exhausted = await queue.run(registry.FIRST_STAGE, jobs, self._may_admit)
+                exhausted = await queue.run(first_stage, jobs, self._may_admit)
                 if self.counts.accepted >= config.run.n and self._endpoints is not None:
                     await self._endpoints.cancel_running_batches()
             finally:
@@ -330,6 +341,35 @@ class Run:
             return Ending("short", shortfall(self._store, self.config, cause, dried_up=True))
         cause = "the persona source ran out" if exhausted else "the run stopped"
         return Ending("short", shortfall(self._store, self.config, cause, dried_up=False))
+
+    async def _sample_stages(
+        self, context: StageContext, endpoints: EndpointPool, dedup: RunDedup
+    ) -> tuple[list[StageSpec[SampleJob]], str]:
+        """The job queue's stages and the first of them: the sample stages, in this process;
+        or, on a cluster (`cluster.workers`), one stage that walks each sample on a Ray worker
+        (`service/cluster`). Admission reads the endpoints' load from their limiters here, or
+        from the workers' reports."""
+        assert self._store is not None and self._recorder is not None
+        names = [stage.name for stage in registry.sample_stages(context.settings)]
+        if not self.config.cluster.workers:
+            self._sample_limiters = endpoints.limiters_of(names)
+            return sample_stage_specs(self.config, context), registry.FIRST_STAGE
+        driver_sinks = (self.metrics.request, self.requests, self._budget)  # the workers log their own
+        pool = self._cluster = WorkerPool(
+            self.config, self._store, dedup, self._recorder, driver_sinks, self._budget, _notice
+        )
+        await pool.start(endpoints.base_urls)
+        by_endpoint = self.config.stages_by_endpoint(names)
+        self._sample_limiters = pool.loads(list(by_endpoint))
+        for name, stage_names in by_endpoint.items():
+            self.metrics.add_endpoint(
+                name,
+                self.config.endpoints[name].model,
+                stage_names,
+                functools.partial(pool.limiter_state, name),
+            )
+        self.metrics.watch_workers(pool.figures)
+        return [StageSpec(ON_WORKER, pool.walk)], ON_WORKER
 
     async def _admitted(self, jobs: AsyncIterator[SampleJob]) -> AsyncIterator[SampleJob]:
         """Count admitted samples; end the source (in-flight samples finish) when the budget is
@@ -371,6 +411,8 @@ class Run:
                 closing.push_async_callback(embedder.aclose)  # an endpoint embedder serves both kinds
             if self._dedup is not None:
                 closing.push_async_callback(self._dedup.aclose)
+            if self._cluster is not None:  # first: its workers ask the endpoints and the dedup
+                closing.push_async_callback(self._cluster.aclose)
 
     def _may_admit(self, in_flight: int) -> bool:
         """Admit while the endpoints could take more work and the rest of the target needs it
@@ -389,11 +431,13 @@ class Run:
         return in_flight < needed and endpoints_want_more(self._sample_limiters, in_flight)
 
     def _in_flight(self) -> InFlight:
-        clients = self._endpoints.clients.values() if self._endpoints is not None else ()
+        loads: Sequence[EndpointLoad] = self._sample_limiters
+        if self._cluster is None and self._endpoints is not None:
+            loads = [client.limiter for client in self._endpoints.clients.values()]
         return InFlight(
             self._queue.in_flight if self._queue is not None else 0,
-            sum(client.limiter.in_flight for client in clients),
-            sum(client.limiter.waiting for client in clients),
+            sum(load.in_flight for load in loads),
+            sum(load.waiting for load in loads),
         )
 
     def _finished(self, job: SampleJob) -> None:
@@ -435,21 +479,6 @@ class Run:
             self._dried_up = self._floor.message()
             log.warning("acceptance_floor_reached", reason=self._dried_up)
             self._drain()
-
-
-def _in_sample_context(stage: str, handler: Handler) -> Callable[[SampleJob], Awaitable[str | None]]:
-    """The stage handler with the sample id and stage bound to every log line it causes, and
-    the sample noted with every answer it stores."""
-
-    async def handle(job: SampleJob) -> str | None:
-        with structlog.contextvars.bound_contextvars(sample_id=job.id, stage=stage):
-            token = working_on.set(job.id)
-            try:
-                return await handler(job)
-            finally:
-                working_on.reset(token)
-
-    return handle
 
 
 def install_signal_handlers(run: Run) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,6 +179,8 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._add_columns()
+        # a sample's answers, replayed when a cluster worker takes the sample up again
+        self._db.execute("CREATE INDEX IF NOT EXISTS responses_sample ON responses(sample_id)")
         # answers stored before the key left out max_tokens are found under their old key too
         self.legacy_keys = self._key_scheme() != KEY_SCHEME
 
@@ -202,42 +204,32 @@ class Store:
             " FROM responses WHERE key = ?",
             (key,),
         ).fetchone()
-        if row is None:
-            return None
-        return Answer(
-            row[0],
-            row[1],
-            orjson.loads(row[2]),
-            row[3],
-            row[4],
-            row[5] or 0.0,
-            max_tokens=row[6],
-            max_tokens_cap=row[7],
-        )
+        return None if row is None else _answer(row)
 
     def put_response(self, key: str, response: Answer, sample_id: str | None = None) -> None:
         """An answer, with the sample it was asked for (for the report and hand checks)."""
-        self._db.execute(
-            "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
-            " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap, list_cost_usd)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                response.endpoint,
-                response.model,
-                response.content,
-                response.finish_reason,
-                orjson.dumps(response.usage),
-                time.time(),
-                response.stage,
-                sample_id,
-                response.latency_s,
-                response.cost_usd,
-                response.max_tokens,
-                response.max_tokens_cap,
-                response.list_cost_usd,
-            ),
-        )
+        self._db.execute(PUT_RESPONSE, _response_row(key, response, sample_id))
+
+    def put_responses(self, answers: Sequence[tuple[str, Answer, str | None]]) -> int:
+        """Many answers (key, answer, sample) in one transaction (a cluster worker's report);
+        returns how many were stored already (asked and paid for again)."""
+        with self._transaction():
+            stored = self._db.executemany(
+                PUT_RESPONSE, [_response_row(*answer) for answer in answers]
+            ).rowcount
+        return len(answers) - stored
+
+    def responses_of(self, sample_id: str) -> dict[str, Answer]:
+        """The answers stored for one sample, by request key (what a cluster worker taking the
+        sample up again replays instead of asking)."""
+        return {
+            row[0]: _answer(row[1:])
+            for row in self._db.execute(
+                "SELECT key, content, finish_reason, usage, model, endpoint, cost_usd, max_tokens,"
+                " max_tokens_cap FROM responses WHERE sample_id = ?",
+                (sample_id,),
+            )
+        }
 
     def response_rows(self) -> Iterator[ResponseRow]:
         """Every paid answer in the order it came, for totals, the report and hand checks."""
@@ -589,6 +581,47 @@ class _Transaction:
 
 working_on: ContextVar[str | None] = ContextVar("working_on", default=None)
 """The sample whose stage work is running in this task (set by the run around each stage)."""
+
+
+PUT_RESPONSE = (
+    "INSERT OR IGNORE INTO responses (key, endpoint, model, content, finish_reason, usage, created,"
+    " stage, sample_id, latency_s, cost_usd, max_tokens, max_tokens_cap, list_cost_usd)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _response_row(key: str, response: Answer, sample_id: str | None) -> tuple[Any, ...]:
+    return (
+        key,
+        response.endpoint,
+        response.model,
+        response.content,
+        response.finish_reason,
+        orjson.dumps(response.usage),
+        time.time(),
+        response.stage,
+        sample_id,
+        response.latency_s,
+        response.cost_usd,
+        response.max_tokens,
+        response.max_tokens_cap,
+        response.list_cost_usd,
+    )
+
+
+def _answer(row: tuple[Any, ...]) -> Answer:
+    """An `Answer` from its columns: content, finish_reason, usage, model, endpoint, cost_usd,
+    max_tokens, max_tokens_cap."""
+    return Answer(
+        row[0],
+        row[1],
+        orjson.loads(row[2]),
+        row[3],
+        row[4],
+        row[5] or 0.0,
+        max_tokens=row[6],
+        max_tokens_cap=row[7],
+    )
 
 
 class StoreCache:

@@ -20,13 +20,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-
-from llm.limiter import EndpointLimiter
+from typing import Protocol
 
 BACKLOG = 32  # requests queued per endpoint: a few admission polls' worth at 10,000 RPM
 OWN_WORK_SHARE = 1.0  # samples elsewhere may equal those at the endpoints (+ BACKLOG)
 TAIL_MARGIN = 1.1  # samples started beyond the expected need at the end of a run
 MIN_ACCEPT_RATE = 0.3  # the accept rate assumed at most this pessimistic (a run's first samples)
+
+
+class EndpointLoad(Protocol):
+    """What admission reads of an endpoint: an `EndpointLimiter`, or the sum of the cluster
+    workers' limiters of one endpoint (`service/cluster`)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+    def has_room(self, backlog: int) -> bool: ...
 
 
 def needed_for_target(target: int, accepted: int, finished: int) -> int:
@@ -36,7 +48,7 @@ def needed_for_target(target: int, accepted: int, finished: int) -> int:
     return math.ceil((target - accepted) / rate * TAIL_MARGIN) + 1
 
 
-def endpoints_want_more(limiters: Iterable[EndpointLimiter], samples_in_flight: int) -> bool:
+def endpoints_want_more(limiters: Iterable[EndpointLoad], samples_in_flight: int) -> bool:
     """Whether the endpoints, and not our own work, are what the samples in flight wait for,
     with room for more."""
     at_endpoints = 0

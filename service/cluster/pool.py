@@ -1,0 +1,396 @@
+"""The driver's side of a cluster run: K workers (Ray actors), the samples handed to them, and
+their reports applied to the run (`service/cluster`).
+
+`walk` is the driver's only stage: it hands a sample, with the answers stored for it, to the
+worker with the fewest samples, and returns once the sample comes back finished. A worker's
+reports come in one stream each (`_pump`); `_apply` stores a report's answers in one
+transaction, hands its events to the run's sinks (metrics, request tally, budget), stores the
+judge's verdicts, screens its scripts against the run's index and answers the worker, then
+gives back the samples it finished.
+
+A worker lost (its stream ends: SIGKILL, OOM, a lost node) hands its samples back to `walk`,
+which gives each to another worker; a replacement is started in its place, at most
+`MAX_REPLACEMENTS` times per worker before the run stops (resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from dedup.near import Candidate, Verdict
+from llm import Budget, LimiterState, Sink
+from metrics.prometheus import WorkerFigures
+from pipeline.job import SampleJob
+from service.cluster import connect
+from service.cluster.protocol import Report, WorkerState
+from service.cluster.worker import SampleWorker
+from service.config import Config
+from service.dedup import RunDedup
+from service.recorder import Recorder
+from service.store import Store
+
+log = structlog.get_logger()
+MAX_REPLACEMENTS = 3  # per worker: a worker lost more often stops the run
+SYNC_S = 0.25  # how often the workers hear the run's spend (when it has a budget)
+
+
+class WorkerLost(Exception):
+    """The worker a sample was on is gone; the sample goes to another one."""
+
+
+class ClusterError(Exception):
+    """The cluster cannot go on (a worker lost too often); the run stops, resumable."""
+
+
+@dataclass
+class _Slot:
+    """One worker place: its actor now, the samples on it, and what it has done so far."""
+
+    index: int
+    actor: Any = None
+    pid: int | None = None
+    alive: bool = False
+    pending: dict[str, tuple[SampleJob, asyncio.Future[tuple[SampleJob, BaseException | None]]]] = field(
+        default_factory=dict
+    )
+    state: WorkerState | None = None
+    pump: asyncio.Task[None] | None = None
+    restarts: int = 0
+    answers: int = 0
+    finished: int = 0
+    cpu_before_s: float = 0.0  # of the processes it replaced
+
+
+class EndpointLoad:
+    """One endpoint's limiters summed over the workers, as admission reads them."""
+
+    def __init__(self, pool: WorkerPool, endpoint: str) -> None:
+        self._pool = pool
+        self._endpoint = endpoint
+
+    @property
+    def in_flight(self) -> int:
+        return sum(state.in_flight for state in self._pool.limiter_states(self._endpoint))
+
+    @property
+    def waiting(self) -> int:
+        return sum(state.waiting for state in self._pool.limiter_states(self._endpoint))
+
+    def has_room(self, backlog: int) -> bool:
+        return self.waiting <= backlog * max(1, self._pool.alive)
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        dedup: RunDedup,
+        recorder: Recorder,
+        sinks: Sequence[Sink],
+        budget: Budget,
+        notice: Callable[[str], None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._dedup = dedup
+        self._recorder = recorder
+        self._sinks = tuple(sinks)
+        self._budget = budget
+        self._notice = notice
+        self._slots = [_Slot(index) for index in range(config.cluster.workers)]
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fatal: BaseException | None = None
+        self._closing = False
+        self._local = False
+        self._start_args: tuple[Any, ...] = ()
+        self.sent_again = 0  # answers to requests whose answer was stored already
+        self.started_s = 0.0
+
+    async def start(self, base_urls: dict[str, str]) -> None:
+        """Join (or start) the cluster and start the workers."""
+        config = self._config
+        started = time.monotonic()
+        self._local = connect.connect(config.cluster.address, config.cluster.workers)
+        keys = {
+            endpoint.api_key_env: os.environ[endpoint.api_key_env]
+            for endpoint in config.endpoints.values()
+            if endpoint.api_key_env and endpoint.api_key_env in os.environ
+        }
+        self._start_args = (base_urls, keys)
+        await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
+        sync = asyncio.create_task(self._sync(), name="cluster-sync")
+        self._tasks.add(sync)
+        self.started_s = time.monotonic() - started
+        log.info(
+            "cluster_started", workers=len(self._slots), local=self._local, seconds=round(self.started_s, 2)
+        )
+
+    async def walk(self, job: SampleJob) -> str | None:
+        """The driver's stage: the sample on a worker, until it comes back finished."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            slot = await self._least_loaded()
+            future: asyncio.Future[tuple[SampleJob, BaseException | None]] = loop.create_future()
+            slot.pending[job.id] = (job, future)
+            try:
+                self._tell(slot.actor.take.remote(job, self._store.responses_of(job.id)))
+                done, error = await future
+            except WorkerLost:
+                continue
+            finally:
+                if slot.pending.get(job.id, (None, future))[1] is future:
+                    slot.pending.pop(job.id, None)
+            vars(job).update(vars(done))  # the queue and the recorder hold this object
+            if error is not None:
+                raise error
+            return None
+
+    @property
+    def alive(self) -> int:
+        return sum(slot.alive for slot in self._slots)
+
+    def loads(self, endpoints: Sequence[str]) -> list[EndpointLoad]:
+        return [EndpointLoad(self, endpoint) for endpoint in endpoints]
+
+    def limiter_states(self, endpoint: str) -> list[LimiterState]:
+        """The workers' limiters of one endpoint, as last reported."""
+        return [
+            slot.state.limiters[endpoint]
+            for slot in self._slots
+            if slot.alive and slot.state is not None and endpoint in slot.state.limiters
+        ]
+
+    def limiter_state(self, endpoint: str) -> LimiterState:
+        """One endpoint's limiters summed over the workers (what the whole key is doing)."""
+        states = self.limiter_states(endpoint)
+        return LimiterState(
+            in_flight=sum(s.in_flight for s in states),
+            concurrency=sum(s.concurrency for s in states),
+            remaining_requests=_total([s.remaining_requests for s in states]),
+            remaining_tokens=_total([s.remaining_tokens for s in states]),
+            cooldown_s=max((s.cooldown_s for s in states), default=0.0),
+            rpm=_total([s.rpm for s in states]),
+            tpm=_total([s.tpm for s in states]),
+            waiting=sum(s.waiting for s in states),
+            cap=_total([s.cap for s in states]),
+        )
+
+    def figures(self) -> list[WorkerFigures]:
+        return [
+            WorkerFigures(
+                worker=str(slot.index),
+                up=slot.alive,
+                samples_in_flight=len(slot.pending),
+                requests_in_flight=sum(s.in_flight for s in slot.state.limiters.values())
+                if slot.state
+                else 0,
+                cpu_seconds=slot.cpu_before_s + (slot.state.cpu_s if slot.state else 0.0),
+                answers=slot.answers,
+                samples_finished=slot.finished,
+                restarts=slot.restarts,
+            )
+            for slot in self._slots
+        ]
+
+    def worker_pids(self) -> dict[int, int]:
+        """Each live worker's process id (for the tests that kill one)."""
+        return {slot.index: slot.pid for slot in self._slots if slot.alive and slot.pid is not None}
+
+    def summary(self) -> dict[str, Any]:
+        figures = self.figures()
+        return {
+            "workers": len(self._slots),
+            "cluster": "local" if self._local else "joined",
+            "workers_replaced": sum(f.restarts for f in figures),
+            "answers_sent_again": self.sent_again,
+            "worker_cpu_s": [round(f.cpu_seconds, 2) for f in figures],
+            "samples_by_worker": [f.samples_finished for f in figures],
+        }
+
+    def stop_sending(self) -> None:
+        """Answers already sent finish and are reported; nothing new is sent."""
+        for slot in self._slots:
+            if slot.alive:
+                self._tell(slot.actor.stop_sending.remote())
+
+    async def aclose(self) -> None:
+        """Stop the workers (the samples still on them stay unfinished in the store) and leave
+        the cluster."""
+        self._closing = True
+        for task in [*self._tasks, *(slot.pump for slot in self._slots if slot.pump)]:
+            task.cancel()
+        await asyncio.gather(
+            *self._tasks, *(slot.pump for slot in self._slots if slot.pump), return_exceptions=True
+        )
+        ray = connect.ray_module()
+        for slot in self._slots:
+            if slot.actor is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(slot.actor.aclose.remote(), 5)
+                with contextlib.suppress(Exception):
+                    ray.kill(slot.actor)
+                slot.alive = False
+        await asyncio.to_thread(connect.disconnect)
+
+    # -- the workers ----------------------------------------------------------------------
+
+    async def _spawn(self, slot: _Slot) -> None:
+        ray = connect.ray_module()
+        config = self._config
+        options: dict[str, Any] = {"max_restarts": 0, "max_concurrency": 100_000}
+        if not self._local:  # one worker per node where the cluster has room
+            options.update(num_cpus=1, scheduling_strategy="SPREAD")
+        remote = ray.remote(SampleWorker).options(**options)
+        slot.actor = remote.remote(config, slot.index, len(self._slots))
+        base_urls, keys = self._start_args
+        log_path = Path(config.run.out).resolve() / "workers" / f"worker-{slot.index}.log"
+        run_id = self._store.get_meta("run_id") or ""
+        slot.pid = await slot.actor.start.remote(
+            base_urls, keys, self._budget.spent_usd, str(log_path), run_id
+        )
+        slot.state = None
+        slot.alive = True
+        slot.pump = asyncio.create_task(self._pump(slot), name=f"worker-{slot.index}")
+        self._changed.set()
+
+    async def _pump(self, slot: _Slot) -> None:
+        """Apply the worker's reports as they come, until its stream ends."""
+        try:
+            async for ref in slot.actor.reports.options(num_returns="streaming").remote():
+                self._apply(slot, await ref)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._fatal is None and not self._closing:
+                await self._lost(slot, exc)
+
+    def _apply(self, slot: _Slot, report: Report) -> None:
+        try:
+            if report.answers:
+                slot.answers += len(report.answers)
+                self.sent_again += self._store.put_responses(report.answers)
+            for event in report.events:
+                for sink in self._sinks:
+                    sink(event)
+            for sample_id, judgement in report.judged:
+                entry = slot.pending.get(sample_id)
+                if entry is not None:
+                    self._recorder.judged(entry[0], judgement)
+        except Exception as exc:  # the store failed (a full disk): the run stops, resumable
+            self._fail(exc)
+            raise
+        if report.screens:
+            self._spawn_task(self._screen(slot, report.screens))
+        for job, error in report.finished:
+            entry = slot.pending.get(job.id)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result((job, error))
+            slot.finished += 1
+        if report.state is not None:
+            slot.state = report.state
+        self._changed.set()
+
+    async def _screen(self, slot: _Slot, screens: list[tuple[int, Candidate]]) -> None:
+        """The worker's scripts against the run's index (screened together), and the verdicts
+        back to it."""
+        verdicts = await asyncio.gather(
+            *(self._dedup.screen_script(candidate) for _, candidate in screens), return_exceptions=True
+        )
+        answers: list[tuple[int, Verdict | BaseException | None]] = [
+            (ticket, replace(verdict, vector=None) if isinstance(verdict, Verdict) else verdict)
+            for (ticket, _), verdict in zip(screens, verdicts, strict=True)
+        ]
+        if slot.alive:
+            self._tell(slot.actor.verdicts.remote(answers))
+
+    async def _lost(self, slot: _Slot, exc: BaseException) -> None:
+        """The worker is gone: its samples go back to `walk` (another worker takes each, with
+        its stored answers), and a replacement starts in its place."""
+        slot.alive = False
+        lost = list(slot.pending.values())
+        slot.pending.clear()
+        slot.cpu_before_s += slot.state.cpu_s if slot.state else 0.0
+        slot.state = None
+        for _, future in lost:
+            if not future.done():
+                future.set_exception(WorkerLost(str(exc)))
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("worker_lost", worker=slot.index, pid=slot.pid, samples=len(lost), error=reason)
+        if slot.restarts >= MAX_REPLACEMENTS:
+            self._fail(
+                ClusterError(
+                    f"cluster: worker {slot.index} was lost {slot.restarts + 1} times (last: {reason}); "
+                    "the run stopped; run the same command to resume"
+                )
+            )
+            return
+        slot.restarts += 1
+        self._notice(f"worker {slot.index} lost ({reason}): its {len(lost)} samples go to the other workers")
+        with contextlib.suppress(Exception):
+            connect.ray_module().kill(slot.actor)
+        try:
+            await self._spawn(slot)
+        except Exception as error:
+            self._fail(ClusterError(f"cluster: worker {slot.index} could not be replaced: {error}"))
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop the run: every sample waiting on a worker hears why."""
+        if self._fatal is None:
+            self._fatal = exc
+        for slot in self._slots:
+            for _, future in slot.pending.values():
+                if not future.done():
+                    future.set_exception(exc)
+        self._changed.set()
+
+    async def _least_loaded(self) -> _Slot:
+        while True:
+            if self._fatal is not None:
+                raise self._fatal
+            live = [slot for slot in self._slots if slot.alive]
+            if live:
+                return min(live, key=lambda slot: len(slot.pending))
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def _sync(self) -> None:
+        """Tell the workers the run's spend (a budget is the whole run's)."""
+        if self._budget.limit_usd is None:
+            return
+        while True:
+            await asyncio.sleep(SYNC_S)
+            for slot in self._slots:
+                if slot.alive:
+                    self._tell(slot.actor.sync.remote(self._budget.spent_usd))
+
+    def _tell(self, ref: Any) -> None:
+        """A call whose answer is not needed: its failure (a dead worker) is the pump's news."""
+
+        async def settle() -> None:
+            with contextlib.suppress(Exception):
+                await ref
+
+        self._spawn_task(settle())
+
+    def _spawn_task(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _total(values: Sequence[float | int | None]) -> Any:
+    present = [value for value in values if value is not None]
+    return sum(present) if present else None

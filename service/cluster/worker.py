@@ -1,0 +1,236 @@
+"""One cluster worker, run by Ray as an actor (`service/cluster`): it walks the samples the
+driver gives it through the sample stages, with its own LLM clients (1/K of each endpoint's
+limits), and reports back, every `FLUSH_S`, what happened (`protocol.Report`).
+
+What a worker holds is only what it is working on: the samples it was given and the answers
+stored for them (`ShippedCache`, replayed instead of asked). Everything it produces goes to
+the driver, which stores it; a worker that dies loses at most its last report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import pickle
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from dedup.embedder import Embedder
+from dedup.near import Verdict
+from llm import Answer, Budget, RequestEvent, RequestFailed, log_failures, redact
+from llm.limiter import raise_open_file_limit
+from pipeline import registry
+from pipeline.job import SampleJob
+from pipeline.judgement import Judgement
+from pipeline.registry import StageContext
+from service import logs
+from service.cluster.protocol import Report, WorkerState
+from service.config import Config
+from service.dedup import build_embedders, script_candidate
+from service.endpoints import EndpointPool
+from service.stages import sample_stage_specs, stage_settings
+from service.store import working_on
+from workers.queue import JobQueue
+
+log = structlog.get_logger()
+FLUSH_S = 0.05  # a report at most this often while there is news
+IDLE_REPORT_S = 0.5  # and this often without (the driver's view of the worker's load)
+
+
+class ShippedCache:
+    """The worker's `AnswerCache`: the answers stored for the samples it holds (sent with each
+    sample), and every new answer, which also goes into the next report."""
+
+    legacy_keys = False
+
+    def __init__(self, report: Callable[[str, Answer, str | None], None]) -> None:
+        self._report = report
+        self._answers: dict[str, Answer] = {}
+        self._keys_of: defaultdict[str, list[str]] = defaultdict(list)  # by sample
+
+    def hold(self, sample_id: str, answers: dict[str, Answer]) -> None:
+        self._answers.update(answers)
+        self._keys_of[sample_id].extend(answers)
+
+    def release(self, sample_id: str) -> None:
+        for key in self._keys_of.pop(sample_id, ()):
+            self._answers.pop(key, None)
+
+    def get(self, key: str) -> Answer | None:
+        return self._answers.get(key)
+
+    def put(self, key: str, answer: Answer) -> None:
+        sample_id = working_on.get()
+        self._answers[key] = answer
+        if sample_id is not None:
+            self._keys_of[sample_id].append(key)
+        self._report(key, answer, sample_id)
+
+
+class SampleWorker:
+    def __init__(self, config: Config, index: int, workers: int) -> None:
+        self._config = config
+        self._index = index
+        self._share = 1 / workers  # of every endpoint's limits
+        self._report = Report()
+        self._cache = ShippedCache(
+            lambda key, answer, sample: self._report.answers.append((key, answer, sample))
+        )
+        self._budget = Budget(config.run.max_cost_usd)
+        self._incoming: asyncio.Queue[SampleJob] = asyncio.Queue()
+        self._screens: dict[int, asyncio.Future[Verdict | None]] = {}
+        self._tickets = itertools.count()
+        self._endpoints: EndpointPool | None = None
+        self._embedder: Embedder | None = None
+        self._queue: JobQueue[SampleJob] | None = None
+        self._walking: asyncio.Task[bool] | None = None
+
+    async def start(
+        self, base_urls: dict[str, str], keys: dict[str, str], spent_usd: float, log_path: str, run_id: str
+    ) -> int:
+        """Take the API keys (from the driver's environment, never logged), the endpoints the
+        driver started, and begin; returns this process's id."""
+        raise_open_file_limit()  # a request in flight is a connection
+        os.environ.update(keys)
+        redact.configure(list(keys.values()))
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        logs.configure(Path(log_path), run_id)
+        structlog.contextvars.bind_contextvars(worker=self._index)
+        config = self._config
+        self._budget.spent_usd = spent_usd
+        self._endpoints = EndpointPool(
+            config,
+            Path(config.run.out),
+            self._cache,
+            (self._event, self._budget, log_failures),
+            self._budget,
+            None,
+            started=base_urls,
+            limit_share=self._share,
+        )
+        await self._endpoints.start()
+        self._embedder = build_embedders(config, self._endpoints.embedding_client(), ("script",))["script"]
+        context = StageContext(
+            settings=stage_settings(config),
+            llm=self._endpoints.chain,
+            refinement=config.run.refinement_data,
+            duplicate_script=self._script_duplicate,
+            judged=self._judged,
+        )
+        self._queue = JobQueue(
+            sample_stage_specs(config, context),
+            on_finished=self._finished,
+            on_error=self._errored,
+            max_in_flight=config.run.max_in_flight,
+        )
+        self._walking = asyncio.create_task(
+            self._queue.run(registry.FIRST_STAGE, self._jobs(), lambda _: True)
+        )
+        log.info("worker_started", worker=self._index, share=self._share, pid=os.getpid())
+        return os.getpid()
+
+    async def take(self, job: SampleJob, answers: dict[str, Answer]) -> None:
+        """A sample to walk, with the answers stored for it (replayed, not asked again)."""
+        self._cache.hold(job.id, answers)
+        self._incoming.put_nowait(job)
+
+    async def reports(self) -> AsyncIterator[Report]:
+        """What happened since the last report, every `FLUSH_S` while there is news."""
+        last = 0.0
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            if self._walking is not None and self._walking.done():  # a fatal error: the driver hears it
+                self._walking.result()
+            now = time.monotonic()
+            if not self._report and now - last < IDLE_REPORT_S:
+                continue
+            report, self._report = self._report, Report()
+            report.state = self._state()
+            last = now
+            yield report
+
+    async def verdicts(self, verdicts: list[tuple[int, Verdict | BaseException | None]]) -> None:
+        """The driver's verdicts on the scripts this worker sent."""
+        for ticket, verdict in verdicts:
+            future = self._screens.pop(ticket, None)
+            if future is None or future.done():
+                continue
+            if isinstance(verdict, BaseException):
+                future.set_exception(verdict)
+            else:
+                future.set_result(verdict)
+
+    async def sync(self, spent_usd: float) -> None:
+        """The whole run's spend, as the driver knows it (the budget is the run's)."""
+        self._budget.spent_usd = max(self._budget.spent_usd, spent_usd)
+
+    async def stop_sending(self) -> None:
+        """A graceful stop: requests already sent finish and are reported; nothing new is sent."""
+        if self._endpoints is not None:
+            self._endpoints.stop_sending()
+
+    async def aclose(self) -> None:
+        if self._walking is not None:
+            self._walking.cancel()
+            with contextlib.suppress(BaseException):
+                await self._walking
+        async with contextlib.AsyncExitStack() as closing:
+            if self._endpoints is not None:
+                closing.push_async_callback(self._endpoints.aclose)
+            if self._embedder is not None:
+                closing.push_async_callback(self._embedder.aclose)
+
+    def _event(self, event: RequestEvent) -> None:
+        self._report.events.append(event)
+
+    async def _jobs(self) -> AsyncIterator[SampleJob]:
+        while True:
+            yield await self._incoming.get()
+
+    async def _script_duplicate(self, job: SampleJob) -> Verdict | None:
+        """Embed the script here; the driver screens it against the run's one index."""
+        assert self._embedder is not None
+        candidate = script_candidate(job)
+        vector = (await self._embedder.embed([candidate.text]))[0]
+        ticket = next(self._tickets)
+        future: asyncio.Future[Verdict | None] = asyncio.get_running_loop().create_future()
+        self._screens[ticket] = future
+        self._report.screens.append((ticket, replace(candidate, vector=vector)))
+        return await future
+
+    def _judged(self, job: SampleJob, judgement: Judgement) -> None:
+        self._report.judged.append((job.id, judgement))
+
+    def _finished(self, job: SampleJob) -> None:
+        self._cache.release(job.id)
+        self._report.finished.append((job, None))
+
+    def _errored(self, job: SampleJob, exc: BaseException) -> None:
+        self._cache.release(job.id)
+        if not isinstance(exc, RequestFailed):
+            log.info("sample_stopped", sample_id=job.id, error=repr(exc))
+        self._report.finished.append((job, _portable(exc)))
+
+    def _state(self) -> WorkerState:
+        assert self._endpoints is not None and self._queue is not None
+        return WorkerState(
+            samples=self._queue.in_flight,
+            limiters={name: client.limiter.state() for name, client in self._endpoints.clients.items()},
+            cpu_s=time.process_time(),
+        )
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """The error as the driver can receive it: itself, or its type and message."""
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return RuntimeError(redact.redact(f"{type(exc).__name__}: {exc}"))
+    return exc
