@@ -44,7 +44,7 @@ $(CLUSTER_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,cluster]'
 	touch $(CLUSTER_STAMP)
 
-run: $(STAMP) $(if $(WORKERS),$(CLUSTER_STAMP))
+run: $(STAMP) $(if $(filter-out 0,$(WORKERS)),$(CLUSTER_STAMP))
 	$(PY) -m service run $(RUN_ARGS)
 
 test: $(CLUSTER_STAMP)

@@ -49,6 +49,7 @@ log = structlog.get_logger()
 # far below the period over which any provider enforces a per-minute limit.
 MIN_WAIT_S = 0.05
 FILES_RESERVED = 256  # open files kept for the store, the logs, the embedders and the metrics server
+LEASE_HOLD_S = 1.0  # what a leased bucket may save up: one lease period (service/cluster/leases.py)
 # A 429 carrying one of these is a rate limit; one with none of them a concurrency cap.
 RATE_LIMIT_HEADERS = (
     "retry-after",
@@ -73,34 +74,45 @@ class LimiterState:
     tpm: int | None = None
     waiting: int = 0  # requests waiting for a slot, the buckets or a cooldown
     cap: int | None = None  # the endpoint's concurrency cap, learned from its 429s
+    taken_requests: int = 0  # requests let through so far
+    taken_tokens: int = 0  # the TPM charge of those (prompt + max_tokens)
 
 
 class _Bucket:
-    """A token bucket refilled continuously at `per_minute`, holding at most one minute's worth."""
+    """A token bucket refilled continuously at `per_minute`, holding at most one minute's worth.
+    It fills from its first request on: one made before a process's work starts (a cluster
+    worker loading its models) must not save up a burst meanwhile."""
 
     def __init__(
         self, per_minute: int, level: float = 0.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        self.per_minute = per_minute
         self.capacity = float(per_minute)
         self.level = min(level, self.capacity)
         self._rate = per_minute / 60.0
         self._clock = clock
-        self._stamp = clock()
+        self._stamp: float | None = None  # set by the first request
 
     def _refill(self) -> None:
+        if self._stamp is None:
+            return
         now = self._clock()
         self.level = min(self.capacity, self.level + (now - self._stamp) * self._rate)
         self._stamp = now
 
     def wait_for(self, amount: float) -> float:
         """Seconds until `amount` is available (0 if it is now)."""
+        if self._stamp is None:
+            self._stamp = self._clock()
         self._refill()
         amount = min(amount, self.capacity)
         return 0.0 if self.level >= amount else (amount - self.level) / self._rate
 
     def take(self, amount: float) -> None:
+        """Take `amount` (a request larger than the bucket waited for it full and leaves a
+        debt: a leased bucket may hold less than one large request)."""
         self._refill()
-        self.level -= min(amount, self.capacity)
+        self.level -= amount
 
     def remaining(self) -> float:
         self._refill()
@@ -109,6 +121,14 @@ class _Bucket:
     def give_back(self, amount: float) -> None:
         self._refill()
         self.level = min(self.capacity, self.level + amount)
+
+    def resize(self, per_minute: int, hold_s: float) -> None:
+        """Refill `per_minute` from now on, holding at most `hold_s` of it (a lease of a key)."""
+        self._refill()
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self.capacity = max(1.0, self._rate * hold_s)
+        self.level = min(self.level, self.capacity)
 
     def sync(self, remaining: float) -> None:
         """The provider says only `remaining` is left: never assume more than that."""
@@ -126,11 +146,15 @@ class EndpointLimiter:
         clock: Callable[[], float] = time.monotonic,
         share: float = 1.0,
     ) -> None:
-        """`share`: the part of the key this limiter may use (1/K for each of K processes that
-        share one key: a fixed lease of its RPM, TPM, concurrency ceiling and of what the
-        provider's headers say is left; `service/cluster`)."""
-        self._share = share
-        leased = math.ceil(limits.max_concurrency * share)
+        """`share`: the part of the key this limiter may use, when several processes share one
+        key (`service/cluster`): of the concurrency ceiling, and (until `set_shares` changes
+        it) of the key's RPM and TPM and of what the provider's headers say is left."""
+        self.shares = {"requests": share, "tokens": share}
+        self._key: dict[str, int | None] = {"requests": limits.rpm or None, "tokens": limits.tpm or None}
+        self.taken_requests = 0
+        self.taken_tokens = 0
+        self._hold_s: float | None = None  # a leased bucket's (`set_shares`); None: a minute's worth
+        leased = max(1, math.floor(limits.max_concurrency * share))  # K parts never above the whole
         ceiling = min(leased, open_files_allowed())
         if ceiling < leased:
             log.warning(
@@ -138,8 +162,8 @@ class EndpointLimiter:
             )
         self.concurrency = AdaptiveConcurrency(ceiling, name, clock)
         self._clock = clock
-        self._requests = _Bucket(self._leased(limits.rpm), clock=clock) if limits.rpm else None
-        self._tokens = _Bucket(self._leased(limits.tpm), clock=clock) if limits.tpm else None
+        self._requests = _Bucket(self._leased("requests"), clock=clock) if limits.rpm else None
+        self._tokens = _Bucket(self._leased("tokens"), clock=clock) if limits.tpm else None
         self._gate = asyncio.Lock()
         self._cooldown_until = 0.0
         self._latency_s = _Mean()  # of the answers, for the Little's-law floor
@@ -154,14 +178,31 @@ class EndpointLimiter:
             if bucket is None:
                 limit = _header_int(headers, f"x-ratelimit-limit-{kind}")
                 if limit:
-                    level = float(limit if remaining is None else remaining) * self._share
-                    setattr(self, f"_{kind}", _Bucket(self._leased(limit), level, self._clock))
+                    self._key[kind] = limit
+                    level = float(limit if remaining is None else remaining) * self.shares[kind]
+                    learned = _Bucket(self._leased(kind), level, self._clock)
+                    if self._hold_s is not None:
+                        learned.resize(learned.per_minute, self._hold_s)
+                    setattr(self, f"_{kind}", learned)
             elif remaining is not None:
-                bucket.sync(remaining * self._share)
+                bucket.sync(remaining * self.shares[kind])
 
-    def _leased(self, per_minute: int) -> int:
+    def set_shares(self, requests: float, tokens: float) -> None:
+        """A new lease of the key: each bucket refills this part of the key's limit, and holds
+        at most `LEASE_HOLD_S` of it (not a minute's worth: the parts of a process that was idle
+        must not come on top of the others' steady use)."""
+        self.shares = {"requests": requests, "tokens": tokens}
+        self._hold_s = LEASE_HOLD_S
+        for kind in ("requests", "tokens"):
+            bucket: _Bucket | None = getattr(self, f"_{kind}")
+            if bucket is not None:
+                bucket.resize(self._leased(kind), self._hold_s)
+
+    def _leased(self, kind: str) -> int:
         """This limiter's part of a per-minute limit of the whole key."""
-        return max(1, int(per_minute * self._share))
+        key = self._key[kind]
+        assert key is not None
+        return max(1, int(key * self.shares[kind]))
 
     @property
     def limits_tokens(self) -> bool:
@@ -180,10 +221,12 @@ class EndpointLimiter:
             remaining_requests=self._requests.remaining() if self._requests else None,
             remaining_tokens=self._tokens.remaining() if self._tokens else None,
             cooldown_s=self.cooldown_left(),
-            rpm=int(self._requests.capacity) if self._requests else None,
-            tpm=int(self._tokens.capacity) if self._tokens else None,
+            rpm=self._requests.per_minute if self._requests else None,
+            tpm=self._tokens.per_minute if self._tokens else None,
             waiting=control.waiting,
             cap=control.cap,
+            taken_requests=self.taken_requests,
+            taken_tokens=self.taken_tokens,
         )
 
     def cooldown_left(self) -> float:
@@ -231,6 +274,8 @@ class EndpointLimiter:
                     self._requests.take(1)
                 if self._tokens:
                     self._tokens.take(estimated_tokens)
+                self.taken_requests += 1
+                self.taken_tokens += estimated_tokens
         except BaseException:
             control.release()
             raise
@@ -256,9 +301,9 @@ class EndpointLimiter:
         self._tokens_per_request.add(tokens)
         rates = []
         if self._requests is not None:
-            rates.append(self._requests.capacity / 60)
+            rates.append(self._requests.per_minute / 60)
         if self._tokens is not None and self._tokens_per_request.value > 0:
-            rates.append(self._tokens.capacity / 60 / self._tokens_per_request.value)
+            rates.append(self._tokens.per_minute / 60 / self._tokens_per_request.value)
         if rates:
             self.concurrency.floor = min(rates) * self._latency_s.value * LITTLE_HEADROOM
 
@@ -330,6 +375,7 @@ class Ticket:
         (queueing, prefill); the rest is writing, about `completion_tokens` / the model's
         output speed."""
         self._limiter.concurrency.succeeded(self._send, latency_s, first_token_s, completion_tokens)
+        self._limiter.taken_tokens -= self._estimate - charged_tokens
         if self._tokens is not None:
             self._tokens.give_back(self._estimate - charged_tokens)
         self._limiter.observe(headers)

@@ -144,6 +144,15 @@ class EndpointPool:
         """Where each endpoint in use answers (an embedded one: where it was started)."""
         return dict(self._base_urls)
 
+    def leased_limiters(self, stage_names: Iterable[str] | None = None) -> dict[str, EndpointLimiter]:
+        """The limiters that hold a lease of a key shared with other processes (a cluster run):
+        those of the stages' endpoints (of `stage_names`, else all), and the dedup embedder's."""
+        names = self._config.stages_by_endpoint(stage_names)
+        limiters = {name: client.limiter for name, client in self.clients.items() if name in names}
+        if self._embedding is not None:
+            limiters[f"{self._embedding.endpoint.name} embeddings"] = self._embedding.limiter
+        return limiters
+
     def limiters_of(self, stage_names: Iterable[str]) -> list[EndpointLimiter]:
         """The limiters of these stages' endpoints, each once."""
         limiters = {id(c.limiter): c.limiter for name in stage_names for c in self.chain(name).clients}

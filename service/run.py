@@ -355,10 +355,19 @@ class Run:
             self._sample_limiters = endpoints.limiters_of(names)
             return sample_stage_specs(self.config, context), registry.FIRST_STAGE
         driver_sinks = (self.metrics.request, self.requests, self._budget)  # the workers log their own
+        expansion = [] if self.config.personas.path else ["personas"]  # the driver's own asking
         pool = self._cluster = WorkerPool(
-            self.config, self._store, dedup, self._recorder, driver_sinks, self._budget, _notice
+            self.config,
+            self._store,
+            dedup,
+            self._recorder,
+            driver_sinks,
+            self._budget,
+            _notice,
+            endpoints.leased_limiters(expansion),
         )
         await pool.start(endpoints.base_urls)
+        install_signal_handlers(self)  # Ray's start put its own in place of ours
         by_endpoint = self.config.stages_by_endpoint(names)
         self._sample_limiters = pool.loads(list(by_endpoint))
         for name, stage_names in by_endpoint.items():

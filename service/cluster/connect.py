@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from types import ModuleType
 
 from service.config import ConfigError
@@ -27,8 +28,10 @@ def ray_module() -> ModuleType:
 def connect(address: str | None, workers: int) -> bool:
     """Join the cluster at `address` (or `$RAY_ADDRESS`), else start a local cluster with a CPU
     for each worker at least; True when the local cluster is this run's (it stops with it)."""
-    ray = ray_module()
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _token_auth_if_held()  # read when Ray is imported
+    ray = ray_module()
     options = {
         "include_dashboard": False,
         "logging_level": logging.ERROR,  # Ray's own start-up lines would cut across the progress line
@@ -39,11 +42,21 @@ def connect(address: str | None, workers: int) -> bool:
         if address:
             ray.init(address=address, **options)
             return False
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers), **options)
+        # "local": a new cluster, never the one a `ray start` on this machine left behind
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, workers), **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or "a local cluster"
         raise ConfigError(f"cluster: cannot reach the Ray cluster at {where}: {exc}") from None
     return True
+
+
+def _token_auth_if_held() -> None:
+    """Ray clusters started by `ray start` ask for a token by default, and a driver that joins
+    one sends it only in token mode: take that mode when a token is at hand and no mode is set
+    (Ray's variables: RAY_AUTH_MODE, RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token)."""
+    held = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if "RAY_AUTH_MODE" not in os.environ and (held or (Path.home() / ".ray" / "auth_token").is_file()):
+        os.environ["RAY_AUTH_MODE"] = "token"
 
 
 def disconnect() -> None:

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,11 @@ import structlog
 
 from dedup.near import Candidate, Verdict
 from llm import Budget, LimiterState, Sink
+from llm.limiter import EndpointLimiter
 from metrics.prometheus import WorkerFigures
 from pipeline.job import SampleJob
 from service.cluster import connect
+from service.cluster.leases import REBALANCE_S, LeaseBoard
 from service.cluster.protocol import Report, WorkerState
 from service.cluster.worker import SampleWorker
 from service.config import Config
@@ -41,6 +43,9 @@ from service.store import Store
 log = structlog.get_logger()
 MAX_REPLACEMENTS = 3  # per worker: a worker lost more often stops the run
 SYNC_S = 0.25  # how often the workers hear the run's spend (when it has a budget)
+CLOSE_S = 10.0  # a worker's own stop, at most (then it is killed)
+REPLACEMENT_SHARE = 0.01  # of every key, held by a replacement worker until the next division
+DRIVER = "driver"  # the driver's own limiters, among the holders of a key's leases
 
 
 class WorkerLost(Exception):
@@ -99,7 +104,10 @@ class WorkerPool:
         sinks: Sequence[Sink],
         budget: Budget,
         notice: Callable[[str], None],
+        own_limiters: Mapping[str, EndpointLimiter],
     ) -> None:
+        """`own_limiters`: the driver's own limiters of keys the workers use too (its persona
+        expansion's, its dedup embedder's): they take part in the leases of those keys."""
         self._config = config
         self._store = store
         self._dedup = dedup
@@ -107,6 +115,8 @@ class WorkerPool:
         self._sinks = tuple(sinks)
         self._budget = budget
         self._notice = notice
+        self._own_limiters = dict(own_limiters)
+        self._board = LeaseBoard()
         self._slots = [_Slot(index) for index in range(config.cluster.workers)]
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -128,9 +138,18 @@ class WorkerPool:
             if endpoint.api_key_env and endpoint.api_key_env in os.environ
         }
         self._start_args = (base_urls, keys)
-        await asyncio.gather(*(self._spawn(slot) for slot in self._slots))
-        sync = asyncio.create_task(self._sync(), name="cluster-sync")
-        self._tasks.add(sync)
+        # until the first division (after the workers' first reports) each process holds an
+        # equal part of every key, the driver too when it asks the workers' endpoints itself
+        holders = len(self._slots) + (1 if self._own_limiters else 0)
+        for limiter in self._own_limiters.values():
+            limiter.set_shares(1 / holders, 1 / holders)
+        await asyncio.gather(*(self._spawn(slot, 1 / holders) for slot in self._slots))
+        self._tasks.update(
+            {
+                asyncio.create_task(self._sync(), name="cluster-spend"),
+                asyncio.create_task(self._rebalance(), name="cluster-leases"),
+            }
+        )
         self.started_s = time.monotonic() - started
         log.info(
             "cluster_started", workers=len(self._slots), local=self._local, seconds=round(self.started_s, 2)
@@ -143,6 +162,7 @@ class WorkerPool:
             if self._fatal is not None:
                 raise self._fatal
             slot = await self._least_loaded()
+            structlog.contextvars.bind_contextvars(worker=slot.index)  # this sample's task: its log lines
             future: asyncio.Future[tuple[SampleJob, BaseException | None]] = loop.create_future()
             slot.pending[job.id] = (job, future)
             try:
@@ -230,31 +250,36 @@ class WorkerPool:
         """Stop the workers (the samples still on them stay unfinished in the store) and leave
         the cluster."""
         self._closing = True
-        for task in [*self._tasks, *(slot.pump for slot in self._slots if slot.pump)]:
-            task.cancel()
-        await asyncio.gather(
-            *self._tasks, *(slot.pump for slot in self._slots if slot.pump), return_exceptions=True
+        live = [slot for slot in self._slots if slot.alive]
+        finals = await asyncio.gather(
+            *(asyncio.wait_for(slot.actor.aclose.remote(), CLOSE_S) for slot in live), return_exceptions=True
         )
+        for slot, final in zip(live, finals, strict=True):
+            if isinstance(final, Report):  # answers that came after the last report: stored too
+                self._apply(slot, final)
+        pumps = [slot.pump for slot in self._slots if slot.pump is not None]
+        for task in [*self._tasks, *pumps]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *pumps, return_exceptions=True)
         ray = connect.ray_module()
         for slot in self._slots:
             if slot.actor is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(slot.actor.aclose.remote(), 5)
-                with contextlib.suppress(Exception):
                     ray.kill(slot.actor)
-                slot.alive = False
+            slot.alive = False
         await asyncio.to_thread(connect.disconnect)
 
     # -- the workers ----------------------------------------------------------------------
 
-    async def _spawn(self, slot: _Slot) -> None:
+    async def _spawn(self, slot: _Slot, share: float) -> None:
+        """Start the slot's worker holding `share` of every key until the next division."""
         ray = connect.ray_module()
         config = self._config
         options: dict[str, Any] = {"max_restarts": 0, "max_concurrency": 100_000}
         if not self._local:  # one worker per node where the cluster has room
             options.update(num_cpus=1, scheduling_strategy="SPREAD")
         remote = ray.remote(SampleWorker).options(**options)
-        slot.actor = remote.remote(config, slot.index, len(self._slots))
+        slot.actor = remote.remote(config, slot.index, len(self._slots), share)
         base_urls, keys = self._start_args
         log_path = Path(config.run.out).resolve() / "workers" / f"worker-{slot.index}.log"
         run_id = self._store.get_meta("run_id") or ""
@@ -342,7 +367,7 @@ class WorkerPool:
         with contextlib.suppress(Exception):
             connect.ray_module().kill(slot.actor)
         try:
-            await self._spawn(slot)
+            await self._spawn(slot, REPLACEMENT_SHARE)  # the others hold the keys until the next division
         except Exception as error:
             self._fail(ClusterError(f"cluster: worker {slot.index} could not be replaced: {error}"))
 
@@ -375,6 +400,23 @@ class WorkerPool:
             for slot in self._slots:
                 if slot.alive:
                     self._tell(slot.actor.sync.remote(self._budget.spent_usd))
+
+    async def _rebalance(self) -> None:
+        while True:
+            await asyncio.sleep(REBALANCE_S)
+            self._divide_leases()
+
+    def _divide_leases(self) -> None:
+        """Divide each key among the driver and the live workers by what each uses
+        (`leases.LeaseBoard`); the driver's limiters change at once, the workers' when told."""
+        holders = {DRIVER: {key: limiter.state() for key, limiter in self._own_limiters.items()}}
+        holders |= {str(s.index): s.state.limiters for s in self._slots if s.alive and s.state is not None}
+        leases = self._board.divide(holders)
+        for key, (requests, tokens) in leases.pop(DRIVER, {}).items():
+            self._own_limiters[key].set_shares(requests, tokens)
+        for slot in self._slots:
+            if slot.alive and str(slot.index) in leases:
+                self._tell(slot.actor.lease.remote(leases[str(slot.index)]))
 
     def _tell(self, ref: Any) -> None:
         """A call whose answer is not needed: its failure (a dead worker) is the pump's news."""

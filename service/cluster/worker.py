@@ -31,6 +31,7 @@ from pipeline.job import SampleJob
 from pipeline.judgement import Judgement
 from pipeline.registry import StageContext
 from service import logs
+from service.cluster.leases import Lease
 from service.cluster.protocol import Report, WorkerState
 from service.config import Config
 from service.dedup import build_embedders, script_candidate
@@ -75,10 +76,13 @@ class ShippedCache:
 
 
 class SampleWorker:
-    def __init__(self, config: Config, index: int, workers: int) -> None:
+    def __init__(self, config: Config, index: int, workers: int, share: float) -> None:
+        """Worker `index` of `workers`, holding `share` of every key it uses until it is given
+        a lease (`lease`), and 1/`workers` of each endpoint's concurrency ceiling."""
         self._config = config
         self._index = index
-        self._share = 1 / workers  # of every endpoint's limits
+        self._workers = workers
+        self._share = share
         self._report = Report()
         self._cache = ShippedCache(
             lambda key, answer, sample: self._report.answers.append((key, answer, sample))
@@ -113,10 +117,11 @@ class SampleWorker:
             self._budget,
             None,
             started=base_urls,
-            limit_share=self._share,
+            limit_share=1 / self._workers,  # of each endpoint's concurrency ceiling (memory)
         )
         await self._endpoints.start()
         self._embedder = build_embedders(config, self._endpoints.embedding_client(), ("script",))["script"]
+        await self.lease(dict.fromkeys(self._endpoints.leased_limiters(), (self._share, self._share)))
         context = StageContext(
             settings=stage_settings(config),
             llm=self._endpoints.chain,
@@ -171,12 +176,22 @@ class SampleWorker:
         """The whole run's spend, as the driver knows it (the budget is the run's)."""
         self._budget.spent_usd = max(self._budget.spent_usd, spent_usd)
 
+    async def lease(self, leases: dict[str, Lease]) -> None:
+        """This worker's new part of each key it uses (`leases.LeaseBoard`)."""
+        assert self._endpoints is not None
+        limiters = self._endpoints.leased_limiters()
+        for key, (requests, tokens) in leases.items():
+            if key in limiters:
+                limiters[key].set_shares(requests, tokens)
+
     async def stop_sending(self) -> None:
         """A graceful stop: requests already sent finish and are reported; nothing new is sent."""
         if self._endpoints is not None:
             self._endpoints.stop_sending()
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> Report:
+        """Stop: the samples still walking end here (their requests are cancelled); returns what
+        happened since the last report (the answers that came meanwhile, for the store)."""
         if self._walking is not None:
             self._walking.cancel()
             with contextlib.suppress(BaseException):
@@ -186,6 +201,8 @@ class SampleWorker:
                 closing.push_async_callback(self._endpoints.aclose)
             if self._embedder is not None:
                 closing.push_async_callback(self._embedder.aclose)
+        report, self._report = self._report, Report()
+        return report
 
     def _event(self, event: RequestEvent) -> None:
         self._report.events.append(event)
@@ -222,7 +239,7 @@ class SampleWorker:
         assert self._endpoints is not None and self._queue is not None
         return WorkerState(
             samples=self._queue.in_flight,
-            limiters={name: client.limiter.state() for name, client in self._endpoints.clients.items()},
+            limiters={key: limiter.state() for key, limiter in self._endpoints.leased_limiters().items()},
             cpu_s=time.process_time(),
         )
 
