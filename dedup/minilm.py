@@ -96,6 +96,11 @@ MINILM_L3 = BundledModel(
 MODEL_FOR_KIND = {"persona": MINILM_L3, "script": MINILM_L6}
 
 
+def local_name(model: BundledModel) -> str:
+    """What a model's vectors are known by (a run directory keeps the embedder it began with)."""
+    return f"local:{model.model_id}:{DIM}"
+
+
 class MiniLMEmbedder:
     """A bundled MiniLM model (L3 for personas unless told) on this machine's CPU."""
 
@@ -124,7 +129,7 @@ class MiniLMEmbedder:
 
     @property
     def name(self) -> str:
-        return f"local:{self._model.model_id}:{DIM}"
+        return local_name(self._model)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_now, list(texts))

@@ -279,7 +279,14 @@ class Run:
         )
         try:
             await endpoints.start()
-            self._embedders = build_embedders(config, endpoints.embedding_client())
+            embedding = endpoints.embedding_client()
+            if config.cluster.workers:
+                self._cluster = await self._start_cluster(endpoints)
+            self._embedders = (
+                self._cluster.embedders()  # embedded on the workers, screened here
+                if self._cluster is not None and embedding is None
+                else build_embedders(config, embedding)
+            )
             dedup = self._dedup = RunDedup(config, self._store, self._embedders)
             context = StageContext(
                 settings=stage_settings(config),
@@ -290,7 +297,7 @@ class Run:
             )
             if registry.enabled("judge", context.settings):
                 self.metrics.add_judge(FLAG_KINDS, VERDICTS)
-            stages, first_stage = await self._sample_stages(context, endpoints, dedup)
+            stages, first_stage = self._sample_stages(context, endpoints, dedup)
             queue = self._queue = JobQueue(
                 stages,
                 on_finished=self._finished,
@@ -305,7 +312,8 @@ class Run:
                 dedup.personas,
                 config.dedup.batch_size,
             )
-            self.metrics.watch_queue(queue.in_stages, lambda: queue.in_flight)
+            in_stages = self._cluster.in_stages if self._cluster is not None else queue.in_stages
+            self.metrics.watch_queue(in_stages, lambda: queue.in_flight)
             progress = Progress(
                 self.counts, self.requests, self._budget, self._in_flight, config.run.progress_interval_s
             )
@@ -342,24 +350,29 @@ class Run:
         cause = "the persona source ran out" if exhausted else "the run stopped"
         return Ending("short", shortfall(self._store, self.config, cause, dried_up=False))
 
-    async def _sample_stages(
+    def _sample_stages(
         self, context: StageContext, endpoints: EndpointPool, dedup: RunDedup
     ) -> tuple[list[StageSpec[SampleJob]], str]:
         """The job queue's stages and the first of them: the sample stages, in this process;
-        or, on a cluster (`cluster.workers`), one stage that walks each sample on a Ray worker
-        (`service/cluster`). Admission reads the endpoints' load from their limiters here, or
-        from the workers' reports."""
-        assert self._store is not None and self._recorder is not None
+        or, on a cluster, one stage that walks each sample on a Ray worker. Admission reads the
+        endpoints' load from their limiters here, or from the workers' reports."""
         names = [stage.name for stage in registry.sample_stages(context.settings)]
-        if not self.config.cluster.workers:
+        if self._cluster is None:
             self._sample_limiters = endpoints.limiters_of(names)
             return sample_stage_specs(self.config, context), registry.FIRST_STAGE
+        self._cluster.screen_with(dedup)
+        self._sample_limiters = self._cluster.loads(list(self.config.stages_by_endpoint(names)))
+        return [StageSpec(ON_WORKER, self._cluster.walk)], ON_WORKER
+
+    async def _start_cluster(self, endpoints: EndpointPool) -> WorkerPool:
+        """The sample stages' workers on a Ray cluster (`cluster.workers`, `service/cluster`),
+        started, and watched by the run's metrics (each endpoint's limiters summed over them)."""
+        assert self._store is not None and self._recorder is not None
         driver_sinks = (self.metrics.request, self.requests, self._budget)  # the workers log their own
-        expansion = [] if self.config.personas.path else ["personas"]  # the driver's own asking
-        pool = self._cluster = WorkerPool(
+        expansion = [] if self.config.personas.path else ["personas"]  # what the driver asks itself
+        pool = WorkerPool(
             self.config,
             self._store,
-            dedup,
             self._recorder,
             driver_sinks,
             self._budget,
@@ -368,9 +381,8 @@ class Run:
         )
         await pool.start(endpoints.base_urls)
         install_signal_handlers(self)  # Ray's start put its own in place of ours
-        by_endpoint = self.config.stages_by_endpoint(names)
-        self._sample_limiters = pool.loads(list(by_endpoint))
-        for name, stage_names in by_endpoint.items():
+        sample_stages = [stage.name for stage in registry.sample_stages(stage_settings(self.config))]
+        for name, stage_names in self.config.stages_by_endpoint(sample_stages).items():
             self.metrics.add_endpoint(
                 name,
                 self.config.endpoints[name].model,
@@ -378,7 +390,7 @@ class Run:
                 functools.partial(pool.limiter_state, name),
             )
         self.metrics.watch_workers(pool.figures)
-        return [StageSpec(ON_WORKER, pool.walk)], ON_WORKER
+        return pool
 
     async def _admitted(self, jobs: AsyncIterator[SampleJob]) -> AsyncIterator[SampleJob]:
         """Count admitted samples; end the source (in-flight samples finish) when the budget is
@@ -437,7 +449,9 @@ class Run:
             finished = counts.finished if counts.accepted else 0
             return in_flight < needed_for_target(counts.target, counts.accepted, finished)
         needed = needed_for_target(counts.target, counts.accepted, counts.finished)
-        return in_flight < needed and endpoints_want_more(self._sample_limiters, in_flight)
+        # on a cluster, our own work is the workers' (samples on their way are not waiting for CPU)
+        working = self._cluster.samples_on_workers() if self._cluster is not None else in_flight
+        return in_flight < needed and endpoints_want_more(self._sample_limiters, working)
 
     def _in_flight(self) -> InFlight:
         loads: Sequence[EndpointLoad] = self._sample_limiters

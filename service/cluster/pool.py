@@ -19,19 +19,24 @@ import asyncio
 import contextlib
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import structlog
 
+from dedup.embedder import Embedder
+from dedup.minilm import MODEL_FOR_KIND, local_name
 from dedup.near import Candidate, Verdict
-from llm import Budget, LimiterState, Sink
+from llm import Answer, Budget, LimiterState, Sink
 from llm.limiter import EndpointLimiter
 from metrics.prometheus import WorkerFigures
 from pipeline.job import SampleJob
 from service.cluster import connect
+from service.cluster.embedder import WorkerEmbedder
 from service.cluster.leases import REBALANCE_S, LeaseBoard
 from service.cluster.protocol import Report, WorkerState
 from service.cluster.worker import SampleWorker
@@ -43,6 +48,7 @@ from service.store import Store
 log = structlog.get_logger()
 MAX_REPLACEMENTS = 3  # per worker: a worker lost more often stops the run
 SYNC_S = 0.25  # how often the workers hear the run's spend (when it has a budget)
+EMBED_RETRY_S = 0.1  # after a worker was lost mid-embedding
 CLOSE_S = 10.0  # a worker's own stop, at most (then it is killed)
 REPLACEMENT_SHARE = 0.01  # of every key, held by a replacement worker until the next division
 DRIVER = "driver"  # the driver's own limiters, among the holders of a key's leases
@@ -68,6 +74,7 @@ class _Slot:
         default_factory=dict
     )
     state: WorkerState | None = None
+    handing: list[tuple[SampleJob, dict[str, Answer]]] = field(default_factory=list)  # `_hand`
     pump: asyncio.Task[None] | None = None
     restarts: int = 0
     answers: int = 0
@@ -99,7 +106,6 @@ class WorkerPool:
         self,
         config: Config,
         store: Store,
-        dedup: RunDedup,
         recorder: Recorder,
         sinks: Sequence[Sink],
         budget: Budget,
@@ -110,7 +116,7 @@ class WorkerPool:
         expansion's, its dedup embedder's): they take part in the leases of those keys."""
         self._config = config
         self._store = store
-        self._dedup = dedup
+        self._dedup: RunDedup | None = None  # the run's one script index (`screen_with`)
         self._recorder = recorder
         self._sinks = tuple(sinks)
         self._budget = budget
@@ -155,6 +161,36 @@ class WorkerPool:
             "cluster_started", workers=len(self._slots), local=self._local, seconds=round(self.started_s, 2)
         )
 
+    def screen_with(self, dedup: RunDedup) -> None:
+        """The run's dedup, which screens the workers' scripts (against its one index)."""
+        self._dedup = dedup
+
+    def embedders(self) -> dict[str, Embedder]:
+        """Each dedup kind's local model, run on the workers for the driver (`WorkerEmbedder`)."""
+        return {kind: WorkerEmbedder(self, kind, local_name(model)) for kind, model in MODEL_FOR_KIND.items()}
+
+    async def embed(self, kind: str, texts: list[str]) -> np.ndarray:
+        """`texts` embedded with `kind`'s local model by the least loaded worker."""
+        lost = connect.ray_module().exceptions.RayActorError
+        while True:
+            slot = await self._least_loaded()
+            try:
+                return await slot.actor.embed.remote(kind, texts)
+            except lost:  # the pump hears of it too and replaces the worker: ask another
+                await asyncio.sleep(EMBED_RETRY_S)
+
+    def samples_on_workers(self) -> int:
+        """Samples in the workers' queues, as they last reported (not those on their way)."""
+        return sum(slot.state.samples for slot in self._slots if slot.alive and slot.state is not None)
+
+    def in_stages(self) -> dict[str, int]:
+        """Samples in each stage, summed over the workers' last reports."""
+        stages: Counter[str] = Counter()
+        for slot in self._slots:
+            if slot.alive and slot.state is not None:
+                stages.update(slot.state.stages)
+        return dict(stages)
+
     async def walk(self, job: SampleJob) -> str | None:
         """The driver's stage: the sample on a worker, until it comes back finished."""
         loop = asyncio.get_running_loop()
@@ -166,7 +202,7 @@ class WorkerPool:
             future: asyncio.Future[tuple[SampleJob, BaseException | None]] = loop.create_future()
             slot.pending[job.id] = (job, future)
             try:
-                self._tell(slot.actor.take.remote(job, self._store.responses_of(job.id)))
+                self._hand(slot, job)
                 done, error = await future
             except WorkerLost:
                 continue
@@ -177,6 +213,18 @@ class WorkerPool:
             if error is not None:
                 raise error
             return None
+
+    def _hand(self, slot: _Slot, job: SampleJob) -> None:
+        """Give the worker this sample with the next ones admitted in the same turn of the event
+        loop (one call for them all)."""
+        if not slot.handing:
+            asyncio.get_running_loop().call_soon(self._hand_over, slot)
+        slot.handing.append((job, self._store.responses_of(job.id)))
+
+    def _hand_over(self, slot: _Slot) -> None:
+        jobs, slot.handing = slot.handing, []
+        if slot.alive and jobs:
+            self._tell(slot.actor.take.remote(jobs))
 
     @property
     def alive(self) -> int:
@@ -331,6 +379,7 @@ class WorkerPool:
     async def _screen(self, slot: _Slot, screens: list[tuple[int, Candidate]]) -> None:
         """The worker's scripts against the run's index (screened together), and the verdicts
         back to it."""
+        assert self._dedup is not None
         verdicts = await asyncio.gather(
             *(self._dedup.screen_script(candidate) for _, candidate in screens), return_exceptions=True
         )
@@ -347,6 +396,7 @@ class WorkerPool:
         slot.alive = False
         lost = list(slot.pending.values())
         slot.pending.clear()
+        slot.handing.clear()
         slot.cpu_before_s += slot.state.cpu_s if slot.state else 0.0
         slot.state = None
         for _, future in lost:

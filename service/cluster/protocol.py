@@ -17,6 +17,7 @@ class WorkerState:
     """The worker as it is now: samples on it, each endpoint's limiter, its process's CPU time."""
 
     samples: int
+    stages: dict[str, int]  # samples in each stage
     limiters: dict[str, LimiterState]  # by endpoint name
     cpu_s: float
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import structlog
 
 from dedup.embedder import Embedder
@@ -92,7 +93,7 @@ class SampleWorker:
         self._screens: dict[int, asyncio.Future[Verdict | None]] = {}
         self._tickets = itertools.count()
         self._endpoints: EndpointPool | None = None
-        self._embedder: Embedder | None = None
+        self._embedders: dict[str, Embedder] = {}
         self._queue: JobQueue[SampleJob] | None = None
         self._walking: asyncio.Task[bool] | None = None
 
@@ -120,7 +121,7 @@ class SampleWorker:
             limit_share=1 / self._workers,  # of each endpoint's concurrency ceiling (memory)
         )
         await self._endpoints.start()
-        self._embedder = build_embedders(config, self._endpoints.embedding_client(), ("script",))["script"]
+        self._embedders = build_embedders(config, self._endpoints.embedding_client())
         await self.lease(dict.fromkeys(self._endpoints.leased_limiters(), (self._share, self._share)))
         context = StageContext(
             settings=stage_settings(config),
@@ -141,13 +142,16 @@ class SampleWorker:
         log.info("worker_started", worker=self._index, share=self._share, pid=os.getpid())
         return os.getpid()
 
-    async def take(self, job: SampleJob, answers: dict[str, Answer]) -> None:
-        """A sample to walk, with the answers stored for it (replayed, not asked again)."""
-        self._cache.hold(job.id, answers)
-        self._incoming.put_nowait(job)
+    async def take(self, jobs: list[tuple[SampleJob, dict[str, Answer]]]) -> None:
+        """Samples to walk, each with the answers stored for it (replayed, not asked again)."""
+        for job, answers in jobs:
+            self._cache.hold(job.id, answers)
+            self._incoming.put_nowait(job)
 
     async def reports(self) -> AsyncIterator[Report]:
-        """What happened since the last report, every `FLUSH_S` while there is news."""
+        """What happened since the last report, every `FLUSH_S` while there is news, else every
+        `IDLE_REPORT_S` (measured: reporting sooner after a script to screen or a finished
+        sample cost the driver more CPU than the samples gained)."""
         last = 0.0
         while True:
             await asyncio.sleep(FLUSH_S)
@@ -176,6 +180,10 @@ class SampleWorker:
         """The whole run's spend, as the driver knows it (the budget is the run's)."""
         self._budget.spent_usd = max(self._budget.spent_usd, spent_usd)
 
+    async def embed(self, kind: str, texts: list[str]) -> np.ndarray:
+        """Texts embedded with `kind`'s model, for the driver (its persona dedup)."""
+        return await self._embedders[kind].embed(texts)
+
     async def lease(self, leases: dict[str, Lease]) -> None:
         """This worker's new part of each key it uses (`leases.LeaseBoard`)."""
         assert self._endpoints is not None
@@ -199,8 +207,10 @@ class SampleWorker:
         async with contextlib.AsyncExitStack() as closing:
             if self._endpoints is not None:
                 closing.push_async_callback(self._endpoints.aclose)
-            if self._embedder is not None:
-                closing.push_async_callback(self._embedder.aclose)
+            for embedder in {
+                id(e): e for e in self._embedders.values()
+            }.values():  # an endpoint's serves both
+                closing.push_async_callback(embedder.aclose)
         report, self._report = self._report, Report()
         return report
 
@@ -213,9 +223,8 @@ class SampleWorker:
 
     async def _script_duplicate(self, job: SampleJob) -> Verdict | None:
         """Embed the script here; the driver screens it against the run's one index."""
-        assert self._embedder is not None
         candidate = script_candidate(job)
-        vector = (await self._embedder.embed([candidate.text]))[0]
+        vector = (await self._embedders["script"].embed([candidate.text]))[0]
         ticket = next(self._tickets)
         future: asyncio.Future[Verdict | None] = asyncio.get_running_loop().create_future()
         self._screens[ticket] = future
@@ -226,19 +235,23 @@ class SampleWorker:
         self._report.judged.append((job.id, judgement))
 
     def _finished(self, job: SampleJob) -> None:
-        self._cache.release(job.id)
-        self._report.finished.append((job, None))
+        self._report_finished(job, None)
 
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
-        self._cache.release(job.id)
         if not isinstance(exc, RequestFailed):
             log.info("sample_stopped", sample_id=job.id, error=repr(exc))
-        self._report.finished.append((job, _portable(exc)))
+        self._report_finished(job, _portable(exc))
+
+    def _report_finished(self, job: SampleJob, error: BaseException | None) -> None:
+        self._cache.release(job.id)
+        job.actions = ()  # compiled from the script, for the stages only: not worth shipping
+        self._report.finished.append((job, error))
 
     def _state(self) -> WorkerState:
         assert self._endpoints is not None and self._queue is not None
         return WorkerState(
             samples=self._queue.in_flight,
+            stages=self._queue.in_stages(),
             limiters={key: limiter.state() for key, limiter in self._endpoints.leased_limiters().items()},
             cpu_s=time.process_time(),
         )
