@@ -24,6 +24,7 @@ SECTIONS: dict[str, str] = {
     "hangs": "bench.hangs",
     "cpu": "bench.cpu",
     "chaos": "bench.chaos",
+    "cluster": "bench.cluster",
 }
 QUICK = "--quick"
 

@@ -183,7 +183,16 @@ class AdaptiveConcurrency:
     `refused_over_cap`, `refused_over_rate`). A slot given up before sending is `release`d.
     """
 
-    def __init__(self, ceiling: int, name: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ceiling: int,
+        name: str = "",
+        clock: Callable[[], float] = time.monotonic,
+        initial: int = INITIAL_LIMIT,
+    ) -> None:
+        """`initial`: the first round's limit (`INITIAL_LIMIT`; a process holding part of a key
+        starts at its part of it)."""
+        self.initial = initial
         self.ceiling = max(1, ceiling)
         self.name = name
         self.floor = 0.0  # Little's law: what the RPM/TPM buckets can keep busy (set by the limiter)
@@ -195,8 +204,8 @@ class AdaptiveConcurrency:
         self._clock = clock
         self._load = 0.0  # integral of `sending` over time
         self._load_stamp = clock()
-        self._limit = float(min(self.ceiling, INITIAL_LIMIT))
-        self._clocked = INITIAL_LIMIT  # slots that may be taken before more requests end
+        self._limit = float(min(self.ceiling, initial))
+        self._clocked = initial  # slots that may be taken before more requests end
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._window_ids = 0
         self._sending_window = self._new_window()
@@ -404,7 +413,7 @@ class AdaptiveConcurrency:
         if self.mode == "ramp":
             if queued:
                 assert reference is not None
-                self._probe_down = reference.limit <= INITIAL_LIMIT  # even the start queued
+                self._probe_down = reference.limit <= self.initial  # even the start queued
                 self._settle(reference.limit, f"ramp ended: e={_show(elasticity)}")
             elif elasticity is None and reference is not None and abs(window.step(reference)) >= MIN_STEP:
                 self._reference = window  # the stages changed (the run's start): measure again here

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from llm.concurrency import LITTLE_HEADROOM, AdaptiveConcurrency, Send
+from llm.concurrency import INITIAL_LIMIT, LITTLE_HEADROOM, AdaptiveConcurrency, Send
 from llm.config import Limits
 
 log = structlog.get_logger()
@@ -76,6 +76,8 @@ class LimiterState:
     cap: int | None = None  # the endpoint's concurrency cap, learned from its 429s
     taken_requests: int = 0  # requests let through so far
     taken_tokens: int = 0  # the TPM charge of those (prompt + max_tokens)
+    key_rpm: int | None = None  # the whole key's limits, configured or learned (`rpm`/`tpm`: our part)
+    key_tpm: int | None = None
 
 
 class _Bucket:
@@ -160,7 +162,9 @@ class EndpointLimiter:
             log.warning(
                 "concurrency_ceiling_lowered", endpoint=name, ceiling=ceiling, reason="open files limit"
             )
-        self.concurrency = AdaptiveConcurrency(ceiling, name, clock)
+        # K processes sharing a key start where one would: the first wave is sent before any
+        # header or 429 has told them anything
+        self.concurrency = AdaptiveConcurrency(ceiling, name, clock, max(1, round(INITIAL_LIMIT * share)))
         self._clock = clock
         self._requests = _Bucket(self._leased("requests"), clock=clock) if limits.rpm else None
         self._tokens = _Bucket(self._leased("tokens"), clock=clock) if limits.tpm else None
@@ -187,13 +191,20 @@ class EndpointLimiter:
             elif remaining is not None:
                 bucket.sync(remaining * self.shares[kind])
 
-    def set_shares(self, requests: float, tokens: float) -> None:
+    def set_shares(
+        self, requests: float, tokens: float, rpm: int | None = None, tpm: int | None = None
+    ) -> None:
         """A new lease of the key: each bucket refills this part of the key's limit, and holds
         at most `LEASE_HOLD_S` of it (not a minute's worth: the parts of a process that was idle
-        must not come on top of the others' steady use)."""
+        must not come on top of the others' steady use). `rpm`/`tpm`: the key's limits as
+        another process learned them, taken when this one knows none (its first requests are
+        then paced, not sent blind)."""
         self.shares = {"requests": requests, "tokens": tokens}
         self._hold_s = LEASE_HOLD_S
-        for kind in ("requests", "tokens"):
+        for kind, known in (("requests", rpm), ("tokens", tpm)):
+            if known and self._key[kind] is None:
+                self._key[kind] = known
+                setattr(self, f"_{kind}", _Bucket(self._leased(kind), clock=self._clock))
             bucket: _Bucket | None = getattr(self, f"_{kind}")
             if bucket is not None:
                 bucket.resize(self._leased(kind), self._hold_s)
@@ -227,6 +238,8 @@ class EndpointLimiter:
             cap=control.cap,
             taken_requests=self.taken_requests,
             taken_tokens=self.taken_tokens,
+            key_rpm=self._key["requests"],
+            key_tpm=self._key["tokens"],
         )
 
     def cooldown_left(self) -> float:

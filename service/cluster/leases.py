@@ -13,19 +13,28 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from llm import LimiterState
 
 REBALANCE_S = 1.0
 SMOOTHING = 0.5  # of the last lease kept in the next (the demand of one second is noisy)
 
-Lease = tuple[float, float]  # the part of a key's RPM, and of its TPM
+
+class Lease(NamedTuple):
+    """A process's part of a key's RPM and TPM, and the key's limits as far as any process knows
+    them (configured, or learned from a provider's headers: the others learn them too)."""
+
+    requests: float
+    tokens: float
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 class LeaseBoard:
     def __init__(self) -> None:
         self._taken: dict[tuple[str, str], tuple[int, int]] = {}  # (process, key) -> taken then
-        self._leases: dict[tuple[str, str], Lease] = {}
+        self._leases: dict[tuple[str, str], tuple[float, float]] = {}
 
     def divide(self, holders: Mapping[str, Mapping[str, LimiterState]]) -> dict[str, dict[str, Lease]]:
         """`holders`: each process's limiters by key (an endpoint's name); the new lease of each."""
@@ -60,6 +69,8 @@ class LeaseBoard:
                 SMOOTHING * a + (1 - SMOOTHING) * b for a, b in zip(last, fresh, strict=True)
             )
         sums = [sum(lease[i] for lease in smoothed.values()) for i in (0, 1)]
-        result = {process: (lease[0] / sums[0], lease[1] / sums[1]) for process, lease in smoothed.items()}
-        self._leases.update({(process, key): lease for process, lease in result.items()})
-        return result
+        parts = {process: (lease[0] / sums[0], lease[1] / sums[1]) for process, lease in smoothed.items()}
+        self._leases.update({(process, key): part for process, part in parts.items()})
+        rpm = next((state.key_rpm for state in states.values() if state.key_rpm), None)
+        tpm = next((state.key_tpm for state in states.values() if state.key_tpm), None)
+        return {process: Lease(*part, rpm, tpm) for process, part in parts.items()}

@@ -123,6 +123,7 @@ class WorkerPool:
         self._notice = notice
         self._own_limiters = dict(own_limiters)
         self._board = LeaseBoard()
+        self._handed_any = False
         self._slots = [_Slot(index) for index in range(config.cluster.workers)]
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -222,6 +223,9 @@ class WorkerPool:
         slot.handing.append((job, self._store.responses_of(job.id)))
 
     def _hand_over(self, slot: _Slot) -> None:
+        if not self._handed_any:  # the keys as learned so far (the persona expansion's) go first
+            self._handed_any = True
+            self._divide_leases()
         jobs, slot.handing = slot.handing, []
         if slot.alive and jobs:
             self._tell(slot.actor.take.remote(jobs))
@@ -462,8 +466,8 @@ class WorkerPool:
         holders = {DRIVER: {key: limiter.state() for key, limiter in self._own_limiters.items()}}
         holders |= {str(s.index): s.state.limiters for s in self._slots if s.alive and s.state is not None}
         leases = self._board.divide(holders)
-        for key, (requests, tokens) in leases.pop(DRIVER, {}).items():
-            self._own_limiters[key].set_shares(requests, tokens)
+        for key, lease in leases.pop(DRIVER, {}).items():
+            self._own_limiters[key].set_shares(*lease)
         for slot in self._slots:
             if slot.alive and str(slot.index) in leases:
                 self._tell(slot.actor.lease.remote(leases[str(slot.index)]))

@@ -122,7 +122,7 @@ class SampleWorker:
         )
         await self._endpoints.start()
         self._embedders = build_embedders(config, self._endpoints.embedding_client())
-        await self.lease(dict.fromkeys(self._endpoints.leased_limiters(), (self._share, self._share)))
+        await self.lease(dict.fromkeys(self._endpoints.leased_limiters(), Lease(self._share, self._share)))
         context = StageContext(
             settings=stage_settings(config),
             llm=self._endpoints.chain,
@@ -188,9 +188,9 @@ class SampleWorker:
         """This worker's new part of each key it uses (`leases.LeaseBoard`)."""
         assert self._endpoints is not None
         limiters = self._endpoints.leased_limiters()
-        for key, (requests, tokens) in leases.items():
+        for key, lease in leases.items():
             if key in limiters:
-                limiters[key].set_shares(requests, tokens)
+                limiters[key].set_shares(*lease)
 
     async def stop_sending(self) -> None:
         """A graceful stop: requests already sent finish and are reported; nothing new is sent."""

@@ -38,6 +38,15 @@ FIGURES: dict[str, list[str]] = {
         rf"vllm-like: .* +\d+ +\d+ +{NUMBER} +{NUMBER}% +\d+ +{NUMBER} of the knee's tokens/s",
         r"memory: N=300, .*: 300 accepted in",
     ],
+    "cluster": [
+        rf"  1 +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} service",
+        rf"  2 +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER} service",
+        rf"speed-up, 2 workers over 1: {NUMBER}x",
+        rf"bound on this machine: \d+ cores / {NUMBER} cores used by the 1-worker run",
+        rf"{NUMBER} cores per 10,000 requests/min",
+        rf"shared key, 2 workers, 1200 RPM .*: {NUMBER} of the RPM limit \(steady rate\), 429: {NUMBER}%",
+        rf"in reports of 8 \(one transaction each\): {NUMBER} µs CPU per answer",
+    ],
     "chaos": [
         r"crash loop: N=20, 2 SIGKILLs, then resumed each time",
         r"requests sent twice \(same body\): \d+; in flight at the kills: \d+ in all",
