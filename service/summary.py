@@ -171,8 +171,23 @@ def format_summary(summary: dict[str, Any], out: str) -> str:
             if proc["memory_per_sample_in_flight_kib"] is not None
             else ""
         ),
+        *_cluster_lines(summary.get("cluster")),
     ]
     return "\n".join(lines)
+
+
+def _cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
+    """A cluster run's workers (`service/cluster`): what each did, and what the driver spent."""
+    if not cluster:
+        return []
+    samples = " / ".join(str(n) for n in cluster["samples_by_worker"])
+    cpu = " / ".join(f"{s:g}" for s in cluster["worker_cpu_s"])
+    return [
+        f"cluster: {cluster['workers']} workers ({cluster['cluster']} Ray cluster), "
+        f"samples walked {samples}, CPU s {cpu} (driver {cluster['driver_cpu_s']:g}), "
+        f"workers replaced {cluster['workers_replaced']}, "
+        f"stored answers asked again {cluster['answers_sent_again']}"
+    ]
 
 
 def _batch_lines(batch: dict[str, Any] | None) -> list[str]:

@@ -9,13 +9,15 @@ script dedup index, the recorder (exactly N accepted), the budget, the metrics, 
 line, the output and the report.
 
 A worker (`worker.py`, a Ray actor) walks the samples it is given through the sample stages
-with its own LLM clients, each limited to 1/K of every endpoint's limits (`EndpointLimiter`'s
-`share`: a fixed lease of the key's RPM, TPM and concurrency, and of what the provider's
-headers say is left). It embeds its scripts itself (the CPU-heavy half of dedup) and asks the
-driver for the verdict. What it produces travels back to the driver in one stream of reports
-(`protocol.py`), every `FLUSH_S`, in the order it happened: answers, request events, judge
-verdicts, script checks, finished samples. The driver stores a report's answers before it
-records the samples it finishes, so every answer is stored before it counts.
+with its own LLM clients. Each process that asks an endpoint holds a lease of its key
+(`leases.py`): its limiter's buckets refill that part of the key's RPM and TPM, the leases of a
+key sum to 1, and the driver divides them anew every second by what each process uses. A
+worker also runs the dedup's embeddings (the CPU-heavy half of dedup): its scripts', sent with
+each script for the driver to screen against the run's one index, and the personas the driver
+screens at admission (`embedder.py`). What it produces travels back to the driver in one
+stream of reports (`protocol.py`), every `FLUSH_S`, in the order it happened: answers, request
+events, judge verdicts, script checks, finished samples. The driver stores a report's answers
+before it records the samples it finishes, so every answer is stored before it counts.
 
 A worker that dies (SIGKILL, a lost node) loses at most its last report: the driver hands its
 samples to the other workers, with the answers stored for them to replay instead of paying
