@@ -98,6 +98,18 @@ def test_a_process_gone_from_the_holders_is_forgotten() -> None:
     assert_whole(leases, "gen")
 
 
+def test_a_replacement_holding_the_place_of_a_lost_worker_gets_no_negative_part() -> None:
+    """A replacement worker reports under its slot's name with its own counts, from 0: fewer
+    than its predecessor's. A count that went back is a new process, not negative use (which
+    would give it a negative part and the others more than the whole key)."""
+    board = LeaseBoard()
+    board.divide({"0": {"gen": state(0)}, "1": {"gen": state(0)}})
+    board.divide({"0": {"gen": state(5000, 5000)}, "1": {"gen": state(5000, 5000)}})
+    leases = board.divide({"0": {"gen": state(3, 3)}, "1": {"gen": state(10_000, 10_000)}})
+    assert_whole(leases, "gen")
+    assert leases["1"]["gen"][0] > leases["0"]["gen"][0]
+
+
 def test_keys_held_by_some_processes_are_divided_among_those() -> None:
     board = LeaseBoard()
     holders = {
