@@ -38,7 +38,7 @@ from pipeline.job import SampleJob
 from service.cluster import connect
 from service.cluster.embedder import WorkerEmbedder
 from service.cluster.leases import REBALANCE_S, LeaseBoard
-from service.cluster.protocol import Report, WorkerState
+from service.cluster.protocol import Report, WorkerState, portable
 from service.cluster.worker import SampleWorker
 from service.config import Config
 from service.dedup import RunDedup
@@ -383,10 +383,8 @@ class WorkerPool:
         verdicts = await asyncio.gather(
             *(self._dedup.screen_script(candidate) for _, candidate in screens), return_exceptions=True
         )
-        answers: list[tuple[int, Verdict | BaseException | None]] = [
-            (ticket, replace(verdict, vector=None) if isinstance(verdict, Verdict) else verdict)
-            for (ticket, _), verdict in zip(screens, verdicts, strict=True)
-        ]
+        tickets = [ticket for ticket, _ in screens]
+        answers = [(ticket, _shipped(verdict)) for ticket, verdict in zip(tickets, verdicts, strict=True)]
         if slot.alive:
             self._tell(slot.actor.verdicts.remote(answers))
 
@@ -481,6 +479,14 @@ class WorkerPool:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _shipped(verdict: Verdict | BaseException | None) -> Verdict | BaseException | None:
+    """A verdict as it goes back to the worker: without the vector (the worker has it), and an
+    error as the worker can receive it (else the worker would wait for the verdict forever)."""
+    if isinstance(verdict, Verdict):
+        return replace(verdict, vector=None)
+    return portable(verdict) if isinstance(verdict, BaseException) else None
 
 
 def _total(values: Sequence[float | int | None]) -> Any:
