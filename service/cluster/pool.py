@@ -378,15 +378,16 @@ class WorkerPool:
 
     async def _screen(self, slot: _Slot, screens: list[tuple[int, Candidate]]) -> None:
         """The worker's scripts against the run's index (screened together), and the verdicts
-        back to it."""
+        back to it; none to a replacement started meanwhile, whose tickets number its own."""
         assert self._dedup is not None
+        actor = slot.actor
         verdicts = await asyncio.gather(
             *(self._dedup.screen_script(candidate) for _, candidate in screens), return_exceptions=True
         )
         tickets = [ticket for ticket, _ in screens]
         answers = [(ticket, _shipped(verdict)) for ticket, verdict in zip(tickets, verdicts, strict=True)]
-        if slot.alive:
-            self._tell(slot.actor.verdicts.remote(answers))
+        if slot.alive and slot.actor is actor:
+            self._tell(actor.verdicts.remote(answers))
 
     async def _lost(self, slot: _Slot, exc: BaseException) -> None:
         """The worker is gone: its samples go back to `walk` (another worker takes each, with
