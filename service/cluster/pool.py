@@ -340,15 +340,18 @@ class WorkerPool:
         self._changed.set()
 
     async def _pump(self, slot: _Slot) -> None:
-        """Apply the worker's reports as they come, until its stream ends."""
+        """Apply the worker's reports as they come, until its stream ends: the worker is lost
+        then, whether the stream failed or (which a live worker's never does) just ended."""
+        lost: BaseException = WorkerLost("its stream of reports ended")
         try:
             async for ref in slot.actor.reports.options(num_returns="streaming").remote():
                 self._apply(slot, await ref)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._fatal is None and not self._closing:
-                await self._lost(slot, exc)
+            lost = exc
+        if self._fatal is None and not self._closing:
+            await self._lost(slot, lost)
 
     def _apply(self, slot: _Slot, report: Report) -> None:
         try:
