@@ -50,6 +50,7 @@ MAX_REPLACEMENTS = 3  # per worker: a worker lost more often stops the run
 SYNC_S = 0.25  # how often the workers hear the run's spend (when it has a budget)
 EMBED_RETRY_S = 0.1  # after a worker was lost mid-embedding
 CLOSE_S = 10.0  # a worker's own stop, at most (then it is killed)
+DRAIN_S = 1.0  # for the reports on their way from the closed workers, at most
 REPLACEMENT_SHARE = 0.01  # of every key, held by a replacement worker until the next division
 DRIVER = "driver"  # the driver's own limiters, among the holders of a key's leases
 
@@ -298,24 +299,31 @@ class WorkerPool:
         """Stop the workers (the samples still on them stay unfinished in the store) and leave
         the cluster."""
         self._closing = True
-        live = [slot for slot in self._slots if slot.alive]
-        finals = await asyncio.gather(
-            *(asyncio.wait_for(slot.actor.aclose.remote(), CLOSE_S) for slot in live), return_exceptions=True
-        )
-        for slot, final in zip(live, finals, strict=True):
-            if isinstance(final, Report):  # answers that came after the last report: stored too
-                self._apply(slot, final)
-        pumps = [slot.pump for slot in self._slots if slot.pump is not None]
-        for task in [*self._tasks, *pumps]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *pumps, return_exceptions=True)
-        ray = connect.ray_module()
-        for slot in self._slots:
-            if slot.actor is not None:
-                with contextlib.suppress(Exception):
-                    ray.kill(slot.actor)
-            slot.alive = False
-        await asyncio.to_thread(connect.disconnect)
+        try:
+            live = [slot for slot in self._slots if slot.alive]
+            finals = await asyncio.gather(
+                *(asyncio.wait_for(slot.actor.aclose.remote(), CLOSE_S) for slot in live),
+                return_exceptions=True,
+            )
+            # a closed worker's stream ends: the reports still on their way are applied first
+            pumps = {slot.pump for slot in self._slots if slot.pump is not None}
+            if pumps:
+                await asyncio.wait(pumps, timeout=DRAIN_S)
+            for slot, final in zip(live, finals, strict=True):
+                if isinstance(final, Report):  # answers that came after the last report: stored too
+                    self._apply(slot, final)
+        finally:  # even when the store failed: no worker, no local cluster outlives the run
+            tasks = [*self._tasks, *(slot.pump for slot in self._slots if slot.pump is not None)]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ray = connect.ray_module()
+            for slot in self._slots:
+                if slot.actor is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(slot.actor)
+                slot.alive = False
+            await asyncio.to_thread(connect.disconnect)
 
     # -- the workers ----------------------------------------------------------------------
 
