@@ -150,7 +150,16 @@ class WorkerPool:
         holders = len(self._slots) + (1 if self._own_limiters else 0)
         for limiter in self._own_limiters.values():
             limiter.set_shares(1 / holders, 1 / holders)
-        await asyncio.gather(*(self._spawn(slot, 1 / holders) for slot in self._slots))
+        try:
+            spawned = await asyncio.gather(
+                *(self._spawn(slot, 1 / holders) for slot in self._slots), return_exceptions=True
+            )
+            for slot, error in zip(self._slots, spawned, strict=True):
+                if isinstance(error, BaseException):
+                    raise ClusterError(f"cluster: worker {slot.index} could not start: {_reason(error)}")
+        except BaseException:  # the workers that did start stop, and a local cluster with them
+            await self.aclose()
+            raise
         self._tasks.update(
             {
                 asyncio.create_task(self._sync(), name="cluster-spend"),
@@ -412,7 +421,7 @@ class WorkerPool:
         for _, future in lost:
             if not future.done():
                 future.set_exception(WorkerLost(str(exc)))
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _reason(exc)
         log.warning("worker_lost", worker=slot.index, pid=slot.pid, samples=len(lost), error=reason)
         if slot.restarts >= MAX_REPLACEMENTS:
             self._fail(
@@ -499,6 +508,18 @@ def _shipped(verdict: Verdict | BaseException | None) -> Verdict | BaseException
     if isinstance(verdict, Verdict):
         return replace(verdict, vector=None)
     return portable(verdict) if isinstance(verdict, BaseException) else None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a worker failed, in one line: its own error (which Ray wraps in one whose first line
+    names the actor), else the first line of Ray's."""
+    for _ in range(3):  # an actor that died in its creation: its error, in a task error
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _total(values: Sequence[float | int | None]) -> Any:
