@@ -36,6 +36,7 @@ from llm.redact import redact
 from pipeline.sources import PersonaInputError
 from service.batch_admin import cancel_batches, format_batches
 from service.card import write_card
+from service.cluster.pool import ClusterError
 from service.compare import NotARunDirectory, main_diversity
 from service.config import ConfigError, load_config
 from service.export import MASKS
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         ResumeConflict,
         FatalEndpointError,
         EndpointDown,
+        ClusterError,
     ) as exc:
         return _error(str(exc))
     except OSError as exc:

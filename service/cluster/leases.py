@@ -50,9 +50,12 @@ class LeaseBoard:
     def _divide_key(self, key: str, states: Mapping[str, LimiterState]) -> dict[str, Lease]:
         used: dict[str, tuple[int, int]] = {}
         for process, state in states.items():
-            before = self._taken.get((process, key), (state.taken_requests, state.taken_tokens))
+            now = (state.taken_requests, state.taken_tokens)
+            before = self._taken.get((process, key), now)
+            if now[0] < before[0]:  # a replacement in a lost worker's place: its counts start at 0
+                before = (0, 0)
             used[process] = (state.taken_requests - before[0], max(0, state.taken_tokens - before[1]))
-            self._taken[(process, key)] = (state.taken_requests, state.taken_tokens)
+            self._taken[(process, key)] = now
         requests = sum(r for r, _ in used.values())
         per_request = sum(t for _, t in used.values()) / requests if requests else 0.0
         demand = {

@@ -38,7 +38,7 @@ from pipeline.job import SampleJob
 from service.cluster import connect
 from service.cluster.embedder import WorkerEmbedder
 from service.cluster.leases import REBALANCE_S, LeaseBoard
-from service.cluster.protocol import Report, WorkerState
+from service.cluster.protocol import Report, WorkerState, portable
 from service.cluster.worker import SampleWorker
 from service.config import Config
 from service.dedup import RunDedup
@@ -50,6 +50,7 @@ MAX_REPLACEMENTS = 3  # per worker: a worker lost more often stops the run
 SYNC_S = 0.25  # how often the workers hear the run's spend (when it has a budget)
 EMBED_RETRY_S = 0.1  # after a worker was lost mid-embedding
 CLOSE_S = 10.0  # a worker's own stop, at most (then it is killed)
+DRAIN_S = 1.0  # for the reports on their way from the closed workers, at most
 REPLACEMENT_SHARE = 0.01  # of every key, held by a replacement worker until the next division
 DRIVER = "driver"  # the driver's own limiters, among the holders of a key's leases
 
@@ -150,7 +151,16 @@ class WorkerPool:
         holders = len(self._slots) + (1 if self._own_limiters else 0)
         for limiter in self._own_limiters.values():
             limiter.set_shares(1 / holders, 1 / holders)
-        await asyncio.gather(*(self._spawn(slot, 1 / holders) for slot in self._slots))
+        try:
+            spawned = await asyncio.gather(
+                *(self._spawn(slot, 1 / holders) for slot in self._slots), return_exceptions=True
+            )
+            for slot, error in zip(self._slots, spawned, strict=True):
+                if isinstance(error, BaseException):
+                    raise ClusterError(f"cluster: worker {slot.index} could not start: {_reason(error)}")
+        except BaseException:  # the workers that did start stop, and a local cluster with them
+            await self.aclose()
+            raise
         self._tasks.update(
             {
                 asyncio.create_task(self._sync(), name="cluster-spend"),
@@ -302,24 +312,31 @@ class WorkerPool:
         """Stop the workers (the samples still on them stay unfinished in the store) and leave
         the cluster."""
         self._closing = True
-        live = [slot for slot in self._slots if slot.alive]
-        finals = await asyncio.gather(
-            *(asyncio.wait_for(slot.actor.aclose.remote(), CLOSE_S) for slot in live), return_exceptions=True
-        )
-        for slot, final in zip(live, finals, strict=True):
-            if isinstance(final, Report):  # answers that came after the last report: stored too
-                self._apply(slot, final)
-        pumps = [slot.pump for slot in self._slots if slot.pump is not None]
-        for task in [*self._tasks, *pumps]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *pumps, return_exceptions=True)
-        ray = connect.ray_module()
-        for slot in self._slots:
-            if slot.actor is not None:
-                with contextlib.suppress(Exception):
-                    ray.kill(slot.actor)
-            slot.alive = False
-        await asyncio.to_thread(connect.disconnect)
+        try:
+            live = [slot for slot in self._slots if slot.alive]
+            finals = await asyncio.gather(
+                *(asyncio.wait_for(slot.actor.aclose.remote(), CLOSE_S) for slot in live),
+                return_exceptions=True,
+            )
+            # a closed worker's stream ends: the reports still on their way are applied first
+            pumps = {slot.pump for slot in self._slots if slot.pump is not None}
+            if pumps:
+                await asyncio.wait(pumps, timeout=DRAIN_S)
+            for slot, final in zip(live, finals, strict=True):
+                if isinstance(final, Report):  # answers that came after the last report: stored too
+                    self._apply(slot, final)
+        finally:  # even when the store failed: no worker, no local cluster outlives the run
+            tasks = [*self._tasks, *(slot.pump for slot in self._slots if slot.pump is not None)]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            ray = connect.ray_module()
+            for slot in self._slots:
+                if slot.actor is not None:
+                    with contextlib.suppress(Exception):
+                        ray.kill(slot.actor)
+                slot.alive = False
+            await asyncio.to_thread(connect.disconnect)
 
     # -- the workers ----------------------------------------------------------------------
 
@@ -344,15 +361,18 @@ class WorkerPool:
         self._changed.set()
 
     async def _pump(self, slot: _Slot) -> None:
-        """Apply the worker's reports as they come, until its stream ends."""
+        """Apply the worker's reports as they come, until its stream ends: the worker is lost
+        then, whether the stream failed or (which a live worker's never does) just ended."""
+        lost: BaseException = WorkerLost("its stream of reports ended")
         try:
             async for ref in slot.actor.reports.options(num_returns="streaming").remote():
                 self._apply(slot, await ref)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self._fatal is None and not self._closing:
-                await self._lost(slot, exc)
+            lost = exc
+        if self._fatal is None and not self._closing:
+            await self._lost(slot, lost)
 
     def _apply(self, slot: _Slot, report: Report) -> None:
         try:
@@ -382,17 +402,16 @@ class WorkerPool:
 
     async def _screen(self, slot: _Slot, screens: list[tuple[int, Candidate]]) -> None:
         """The worker's scripts against the run's index (screened together), and the verdicts
-        back to it."""
+        back to it; none to a replacement started meanwhile, whose tickets number its own."""
         assert self._dedup is not None
+        actor = slot.actor
         verdicts = await asyncio.gather(
             *(self._dedup.screen_script(candidate) for _, candidate in screens), return_exceptions=True
         )
-        answers: list[tuple[int, Verdict | BaseException | None]] = [
-            (ticket, replace(verdict, vector=None) if isinstance(verdict, Verdict) else verdict)
-            for (ticket, _), verdict in zip(screens, verdicts, strict=True)
-        ]
-        if slot.alive:
-            self._tell(slot.actor.verdicts.remote(answers))
+        tickets = [ticket for ticket, _ in screens]
+        answers = [(ticket, _shipped(verdict)) for ticket, verdict in zip(tickets, verdicts, strict=True)]
+        if slot.alive and slot.actor is actor:
+            self._tell(actor.verdicts.remote(answers))
 
     async def _lost(self, slot: _Slot, exc: BaseException) -> None:
         """The worker is gone: its samples go back to `walk` (another worker takes each, with
@@ -406,7 +425,7 @@ class WorkerPool:
         for _, future in lost:
             if not future.done():
                 future.set_exception(WorkerLost(str(exc)))
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _reason(exc)
         log.warning("worker_lost", worker=slot.index, pid=slot.pid, samples=len(lost), error=reason)
         if slot.restarts >= MAX_REPLACEMENTS:
             self._fail(
@@ -485,6 +504,26 @@ class WorkerPool:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _shipped(verdict: Verdict | BaseException | None) -> Verdict | BaseException | None:
+    """A verdict as it goes back to the worker: without the vector (the worker has it), and an
+    error as the worker can receive it (else the worker would wait for the verdict forever)."""
+    if isinstance(verdict, Verdict):
+        return replace(verdict, vector=None)
+    return portable(verdict) if isinstance(verdict, BaseException) else None
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a worker failed, in one line: its own error (which Ray wraps in one whose first line
+    names the actor), else the first line of Ray's."""
+    for _ in range(3):  # an actor that died in its creation: its error, in a task error
+        cause = getattr(exc, "cause", None)
+        if not isinstance(cause, BaseException):
+            break
+        exc = cause
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _total(values: Sequence[float | int | None]) -> Any:

@@ -3,10 +3,11 @@ happened on the worker since the last one, in an order the driver can apply safe
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 
 from dedup.near import Candidate
-from llm import Answer, RequestEvent
+from llm import Answer, RequestEvent, redact
 from llm.limiter import LimiterState
 from pipeline.job import SampleJob
 from pipeline.judgement import Judgement
@@ -38,3 +39,15 @@ class Report:
 
     def __bool__(self) -> bool:
         return bool(self.answers or self.events or self.judged or self.screens or self.finished)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """The error as the other side can receive it: itself, or its type and message. Ray pickles
+    what a worker reports; an error that pickles but cannot be rebuilt from its pickle (one whose
+    `__init__` takes other arguments than its `args`, as `TransportError`'s) would fail the whole
+    report on the driver, which would take it for a lost worker."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(redact.redact(f"{type(exc).__name__}: {exc}"))
+    return exc

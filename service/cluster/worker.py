@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import itertools
 import os
-import pickle
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +32,7 @@ from pipeline.judgement import Judgement
 from pipeline.registry import StageContext
 from service import logs
 from service.cluster.leases import Lease
-from service.cluster.protocol import Report, WorkerState
+from service.cluster.protocol import Report, WorkerState, portable
 from service.config import Config
 from service.dedup import build_embedders, script_candidate
 from service.endpoints import EndpointPool
@@ -240,7 +239,7 @@ class SampleWorker:
     def _errored(self, job: SampleJob, exc: BaseException) -> None:
         if not isinstance(exc, RequestFailed):
             log.info("sample_stopped", sample_id=job.id, error=repr(exc))
-        self._report_finished(job, _portable(exc))
+        self._report_finished(job, portable(exc))
 
     def _report_finished(self, job: SampleJob, error: BaseException | None) -> None:
         self._cache.release(job.id)
@@ -255,12 +254,3 @@ class SampleWorker:
             limiters={key: limiter.state() for key, limiter in self._endpoints.leased_limiters().items()},
             cpu_s=time.process_time(),
         )
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """The error as the driver can receive it: itself, or its type and message."""
-    try:
-        pickle.dumps(exc)
-    except Exception:
-        return RuntimeError(redact.redact(f"{type(exc).__name__}: {exc}"))
-    return exc

@@ -255,6 +255,34 @@ def test_sigterm_stops_the_workers_gracefully_and_resumes(ray_cluster: str, tmp_
     assert_exactly_n_distinct(out, 80)
 
 
+def test_a_worker_that_cannot_start_is_one_line_and_leaves_nothing_running(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "workers").write_text("")  # a file where the workers make the folder of their logs
+    with simulator(FAST_SIM) as url:
+        config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim")
+        code = (
+            "import sys; from service.cli import main; "  # Ray imported by the run (its token mode)
+            f"status = main({run_args(config, out, 5)!r}); "
+            "import ray; print('cluster left:', not ray.is_initialized()); sys.exit(status)"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "RAY_ADDRESS": ray_cluster},
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: cluster: worker \d could not start: \[Errno 17\] File exists: .*'", line)
+    assert result.stdout.strip().endswith("cluster left: True")  # and its workers stopped with it
+
+
 def test_a_run_without_workers_never_imports_ray(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with simulator(FAST_SIM) as url:
