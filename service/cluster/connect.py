@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from types import ModuleType
 
 from service.config import ConfigError
 
 NAMESPACE = "agentrefine"
+REACH_TIMEOUT_S = 5.0
 
 
 def ray_module() -> ModuleType:
@@ -30,6 +32,7 @@ def connect(address: str | None, workers: int) -> bool:
     for each worker at least; True when the local cluster is this run's (it stops with it)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
+        _check_reachable(address)
         _token_auth_if_held()  # read when Ray is imported
     ray = ray_module()
     options = {
@@ -48,6 +51,22 @@ def connect(address: str | None, workers: int) -> bool:
         where = address or "a local cluster"
         raise ConfigError(f"cluster: cannot reach the Ray cluster at {where}: {exc}") from None
     return True
+
+
+def _check_reachable(address: str) -> None:
+    """One line at once for a cluster address nothing answers at (Ray itself retries for many
+    minutes): a `host:port` (or `ray://host:port`) must accept a connection within
+    `REACH_TIMEOUT_S`. "auto" and other forms are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigError(
+            f"cluster: nothing answers at the Ray cluster address {address} ({exc.strerror or exc}); "
+            "check $RAY_ADDRESS or cluster.address (the head's `ray start --head` prints it)"
+        ) from None
 
 
 def _token_auth_if_held() -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -313,4 +314,17 @@ def test_without_ray_installed_the_cluster_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: cluster.workers: running on Ray workers needs Ray, the optional extra `cluster`: "
         "`make run WORKERS=K` installs it (or pip install 'agentrefine-synth[cluster]')"
+    ]
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path: Path) -> None:
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+    config = write_config(tmp_path / "config.yaml", {"sim": {"base_url": "http://127.0.0.1:9/v1"}}, "sim")
+    result = cli(*run_args(config, tmp_path / "run", 5), env={"RAY_ADDRESS": address}, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: cluster: nothing answers at the Ray cluster address {address} (Connection refused); "
+        "check $RAY_ADDRESS or cluster.address (the head's `ray start --head` prints it)"
     ]
