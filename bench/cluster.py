@@ -96,17 +96,18 @@ def _kind(pid: int, root: int) -> str:
 
 
 def accepted_so_far(out: Path) -> int:
-    try:
-        with sqlite3.connect(f"file:{out / 'state.sqlite'}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM samples WHERE state = 'accepted'").fetchone()[0]
-    except sqlite3.Error:
-        return 0
+    return _count(out, "SELECT COUNT(*) FROM samples WHERE state = 'accepted'")
 
 
 def requests_so_far(out: Path) -> int:
+    return _count(out, "SELECT COUNT(*) FROM responses")
+
+
+def _count(out: Path, query: str) -> int:
+    """A count from a running run's store (0 while it is being created)."""
     try:
         with sqlite3.connect(f"file:{out / 'state.sqlite'}?mode=ro", uri=True, timeout=1) as db:
-            return db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+            return db.execute(query).fetchone()[0]
     except sqlite3.Error:
         return 0
 

@@ -30,6 +30,13 @@ N = 200
 SLOW_SIM = {**FAST_SIM, "latency_median_s": 0.3}  # a run long enough to kill something in
 
 
+def sim_config(tmp_path: Path, base_url: str) -> Path:
+    """A config whose one endpoint is at `base_url`, with room for two workers' samples."""
+    return write_config(
+        tmp_path / "config.yaml", {"sim": {"base_url": base_url}}, "sim", run={"max_in_flight": 64}
+    )
+
+
 def run_args(config: Path, out: Path, n: int, *extra: str) -> list[str]:
     return ["run", "--config", str(config), "-n", str(n), "--out", str(out), "--workers", "2", *extra]
 
@@ -91,9 +98,7 @@ def log_events(out: Path, event: str) -> list[dict[str, Any]]:
 def test_two_workers_accept_exactly_n_into_one_store(ray_cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with simulator(FAST_SIM) as url:
-        config = write_config(
-            tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim", run={"max_in_flight": 64}
-        )
+        config = sim_config(tmp_path, url)
         result = cli(*run_args(config, out, N), env={"RAY_ADDRESS": ray_cluster})
         stats = sim_stats(url)
 
@@ -124,9 +129,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_pays_no_stored_answer_again(
 ) -> None:
     out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = write_config(
-            tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim", run={"max_in_flight": 64}
-        )
+        config = sim_config(tmp_path, url)
         proc = start(run_args(config, out, N), ray_cluster)
         wait_until(lambda: len(stored_keys(out)) >= 150, proc)
         pid = worker_pid(out, 0)
@@ -150,9 +153,7 @@ def test_a_worker_killed_mid_run_loses_nothing_and_pays_no_stored_answer_again(
 def test_a_killed_driver_resumes_with_the_same_command(ray_cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = write_config(
-            tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim", run={"max_in_flight": 64}
-        )
+        config = sim_config(tmp_path, url)
         args = run_args(config, out, 120)
         proc = start(args, ray_cluster)
         wait_until(lambda: len(stored_keys(out)) >= 100, proc)
@@ -190,9 +191,7 @@ def test_one_dedup_across_workers(ray_cluster: str, tmp_path: Path) -> None:
 
     out = tmp_path / "run"
     with simulator(FAST_SIM) as url, loopback(as_twin) as proxy:
-        config = write_config(
-            tmp_path / "config.yaml", {"sim": {"base_url": proxy.url}}, "sim", run={"max_in_flight": 64}
-        )
+        config = sim_config(tmp_path, proxy.url)
         result = cli(
             *run_args(config, out, 40, "--personas", str(personas)), env={"RAY_ADDRESS": ray_cluster}
         )
@@ -239,9 +238,7 @@ def test_two_workers_share_one_keys_rpm(ray_cluster: str, tmp_path: Path) -> Non
 def test_sigterm_stops_the_workers_gracefully_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = write_config(
-            tmp_path / "config.yaml", {"sim": {"base_url": url}}, "sim", run={"max_in_flight": 64}
-        )
+        config = sim_config(tmp_path, url)
         args = run_args(config, out, 80)
         proc = start(args, ray_cluster)
         wait_until(lambda: len(stored_keys(out)) >= 40, proc)
