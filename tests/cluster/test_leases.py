@@ -11,7 +11,9 @@ from llm import LimiterState
 from service.cluster.leases import Lease, LeaseBoard
 
 
-def state(taken_requests: int = 0, taken_tokens: int = 0, waiting: int = 0) -> LimiterState:
+def state(
+    taken_requests: int = 0, taken_tokens: int = 0, waiting: int = 0, key_rpm: int | None = None
+) -> LimiterState:
     return LimiterState(
         in_flight=0,
         concurrency=32,
@@ -21,16 +23,17 @@ def state(taken_requests: int = 0, taken_tokens: int = 0, waiting: int = 0) -> L
         waiting=waiting,
         taken_requests=taken_requests,
         taken_tokens=taken_tokens,
+        key_rpm=key_rpm,
     )
 
 
 def assert_whole(leases: dict[str, dict[str, Lease]], key: str) -> None:
     """The leases of `key` cover it exactly, each part a fraction of it."""
     parts = [held[key] for held in leases.values() if key in held]
-    for requests, tokens in parts:
-        assert 0 < requests <= 1 and 0 < tokens <= 1
-    assert sum(requests for requests, _ in parts) == pytest.approx(1)
-    assert sum(tokens for _, tokens in parts) == pytest.approx(1)
+    for part in parts:
+        assert 0 < part.requests <= 1 and 0 < part.tokens <= 1
+    assert sum(part.requests for part in parts) == pytest.approx(1)
+    assert sum(part.tokens for part in parts) == pytest.approx(1)
 
 
 def test_the_leases_of_a_key_sum_to_one_whatever_each_process_takes() -> None:
@@ -78,8 +81,8 @@ def test_the_tokens_part_follows_the_tokens_taken_not_the_requests() -> None:
         large = (large[0] + 10, large[1] + 10 * 8000)  # 10 requests of 8,000 tokens a second
         small = (small[0] + 100, small[1] + 100 * 100)  # 100 of 100
         leases = board.divide({"few_large": {"gen": state(*large)}, "many_small": {"gen": state(*small)}})
-    few_requests, most_tokens = leases["few_large"]["gen"]
-    many_requests, few_tokens = leases["many_small"]["gen"]
+    few_requests, most_tokens = leases["few_large"]["gen"][:2]
+    many_requests, few_tokens = leases["many_small"]["gen"][:2]
     assert many_requests > 0.85 and few_requests < 0.15
     assert most_tokens > 0.85 and few_tokens < 0.15
     assert_whole(leases, "gen")
@@ -90,7 +93,7 @@ def test_a_process_gone_from_the_holders_is_forgotten() -> None:
     board.divide({"0": {"gen": state(0)}, "1": {"gen": state(0)}})
     leases = board.divide({"1": {"gen": state(50)}})  # worker 0 is lost
     assert set(leases) == {"1"}
-    assert leases["1"]["gen"] == pytest.approx((1.0, 1.0))
+    assert leases["1"]["gen"][:2] == pytest.approx((1.0, 1.0))
     # it comes back (its reports had stopped) with 1,000 requests taken: none of them since the
     # last division, whose figures are the first it is seen with again
     leases = board.divide({"0": {"gen": state(1000, 1000)}, "1": {"gen": state(100, 100)}})
@@ -120,8 +123,17 @@ def test_keys_held_by_some_processes_are_divided_among_those() -> None:
     leases = board.divide(holders)
     assert leases["driver"].keys() == {"gen", "embed embeddings"}
     assert leases["0"].keys() == leases["1"].keys() == {"gen", "judge"}
-    assert leases["driver"]["embed embeddings"] == pytest.approx((1.0, 1.0))
-    assert leases["0"]["judge"] == pytest.approx((0.5, 0.5))
-    assert leases["driver"]["gen"] == pytest.approx((1 / 3, 1 / 3))
+    assert leases["driver"]["embed embeddings"][:2] == pytest.approx((1.0, 1.0))
+    assert leases["0"]["judge"][:2] == pytest.approx((0.5, 0.5))
+    assert leases["driver"]["gen"][:2] == pytest.approx((1 / 3, 1 / 3))
     for key in ("gen", "judge", "embed embeddings"):
         assert_whole(leases, key)
+
+
+def test_a_limit_one_process_learned_goes_to_every_holder_of_the_key() -> None:
+    board = LeaseBoard()
+    leases = board.divide(
+        {"driver": {"gen": state(5, key_rpm=1200)}, "0": {"gen": state()}, "1": {"gen": state()}}
+    )
+    assert {held["gen"].rpm for held in leases.values()} == {1200}
+    assert {held["gen"].tpm for held in leases.values()} == {None}  # nobody knows a TPM limit
