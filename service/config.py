@@ -117,6 +117,8 @@ class Cluster:
     # a Ray cluster to join ("auto", or ray://host:10001); null: $RAY_ADDRESS, else a local
     # cluster started for the run (and stopped with it)
     address: str | None = None
+    # a worker not started by then stops the run in one line (a joined cluster with no free CPU)
+    start_timeout_s: float = bounded(120.0, 1, 86_400)
 
 
 @dataclass(frozen=True)

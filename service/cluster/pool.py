@@ -352,9 +352,18 @@ class WorkerPool:
         base_urls, keys = self._start_args
         log_path = Path(config.run.out).resolve() / "workers" / f"worker-{slot.index}.log"
         run_id = self._store.get_meta("run_id") or ""
-        slot.pid = await slot.actor.start.remote(
-            base_urls, keys, self._budget.spent_usd, str(log_path), run_id
-        )
+        waiting = config.cluster.start_timeout_s
+        try:
+            slot.pid = await asyncio.wait_for(
+                slot.actor.start.remote(base_urls, keys, self._budget.spent_usd, str(log_path), run_id),
+                waiting,
+            )
+        except TimeoutError:  # Ray would wait for a place for ever
+            raise TimeoutError(
+                f"not started within {waiting:g} s: the cluster has no free CPU for it (each worker "
+                "asks for one; `ray status` shows what is free) or its node is slow to start it "
+                "(cluster.start_timeout_s waits longer)"
+            ) from None
         slot.state = None
         slot.alive = True
         slot.pump = asyncio.create_task(self._pump(slot), name=f"worker-{slot.index}")

@@ -325,3 +325,23 @@ def test_a_cluster_address_nothing_answers_at_is_one_line_at_once(tmp_path: Path
         f"error: cluster: nothing answers at the Ray cluster address {address} (Connection refused); "
         "check $RAY_ADDRESS or cluster.address (the head's `ray start --head` prints it)"
     ]
+
+
+def test_a_worker_the_cluster_has_no_cpu_for_is_one_line_in_time(ray_cluster: str, tmp_path: Path) -> None:
+    """The shared cluster has 4 CPUs and a joined run's worker asks for one: a fifth waits for a
+    place Ray would never find; the run stops at `cluster.start_timeout_s` in one line."""
+    with simulator(FAST_SIM) as url:
+        config = sim_config(tmp_path, url)
+        args = run_args(config, tmp_path / "run", 5)
+        args[args.index("--workers") + 1] = "5"
+        result = cli(
+            *args, "--set", "cluster.start_timeout_s=5", env={"RAY_ADDRESS": ray_cluster}, timeout=120
+        )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"error: cluster: worker \d could not start: not started within 5 s: the cluster has no free CPU "
+        r"for it .*\(cluster\.start_timeout_s waits longer\)",
+        lines[0],
+    )
