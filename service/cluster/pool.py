@@ -83,7 +83,7 @@ class _Slot:
     cpu_before_s: float = 0.0  # of the processes it replaced
 
 
-class EndpointLoad:
+class SummedLoad:
     """One endpoint's limiters summed over the workers, as admission reads them."""
 
     def __init__(self, pool: WorkerPool, endpoint: str) -> None:
@@ -133,7 +133,6 @@ class WorkerPool:
         self._local = False
         self._start_args: tuple[Any, ...] = ()
         self.sent_again = 0  # answers to requests whose answer was stored already
-        self.started_s = 0.0
 
     async def start(self, base_urls: dict[str, str]) -> None:
         """Join (or start) the cluster and start the workers."""
@@ -167,9 +166,11 @@ class WorkerPool:
                 asyncio.create_task(self._rebalance(), name="cluster-leases"),
             }
         )
-        self.started_s = time.monotonic() - started
         log.info(
-            "cluster_started", workers=len(self._slots), local=self._local, seconds=round(self.started_s, 2)
+            "cluster_started",
+            workers=len(self._slots),
+            local=self._local,
+            seconds=round(time.monotonic() - started, 2),
         )
 
     def screen_with(self, dedup: RunDedup) -> None:
@@ -244,8 +245,8 @@ class WorkerPool:
     def alive(self) -> int:
         return sum(slot.alive for slot in self._slots)
 
-    def loads(self, endpoints: Sequence[str]) -> list[EndpointLoad]:
-        return [EndpointLoad(self, endpoint) for endpoint in endpoints]
+    def loads(self, endpoints: Sequence[str]) -> list[SummedLoad]:
+        return [SummedLoad(self, endpoint) for endpoint in endpoints]
 
     def limiter_states(self, endpoint: str) -> list[LimiterState]:
         """The workers' limiters of one endpoint, as last reported."""
@@ -286,10 +287,6 @@ class WorkerPool:
             )
             for slot in self._slots
         ]
-
-    def worker_pids(self) -> dict[int, int]:
-        """Each live worker's process id (for the tests that kill one)."""
-        return {slot.index: slot.pid for slot in self._slots if slot.alive and slot.pid is not None}
 
     def summary(self) -> dict[str, Any]:
         figures = self.figures()

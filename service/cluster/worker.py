@@ -49,8 +49,6 @@ class ShippedCache:
     """The worker's `AnswerCache`: the answers stored for the samples it holds (sent with each
     sample), and every new answer, which also goes into the next report."""
 
-    legacy_keys = False
-
     def __init__(self, report: Callable[[str, Answer, str | None], None]) -> None:
         self._report = report
         self._answers: dict[str, Answer] = {}

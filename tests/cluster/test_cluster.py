@@ -68,6 +68,23 @@ def stored_keys(out: Path) -> set[str]:
         return set()
 
 
+def started_until(
+    tmp_path: Path, url: str, address: str, n: int, stored: int
+) -> tuple[subprocess.Popen[str], list[str], Path]:
+    """A run of `n` on two workers against the endpoint at `url`, once `stored` answers are in
+    its store: the process, its arguments (to run it again) and its run directory."""
+    out = tmp_path / "run"
+    args = run_args(sim_config(tmp_path, url), out, n)
+    proc = start(args, address)
+    wait_until(lambda: len(stored_keys(out)) >= stored, proc)
+    return proc, args, out
+
+
+def times_received(url: str, keys: set[str]) -> dict[str, int]:
+    """How often the endpoint has been asked each of these questions (by the store's keys)."""
+    return {key: count for key, count in sim_stats(url)["received"].items() if key in keys}
+
+
 def worker_pid(out: Path, worker: int) -> int | None:
     log = out / "workers" / f"worker-{worker}.log"
     pids = [json.loads(line)["pid"] for line in log.read_text().splitlines() if '"worker_started"' in line]
@@ -127,15 +144,12 @@ def test_two_workers_accept_exactly_n_into_one_store(ray_cluster: str, tmp_path:
 def test_a_worker_killed_mid_run_loses_nothing_and_pays_no_stored_answer_again(
     ray_cluster: str, tmp_path: Path
 ) -> None:
-    out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = sim_config(tmp_path, url)
-        proc = start(run_args(config, out, N), ray_cluster)
-        wait_until(lambda: len(stored_keys(out)) >= 150, proc)
+        proc, _, out = started_until(tmp_path, url, ray_cluster, N, stored=150)
         pid = worker_pid(out, 0)
         assert pid is not None
         kept = stored_keys(out)  # stored before the kill, then how often the endpoint had them
-        seen = {key: count for key, count in sim_stats(url)["received"].items() if key in kept}
+        seen = times_received(url, kept)
         os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=300)
         final = sim_stats(url)["received"]
@@ -151,16 +165,12 @@ def test_a_worker_killed_mid_run_loses_nothing_and_pays_no_stored_answer_again(
 
 
 def test_a_killed_driver_resumes_with_the_same_command(ray_cluster: str, tmp_path: Path) -> None:
-    out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = sim_config(tmp_path, url)
-        args = run_args(config, out, 120)
-        proc = start(args, ray_cluster)
-        wait_until(lambda: len(stored_keys(out)) >= 100, proc)
+        proc, args, out = started_until(tmp_path, url, ray_cluster, 120, stored=100)
         proc.kill()
         proc.communicate()
         kept = stored_keys(out)
-        seen = {key: count for key, count in sim_stats(url)["received"].items() if key in kept}
+        seen = times_received(url, kept)
         resumed = cli(*args, env={"RAY_ADDRESS": ray_cluster})
         final = sim_stats(url)["received"]
 
@@ -236,12 +246,8 @@ def test_two_workers_share_one_keys_rpm(ray_cluster: str, tmp_path: Path) -> Non
 
 
 def test_sigterm_stops_the_workers_gracefully_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
-    out = tmp_path / "run"
     with simulator(SLOW_SIM) as url:
-        config = sim_config(tmp_path, url)
-        args = run_args(config, out, 80)
-        proc = start(args, ray_cluster)
-        wait_until(lambda: len(stored_keys(out)) >= 40, proc)
+        proc, args, out = started_until(tmp_path, url, ray_cluster, 80, stored=40)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
         stopped = sim_stats(url)
@@ -281,6 +287,11 @@ def test_a_worker_that_cannot_start_is_one_line_and_leaves_nothing_running(
     assert result.stdout.strip().endswith("cluster left: True")  # and its workers stopped with it
 
 
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """`python -c code` from the project root: the CLI with the interpreter's state in view."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_a_run_without_workers_never_imports_ray(tmp_path: Path) -> None:
     out = tmp_path / "run"
     with simulator(FAST_SIM) as url:
@@ -290,9 +301,7 @@ def test_a_run_without_workers_never_imports_ray(tmp_path: Path) -> None:
             f"status = main(['run', '--config', {str(config)!r}, '-n', '5', '--out', {str(out)!r}]); "
             "print('ray' in sys.modules); sys.exit(status)"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-        )
+        result = run_python(code)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("False")
 
@@ -304,9 +313,7 @@ def test_without_ray_installed_the_cluster_is_one_line(tmp_path: Path) -> None:
         f"sys.exit(main(['run', '--config', {str(config)!r}, '-n', '5', '--out', {str(tmp_path / 'run')!r},"
         " '--workers', '2']))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    result = run_python(code)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: cluster.workers: running on Ray workers needs Ray, the optional extra `cluster`: "
